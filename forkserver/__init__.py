@@ -1,0 +1,8 @@
+"""Parent side of the walredo fork server, and the template machinery.
+
+The public API is re-exported here; each name lives in the module named for what it does.
+"""
+
+from walredo_template import BufferTag
+
+__all__ = ["BufferTag"]
