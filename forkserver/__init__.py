@@ -6,3 +6,8 @@ The public API is re-exported here; each name lives in the module named for what
 from walredo_template import BufferTag
 
 __all__ = ["BufferTag"]
+
+from .errors import CellClosed, ForkServerError, InitAborted
+from .oncecell import OnceCell
+
+__all__ += ["CellClosed", "ForkServerError", "InitAborted", "OnceCell"]

@@ -1,0 +1,440 @@
+"""OnceCell semantics: one test per numbered semantic of the once-cell issue, plus a property test."""
+
+import asyncio
+import gc
+import weakref
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from forkserver import CellClosed, InitAborted, OnceCell
+from forkserver.oncecell import CellState
+
+
+class Value:
+    """A distinct object per factory call (identity matters), weak-referenceable."""
+
+    def __init__(self, n):
+        self.n = n
+
+
+class Boom(Exception):
+    pass
+
+
+class Gate:
+    """A factory whose calls are counted and which completes only when the test says so."""
+
+    def __init__(self):
+        self.calls = 0
+        self.release = asyncio.Event()
+        self.fail_with = None
+
+    async def __call__(self):
+        self.calls += 1
+        n = self.calls
+        await self.release.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        return Value(n)
+
+
+async def settle(rounds=5):
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+# 1 -------------------------------------------------------------------------------------------------------
+
+
+async def test_1_one_factory_call_per_generation():
+    cell = OnceCell()
+    gate = Gate()
+    tasks = [asyncio.create_task(cell.get_or_init(gate)) for _ in range(1000)]
+    await settle()
+    assert gate.calls == 1
+    assert cell.waiters == 1000
+    gate.release.set()
+    values = await asyncio.gather(*tasks)
+    assert gate.calls == 1
+    assert all(v is values[0] for v in values)
+    assert cell.get() is values[0]
+    # a second generation after take(): exactly one more call
+    cell.take()
+    more = await asyncio.gather(*(cell.get_or_init(gate) for _ in range(10)))
+    assert gate.calls == 2 and all(v is more[0] for v in more) and more[0] is not values[0]
+
+
+# 2 -------------------------------------------------------------------------------------------------------
+
+
+async def test_2_caller_cancellation_and_timeout_leave_attempt_running():
+    cell = OnceCell()
+    gate = Gate()
+    cancelled = asyncio.create_task(cell.get_or_init(gate))
+    await settle()
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await cell.get_or_init(gate)
+    assert cell.initializing and cell.waiters == 0
+    # every caller has gone away; the attempt still completes and its value is stored
+    gate.release.set()
+    await settle()
+    assert not cell.initializing
+    assert isinstance(cell.get(), Value) and gate.calls == 1
+    assert await cell.get_or_init(gate) is cell.get()
+    assert gate.calls == 1
+
+
+async def test_2_attempt_task_is_strongly_held():
+    cell = OnceCell()
+    gate = Gate()
+    waiter = asyncio.create_task(cell.get_or_init(gate))
+    await settle()
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    gc.collect()  # asyncio only holds weak references to tasks: the cell must hold the attempt
+    gate.release.set()
+    await settle()
+    assert isinstance(cell.get(), Value)
+
+
+# 3 -------------------------------------------------------------------------------------------------------
+
+
+async def test_3_failure_reaches_every_waiter_and_cell_is_empty_first():
+    cell = OnceCell()
+    gate = Gate()
+    err = Boom("factory failed")
+    gate.fail_with = err
+    seen_state = []
+
+    async def caller():
+        try:
+            return await cell.get_or_init(gate)
+        except Boom as exc:
+            seen_state.append((exc, cell.state, cell.initializing))
+            raise
+
+    tasks = [asyncio.create_task(caller()) for _ in range(5)]
+    await settle()
+    gate.release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(r is err for r in results)
+    assert [s[1] for s in seen_state] == [CellState.EMPTY] * 5
+    assert cell.get() is None and gate.calls == 1
+
+
+async def test_3_retry_in_except_starts_a_new_attempt():
+    cell = OnceCell()
+    calls = 0
+
+    async def flaky():
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.001)
+        if calls == 1:
+            raise Boom("first")
+        return Value(calls)
+
+    async def caller():
+        try:
+            return await cell.get_or_init(flaky)
+        except Boom:
+            return await cell.get_or_init(flaky)
+
+    values = await asyncio.gather(*(caller() for _ in range(20)))
+    assert calls == 2  # the failed attempt, then exactly one retry attempt shared by all 20
+    assert all(v is values[0] for v in values) and values[0].n == 2
+
+
+# 4 -------------------------------------------------------------------------------------------------------
+
+
+async def test_4_factory_cancelled_gives_init_aborted():
+    cell = OnceCell()
+
+    async def cancels_itself():
+        await asyncio.sleep(0)
+        raise asyncio.CancelledError()
+
+    tasks = [asyncio.create_task(cell.get_or_init(cancels_itself)) for _ in range(3)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, InitAborted) for r in results)
+    assert not any(t.cancelled() for t in tasks)
+    assert cell.state is CellState.EMPTY and cell.get() is None
+    assert (await cell.get_or_init(Gate_done())).n == 1
+
+
+def Gate_done():
+    async def make():
+        return Value(1)
+
+    return make
+
+
+# 5 -------------------------------------------------------------------------------------------------------
+
+
+async def test_5_take_if_never_evicts_a_fresh_replacement():
+    cell = OnceCell()
+    counter = iter(range(100))
+
+    async def factory():
+        return Value(next(counter))
+
+    stale = await cell.get_or_init(factory)
+    # caller A sees stale die and replaces it
+    assert cell.take_if(stale)
+    fresh = await cell.get_or_init(factory)
+    # caller B, also holding the stale value, tries to evict it late: must not touch the fresh one
+    assert not cell.take_if(stale)
+    assert cell.get() is fresh
+    assert not cell.take_if(Value(0))  # equal-looking but not identical
+    assert cell.take_if(fresh) and cell.get() is None
+    assert not cell.take_if(fresh)
+
+
+# 6 -------------------------------------------------------------------------------------------------------
+
+
+async def test_6_waiter_never_returns_a_value_taken_before_it_ran():
+    cell = OnceCell()
+    gate = Gate()
+    waiter = asyncio.create_task(cell.get_or_init(gate))
+    await settle()
+    gate.release.set()
+    # Let the attempt finish, but take its value before the waiter task gets to run.
+    while cell.initializing:
+        await asyncio.sleep(0)
+    first = cell.take()
+    assert first is not None and first.n == 1
+    result = await waiter
+    assert result is not first  # it started over
+    assert result is cell.get() and gate.calls == 2
+
+
+# 7 -------------------------------------------------------------------------------------------------------
+
+
+async def test_7_close_is_terminal_idempotent_and_disposes_once():
+    disposed = []
+    cell = OnceCell(dispose=disposed.append)
+    gate = Gate()
+    gate.release.set()
+    value = await cell.get_or_init(gate)
+    await cell.close()
+    await cell.close()
+    assert disposed == [value]
+    assert cell.state is CellState.CLOSED and cell.get() is None
+    with pytest.raises(CellClosed):
+        await cell.get_or_init(gate)
+    assert gate.calls == 1
+
+
+async def test_7_close_wakes_waiters_and_disposes_late_value():
+    disposed = []
+
+    async def async_dispose(v):
+        await asyncio.sleep(0)
+        disposed.append(v)
+
+    cell = OnceCell(dispose=async_dispose)
+    gate = Gate()
+    waiters = [asyncio.create_task(cell.get_or_init(gate)) for _ in range(3)]
+    await settle()
+    closer = asyncio.create_task(cell.close())
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(r, CellClosed) for r in results)
+    assert not closer.done()  # close waits for the in-flight attempt
+    gate.release.set()
+    await closer
+    assert len(disposed) == 1 and disposed[0].n == 1
+    await cell.close()
+    assert len(disposed) == 1
+
+
+async def test_7_close_can_cancel_the_attempt():
+    cell = OnceCell(dispose=lambda v: pytest.fail("nothing to dispose"))
+    gate = Gate()
+    waiter = asyncio.create_task(cell.get_or_init(gate))
+    await settle()
+    await cell.close(cancel_attempt=True)
+    assert not cell.initializing
+    with pytest.raises(CellClosed):
+        await waiter
+
+
+# 8 -------------------------------------------------------------------------------------------------------
+
+
+async def test_8_reentrant_factory_gets_runtime_error():
+    cell = OnceCell()
+
+    async def reentrant():
+        return await cell.get_or_init(reentrant)
+
+    with pytest.raises(RuntimeError, match="own factory"):
+        async with asyncio.timeout(5):
+            await cell.get_or_init(reentrant)
+    assert cell.state is CellState.EMPTY
+
+
+# 9 -------------------------------------------------------------------------------------------------------
+
+
+async def test_9_nothing_retained():
+    cell = OnceCell()
+    gate = Gate()
+    err = Boom("x")
+    gate.fail_with = err
+    exc_ref = weakref.ref(err)
+    del err
+    tasks = [asyncio.create_task(cell.get_or_init(gate)) for _ in range(10)]
+    await settle()
+    gate.release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, Boom) for r in results)
+    del results, tasks
+    gate.fail_with = None
+    gate.release = asyncio.Event()
+    gate.release.set()
+    await settle()  # let the loop drop the handle that woke us (it references gather's future)
+    gc.collect()
+    assert exc_ref() is None
+    # values: taken and dropped → gone
+    value = await cell.get_or_init(gate)
+    value_ref = weakref.ref(value)
+    assert cell.take() is value
+    del value
+    gc.collect()
+    assert value_ref() is None
+
+
+async def test_9_waiters_return_to_zero_after_mass_timeouts():
+    cell = OnceCell()
+    gate = Gate()
+
+    async def impatient():
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.005):
+                await cell.get_or_init(gate)
+
+    await asyncio.gather(*(impatient() for _ in range(3000)))
+    assert cell.waiters == 0 and cell.initializing
+    gate.release.set()
+    await settle()
+    assert cell.get() is not None and gate.calls == 1
+
+
+# 10 ------------------------------------------------------------------------------------------------------
+
+
+async def test_10_initializing_and_waiters_are_exact():
+    cell = OnceCell()
+    gate = Gate()
+    assert (cell.initializing, cell.waiters) == (False, 0)
+    tasks = [asyncio.create_task(cell.get_or_init(gate)) for _ in range(7)]
+    await settle()
+    assert (cell.initializing, cell.waiters) == (True, 7)
+    tasks[0].cancel()
+    await asyncio.gather(tasks[0], return_exceptions=True)
+    assert (cell.initializing, cell.waiters) == (True, 6)
+    gate.release.set()
+    await asyncio.gather(*tasks[1:])
+    assert (cell.initializing, cell.waiters) == (False, 0)
+    assert cell.state is CellState.SET
+
+
+# property-based interleaving ------------------------------------------------------------------------------
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("call"), st.integers(0, 0)),
+        st.tuples(st.just("cancel"), st.integers(0, 30)),
+        st.tuples(st.just("finish"), st.sampled_from(["ok", "fail", "abort"])),
+        st.tuples(st.just("take_if"), st.integers(0, 30)),
+        st.tuples(st.just("take"), st.integers(0, 0)),
+        st.tuples(st.just("step"), st.integers(1, 3)),
+    ),
+    max_size=40,
+)
+
+
+class Scripted:
+    """Factory whose pending calls the property test resolves one by one."""
+
+    def __init__(self):
+        self.pending = []  # futures, one per factory call
+        self.calls = 0
+
+    async def __call__(self):
+        self.calls += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append(fut)
+        outcome = await fut
+        if outcome == "fail":
+            raise Boom()
+        if outcome == "abort":
+            raise asyncio.CancelledError()
+        return Value(self.calls)
+
+
+async def run_program(ops):
+    cell = OnceCell()
+    factory = Scripted()
+    callers = []
+    returned = []  # (value, was current at return)
+
+    async def caller():
+        value = await cell.get_or_init(factory)
+        returned.append((value, cell.get() is value))
+        return value
+
+    for op, arg in ops:
+        if op == "call":
+            callers.append(asyncio.create_task(caller()))
+        elif op == "cancel" and callers:
+            callers[arg % len(callers)].cancel()
+        elif op == "finish":
+            open_futs = [f for f in factory.pending if not f.done()]
+            if open_futs:
+                open_futs[0].set_result(arg)
+        elif op == "take_if" and returned:
+            cell.take_if(returned[arg % len(returned)][0])
+        elif op == "take":
+            cell.take()
+        elif op == "step":
+            await settle(arg)
+        # invariants at every step
+        # at most one attempt in flight; a started attempt may not have called its factory yet
+        assert cell.generation - 1 <= factory.calls <= cell.generation
+        open_calls = sum(not f.done() for f in factory.pending)
+        assert open_calls <= 1 and (cell.initializing or open_calls == 0)
+        assert not (cell.initializing and cell.get() is not None)
+        assert cell.waiters <= len(callers)
+    # drain: finish everything successfully
+    for _ in range(100):
+        await settle()
+        open_futs = [f for f in factory.pending if not f.done()]
+        if not open_futs and all(t.done() for t in callers):
+            break
+        for f in open_futs:
+            f.set_result("ok")
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    for r in results:
+        assert isinstance(r, (Value, Boom, InitAborted, asyncio.CancelledError)), r
+    assert all(current for _, current in returned), "returned a value that was not current"
+    assert cell.waiters == 0 and not cell.initializing
+    assert factory.calls == cell.generation  # exactly one factory call per generation
+    await cell.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS)
+def test_property_interleavings_keep_invariants(ops):
+    asyncio.run(run_program(ops))
