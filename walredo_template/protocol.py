@@ -1,0 +1,516 @@
+"""The child protocol: what the parent and one walredo child say over the child socket.
+
+Sans-IO: this module turns messages into bytes and bytes into messages. It never touches a socket, so the
+child (:mod:`walredo_template.worker`, blocking), the parent (:mod:`forkserver.process`, asyncio) and the
+tests share it.
+
+Wire format
+===========
+
+The child socket is an ``AF_UNIX`` ``SOCK_STREAM`` socketpair; no file descriptors travel on it. Each
+direction is a sequence of frames::
+
+    0                   1                   2                   3
+    0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+   +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+   |              length N (u32, big-endian, 1 ≤ N ≤ max)          |
+   +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+   |          payload: N bytes, exactly one msgpack map            |
+   :                                                               :
+   +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+
+``max`` is :data:`MAX_FRAME_SIZE` (64 MiB) unless a decoder is built with another bound. A length above
+it is a protocol error as soon as the 4 length bytes have arrived (the payload is never buffered).
+
+Each payload is a msgpack map with str keys. ``type`` (str) names the message; ``id`` is optional
+(absent or nil, or an int in [0, 2**64)) and a response echoes its request's ``id``. Strings are msgpack
+str (UTF-8), byte strings are msgpack bin, integers are msgpack int (never bool). Keys not listed below
+are a protocol error: both ends ship in one package, so an unknown key is a bug, not a newer peer.
+
+Requests (parent → child)::
+
+    {"type": "ping", "id"?: int}
+    {"type": "redo", "id"?: int,
+     "tag": [spcnode, dbnode, relnode, forknum, blknum],     # 5 ints, u32 each
+     "lsn": int,                                             # u64: the LSN the page is wanted at
+     "base_image": bin | nil,                                # the page before the records, or nil
+     "records": [[end_lsn: int, record: bin], ...],          # raw XLogRecords, oldest first
+     "pg_version": int}                                      # 15 is the only one served
+
+Responses (child → parent), exactly one per request, **in request order** (so pipelining is in-order and
+the ``id`` is only a cross-check)::
+
+    {"type": "pong", "id"?: int}
+    {"type": "page", "id"?: int, "page": bin}                # exactly 8192 bytes
+    {"type": "error", "id"?: int, "code": str, "message": str}
+
+Error codes (:data:`ERROR_CODES`): ``unsupported-record``, ``invalid-record``, ``block-not-referenced``,
+``invalid-page``, ``missing-compression-library`` (the redo engine refused its input: deterministic),
+``bad-request`` (the redo request is well-formed but its values are not valid, e.g. a base image that
+is not 8192 bytes), ``unsupported-pg-version``, ``internal`` (the engine failed unexpectedly; no page is
+returned for that request and the child keeps serving), and ``protocol``: the child could not decode a
+frame; it sends this error (``id`` nil) after the responses to every earlier request, then closes the
+socket. Nothing follows a ``protocol`` error.
+
+A redo request whose frame is well-formed but whose values are out of range (negative LSN, tag member
+above u32, base image not 8192 bytes, no base image and no records) gets ``bad-request`` and the stream
+continues; only an undecodable frame ends it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import msgpack
+
+from walredo_template import BufferTag
+
+PAGE_SIZE = 8192
+#: Largest payload either side accepts. A redo request carries at most a page and its WAL records;
+#: 64 MiB is far above any real one and low enough that a corrupt length cannot make us buffer gigabytes.
+MAX_FRAME_SIZE = 64 * 1024 * 1024
+SUPPORTED_PG_VERSION = 15
+
+_LEN = struct.Struct(">I")
+_U32_MAX = 2**32 - 1
+_U64_MAX = 2**64 - 1
+
+ERROR_CODES = frozenset(
+    {
+        "unsupported-record",
+        "invalid-record",
+        "block-not-referenced",
+        "invalid-page",
+        "missing-compression-library",
+        "bad-request",
+        "unsupported-pg-version",
+        "internal",
+        "protocol",
+    }
+)
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class ProtocolError(ValueError):
+    """A frame could not be decoded into a message. The stream is unusable afterwards."""
+
+    code = "protocol"
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame's length prefix exceeds the bound (or, when encoding, the message would)."""
+
+
+class MalformedFrame(ProtocolError):
+    """A frame's payload is not a single msgpack value (or is empty)."""
+
+
+class InvalidMessage(ProtocolError):
+    """A frame's payload is msgpack but not a message of this protocol (wrong type, key or value type)."""
+
+
+class BadRedoRequest(ValueError):
+    """A redo request is well-formed but its values are invalid (answered as ``bad-request``)."""
+
+    code = "bad-request"
+
+
+# ------------------------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Redo:
+    tag: BufferTag
+    lsn: int
+    base_image: bytes | None
+    records: Sequence[tuple[int, bytes]]
+    pg_version: int = SUPPORTED_PG_VERSION
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    page: bytes
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: str
+    message: str
+    id: int | None = None
+
+
+Request = Union[Ping, Redo]
+Response = Union[Pong, Page, Error]
+
+
+# ------------------------------------------------------------------------------------------- encoding
+
+
+def _frame(payload: dict[str, Any], max_frame_size: int) -> bytes:
+    body = msgpack.packb(payload, use_bin_type=True)
+    if len(body) > max_frame_size:
+        raise FrameTooLarge(f"message of {len(body)} bytes exceeds the frame bound of {max_frame_size}")
+    return _LEN.pack(len(body)) + body
+
+
+def _with_id(payload: dict[str, Any], id: int | None) -> dict[str, Any]:
+    if id is not None:
+        _check_id(id)
+        payload["id"] = id
+    return payload
+
+
+def encode_ping(id: int | None = None) -> bytes:
+    """Frame a ``ping`` request. Raises ``InvalidMessage`` for an id that is not a u64."""
+    return _frame(_with_id({"type": "ping"}, id), MAX_FRAME_SIZE)
+
+
+def encode_redo(
+    tag: Sequence[int],
+    lsn: int,
+    base_image: bytes | None,
+    records: Sequence[tuple[int, bytes]],
+    pg_version: int = SUPPORTED_PG_VERSION,
+    id: int | None = None,
+    *,
+    max_frame_size: int = MAX_FRAME_SIZE,
+) -> bytes:
+    """Frame a ``redo`` request after :func:`validate_redo`.
+
+    Raises ``BadRedoRequest`` (a ``ValueError``) or ``TypeError`` for invalid arguments, ``InvalidMessage``
+    for a bad id and ``FrameTooLarge`` if the encoded request exceeds ``max_frame_size``.
+    """
+    validate_redo(tag, lsn, base_image, records, pg_version)
+    payload = {
+        "type": "redo",
+        "tag": list(tag),
+        "lsn": lsn,
+        "base_image": None if base_image is None else bytes(base_image),
+        "records": [[end_lsn, bytes(rec)] for end_lsn, rec in records],
+        "pg_version": pg_version,
+    }
+    return _frame(_with_id(payload, id), max_frame_size)
+
+
+def encode_pong(id: int | None = None) -> bytes:
+    """Frame a ``pong`` response."""
+    return _frame(_with_id({"type": "pong"}, id), MAX_FRAME_SIZE)
+
+
+def encode_page(page: bytes, id: int | None = None) -> bytes:
+    """Frame a ``page`` response. Raises ``ValueError`` unless ``page`` is exactly 8192 bytes."""
+    if not isinstance(page, (bytes, bytearray, memoryview)) or len(page) != PAGE_SIZE:
+        raise ValueError(f"a page is {PAGE_SIZE} bytes")
+    return _frame(_with_id({"type": "page", "page": bytes(page)}, id), MAX_FRAME_SIZE)
+
+
+def encode_error(code: str, message: str, id: int | None = None) -> bytes:
+    """Frame an ``error`` response. Raises ``ValueError`` for a code not in :data:`ERROR_CODES`."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}")
+    return _frame(_with_id({"type": "error", "code": code, "message": str(message)}, id), MAX_FRAME_SIZE)
+
+
+def encode(message: Request | Response) -> bytes:
+    """Frame any message object of this module."""
+    match message:
+        case Ping(id=id):
+            return encode_ping(id)
+        case Redo():
+            m = message
+            return encode_redo(m.tag, m.lsn, m.base_image, m.records, m.pg_version, m.id)
+        case Pong(id=id):
+            return encode_pong(id)
+        case Page(page=page, id=id):
+            return encode_page(page, id)
+        case Error(code=code, message=text, id=id):
+            return encode_error(code, text, id)
+    raise TypeError(f"not a child-protocol message: {message!r}")
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _is_int(v: object) -> bool:
+    # bool is an int subclass; on this wire it is a type error, not 0/1.
+    return type(v) is int
+
+
+def _check_id(id: object) -> None:
+    if not _is_int(id) or not 0 <= id <= _U64_MAX:  # type: ignore[operator]
+        raise InvalidMessage(f"id must be an int in [0, 2**64), got {id!r}")
+
+
+def validate_redo(
+    tag: Sequence[int],
+    lsn: int,
+    base_image: bytes | None,
+    records: Sequence[tuple[int, bytes]],
+    pg_version: int,
+) -> None:
+    """Check a redo request's values; both ends call it (the parent before any I/O).
+
+    Raises ``TypeError`` for a wrong Python type and ``BadRedoRequest`` (a ``ValueError``) for a value out
+    of range: a tag that is not 5 u32s, an LSN or end LSN outside u64, a base image that is not 8192 bytes,
+    an empty record list with no base image. ``pg_version`` is only type-checked: which versions are served
+    is the child's decision (``unsupported-pg-version``).
+    """
+    if not isinstance(tag, (tuple, list)) or len(tag) != 5:
+        raise BadRedoRequest(f"tag must be 5 ints (spcnode, dbnode, relnode, forknum, blknum), got {tag!r}")
+    for v in tag:
+        if not _is_int(v):
+            raise TypeError(f"tag members must be int, got {type(v).__name__}")
+        if not 0 <= v <= _U32_MAX:
+            raise BadRedoRequest(f"tag member {v} is outside u32")
+    if not _is_int(lsn):
+        raise TypeError(f"lsn must be int, got {type(lsn).__name__}")
+    if not 0 <= lsn <= _U64_MAX:
+        raise BadRedoRequest(f"lsn {lsn} is outside u64")
+    if base_image is not None:
+        if not isinstance(base_image, (bytes, bytearray, memoryview)):
+            raise TypeError(f"base_image must be bytes or None, got {type(base_image).__name__}")
+        if len(base_image) != PAGE_SIZE:
+            raise BadRedoRequest(f"base_image is {len(base_image)} bytes, not {PAGE_SIZE}")
+    if isinstance(records, (str, bytes, bytearray, memoryview)) or not isinstance(records, Sequence):
+        raise TypeError(f"records must be a sequence of (end_lsn, bytes), got {type(records).__name__}")
+    for item in records:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"each record must be an (end_lsn, bytes) pair, got {item!r:.80}")
+        end_lsn, rec = item
+        if not _is_int(end_lsn):
+            raise TypeError(f"record end_lsn must be int, got {type(end_lsn).__name__}")
+        if not 0 <= end_lsn <= _U64_MAX:
+            raise BadRedoRequest(f"record end_lsn {end_lsn} is outside u64")
+        if not isinstance(rec, (bytes, bytearray, memoryview)):
+            raise TypeError(f"record must be bytes, got {type(rec).__name__}")
+    if not records and base_image is None:
+        raise BadRedoRequest("a redo request needs a base image or at least one record")
+    if not _is_int(pg_version):
+        raise TypeError(f"pg_version must be int, got {type(pg_version).__name__}")
+
+
+# ------------------------------------------------------------------------------------------- decoding
+
+
+def _get_id(m: dict[str, Any]) -> int | None:
+    id = m.get("id")
+    if id is not None:
+        _check_id(id)
+    return id
+
+
+def _expect_keys(m: dict[str, Any], required: frozenset[str]) -> None:
+    keys = m.keys()
+    missing = required - keys
+    if missing:
+        raise InvalidMessage(f"{m['type']} message lacks {sorted(missing)}")
+    extra = keys - required - {"type", "id"}
+    if extra:
+        raise InvalidMessage(f"{m['type']} message has unknown keys {sorted(extra)}")
+
+
+def _parse_ping(m: dict[str, Any]) -> Ping:
+    _expect_keys(m, frozenset())
+    return Ping(_get_id(m))
+
+
+_REDO_KEYS = frozenset({"tag", "lsn", "base_image", "records", "pg_version"})
+
+
+def _parse_redo(m: dict[str, Any]) -> Redo:
+    _expect_keys(m, _REDO_KEYS)
+    id = _get_id(m)
+    tag, lsn, base_image, records, pg_version = (
+        m["tag"], m["lsn"], m["base_image"], m["records"], m["pg_version"],
+    )
+    # Shape and types only: a value out of range is the receiver's `bad-request`, not a broken stream.
+    if type(tag) is not list or len(tag) != 5 or not all(_is_int(v) for v in tag):
+        raise InvalidMessage("redo tag must be a list of 5 ints")
+    if not _is_int(lsn):
+        raise InvalidMessage("redo lsn must be an int")
+    if base_image is not None and type(base_image) is not bytes:
+        raise InvalidMessage("redo base_image must be bin or nil")
+    if type(records) is not list:
+        raise InvalidMessage("redo records must be a list")
+    out = []
+    for item in records:
+        if type(item) is not list or len(item) != 2 or not _is_int(item[0]) or type(item[1]) is not bytes:
+            raise InvalidMessage("each redo record must be [int, bin]")
+        out.append((item[0], item[1]))
+    if not _is_int(pg_version):
+        raise InvalidMessage("redo pg_version must be an int")
+    return Redo(BufferTag(*tag), lsn, base_image, out, pg_version, id)
+
+
+def _parse_pong(m: dict[str, Any]) -> Pong:
+    _expect_keys(m, frozenset())
+    return Pong(_get_id(m))
+
+
+def _parse_page(m: dict[str, Any]) -> Page:
+    _expect_keys(m, frozenset({"page"}))
+    page = m["page"]
+    if type(page) is not bytes or len(page) != PAGE_SIZE:
+        raise InvalidMessage(f"page must be bin of {PAGE_SIZE} bytes")
+    return Page(page, _get_id(m))
+
+
+def _parse_error(m: dict[str, Any]) -> Error:
+    _expect_keys(m, frozenset({"code", "message"}))
+    code, message = m["code"], m["message"]
+    if type(code) is not str or type(message) is not str:
+        raise InvalidMessage("error code and message must be str")
+    if code not in ERROR_CODES:
+        raise InvalidMessage(f"unknown error code {code!r}")
+    return Error(code, message, _get_id(m))
+
+
+_REQUEST_PARSERS = {"ping": _parse_ping, "redo": _parse_redo}
+_RESPONSE_PARSERS = {"pong": _parse_pong, "page": _parse_page, "error": _parse_error}
+
+
+class _State(enum.Enum):
+    OK = "ok"
+    BROKEN = "broken"  # an earlier frame failed: every later call raises the same error
+
+
+class _Decoder:
+    """Frame splitter + message parser. Feed bytes with :meth:`receive_data`, take messages out with
+    :meth:`next_event` (``None`` = need more data) or by iterating.
+
+    After a :class:`ProtocolError` the decoder is broken: every later :meth:`next_event` raises the same
+    error, because a byte stream cannot be resynchronised after a bad frame.
+    """
+
+    _parsers: dict[str, Any]
+
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        if max_frame_size < 1:
+            raise ValueError("max_frame_size must be positive")
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+        # Read position in _buf: consumed frames are dropped lazily (in receive_data) so a burst of small
+        # pipelined frames is not quadratic.
+        self._pos = 0
+        self._state = _State.OK
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a message (non-zero at EOF = a truncated frame)."""
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        """Append bytes read from the stream. Never raises for bad data (:meth:`next_event` does)."""
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_event(self) -> Request | Response | None:
+        """Return the next complete message, or ``None`` if more bytes are needed.
+
+        Raises ``FrameTooLarge``, ``MalformedFrame`` or ``InvalidMessage`` (all ``ProtocolError``).
+        """
+        if self._state is _State.BROKEN:
+            assert self._error is not None
+            raise self._error
+        avail = len(self._buf) - self._pos
+        if avail < 4:
+            return None
+        (n,) = _LEN.unpack_from(self._buf, self._pos)
+        if n > self.max_frame_size:
+            raise self._broken(FrameTooLarge(f"frame of {n} bytes exceeds the bound of {self.max_frame_size}"))
+        if avail < 4 + n:
+            return None
+        start = self._pos + 4
+        payload = bytes(self._buf[start : start + n])
+        self._pos = start + n
+        return self._parse(payload)
+
+    def __iter__(self) -> Iterator[Request | Response]:
+        """Yield every complete buffered message; raises like :meth:`next_event`."""
+        while (event := self.next_event()) is not None:
+            yield event
+
+    def _broken(self, error: ProtocolError) -> ProtocolError:
+        self._state = _State.BROKEN
+        self._error = error
+        return error
+
+    def _parse(self, payload: bytes) -> Request | Response:
+        if not payload:
+            raise self._broken(MalformedFrame("empty frame"))
+        try:
+            m = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        except Exception as e:  # msgpack raises several unrelated types (ExtraData, FormatError, ...)
+            raise self._broken(MalformedFrame(f"frame is not one msgpack value: {type(e).__name__}: {e}")) from e
+        try:
+            if type(m) is not dict:
+                raise InvalidMessage(f"frame is msgpack {type(m).__name__}, not a map")
+            kind = m.get("type")
+            parser = self._parsers.get(kind) if type(kind) is str else None
+            if parser is None:
+                raise InvalidMessage(f"unknown message type {kind!r:.40}")
+            return parser(m)
+        except InvalidMessage as e:
+            raise self._broken(e) from None
+
+
+class RequestDecoder(_Decoder):
+    """Decodes the parent → child direction: yields :class:`Ping` and :class:`Redo`."""
+
+    _parsers = _REQUEST_PARSERS
+
+
+class ResponseDecoder(_Decoder):
+    """Decodes the child → parent direction: yields :class:`Pong`, :class:`Page` and :class:`Error`."""
+
+    _parsers = _RESPONSE_PARSERS
+
+
+__all__ = [
+    "ERROR_CODES",
+    "MAX_FRAME_SIZE",
+    "PAGE_SIZE",
+    "SUPPORTED_PG_VERSION",
+    "BadRedoRequest",
+    "Error",
+    "FrameTooLarge",
+    "InvalidMessage",
+    "MalformedFrame",
+    "Page",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Redo",
+    "Request",
+    "RequestDecoder",
+    "Response",
+    "ResponseDecoder",
+    "encode",
+    "encode_error",
+    "encode_page",
+    "encode_ping",
+    "encode_pong",
+    "encode_redo",
+    "validate_redo",
+]
