@@ -1,0 +1,130 @@
+"""The walredo child: a blocking request/response loop over one socket (runs in a forked child).
+
+The template preloads this module (so the redo engine is imported once, before ``gc.freeze()``, and
+every child shares those pages) and, after fork, calls :func:`main` with the child's end of the
+socketpair. Child hygiene (closing fds, signals, ``os._exit``) is the template's job; this module only
+serves the socket until it ends.
+
+The wire format is :mod:`walredo_template.protocol`. Responses are in request order. Everything decoded
+from one ``recv`` is answered with one ``sendall``, so a parent that pipelines requests gets its
+responses batched too.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from walredo_template import protocol
+from walredo_template.pg import errors as pg_errors
+from walredo_template.protocol import Ping, Redo
+
+try:
+    # Imported at module top so the template preloads the engine. The guard keeps this module importable
+    # (ping, error paths) until the redo engine lands; it goes once walredo_template/redo.py exists.
+    from walredo_template.redo import apply_records
+except ImportError:  # pragma: no cover - transitional
+    apply_records = None
+
+log = logging.getLogger(__name__)
+
+# One recv reads up to this much: big enough that a pipelined burst of requests arrives in one call.
+RECV_SIZE = 1 << 20
+
+# Most specific first: the code tells the parent which kind of deterministic failure it was.
+_REDO_ERROR_CODES: tuple[tuple[type[pg_errors.RedoError], str], ...] = (
+    (pg_errors.UnsupportedRecord, "unsupported-record"),
+    (pg_errors.BlockNotReferenced, "block-not-referenced"),
+    (pg_errors.InvalidPage, "invalid-page"),
+    (pg_errors.MissingCompressionLibrary, "missing-compression-library"),
+    (pg_errors.InvalidRecord, "invalid-record"),
+    (pg_errors.InvalidWal, "invalid-record"),
+)
+
+
+def redo_error_code(exc: pg_errors.RedoError) -> str:
+    """The wire error code for a redo-engine error (``invalid-record`` for an unlisted subclass)."""
+    for cls, code in _REDO_ERROR_CODES:
+        if isinstance(exc, cls):
+            return code
+    return "invalid-record"
+
+
+def handle_request(request: Ping | Redo) -> bytes:
+    """Answer one decoded request with one encoded response frame. Never raises for bad input.
+
+    A redo-engine error is a typed ``error`` response. Any other exception from the engine is a bug: it
+    is logged and answered ``internal`` — never a page, so a bug can cost a request but cannot return a
+    wrong page. The engine is a pure function of its arguments, so the child keeps serving.
+    """
+    if isinstance(request, Ping):
+        return protocol.encode_pong(request.id)
+    rid = request.id
+    if request.pg_version != protocol.SUPPORTED_PG_VERSION:
+        return protocol.encode_error(
+            "unsupported-pg-version",
+            f"this walredo child serves PostgreSQL {protocol.SUPPORTED_PG_VERSION}, not {request.pg_version}",
+            rid,
+        )
+    try:
+        protocol.validate_redo(
+            request.tag, request.lsn, request.base_image, request.records, request.pg_version
+        )
+    except (ValueError, TypeError) as e:
+        return protocol.encode_error("bad-request", str(e), rid)
+    if apply_records is None:
+        return protocol.encode_error("internal", "the redo engine is not installed in this child", rid)
+    try:
+        page = apply_records(request.tag, request.base_image, request.records)
+    except pg_errors.RedoError as e:
+        return protocol.encode_error(redo_error_code(e), str(e) or type(e).__name__, rid)
+    except Exception as e:  # a bug in the engine; BaseException (SystemExit, ...) still ends the child
+        log.exception("redo engine failed on %s at %X", request.tag, request.lsn)
+        return protocol.encode_error("internal", f"{type(e).__name__}: {e}", rid)
+    if not isinstance(page, (bytes, bytearray)) or len(page) != protocol.PAGE_SIZE:
+        # Belt and braces: a wrong-sized result is an engine bug, not a page.
+        log.error("redo engine returned %r (%s bytes), not a page", type(page), getattr(page, "__len__", None))
+        return protocol.encode_error("internal", "redo engine returned something that is not a page", rid)
+    return protocol.encode_page(page, rid)
+
+
+def main(sock: socket.socket, tenant: str) -> None:
+    """Serve walredo requests on ``sock`` until EOF; the template child's entry point.
+
+    Returns on EOF, when the peer resets the socket, or after answering a malformed frame with a
+    ``protocol`` error (then the socket is closed: the stream cannot be resynchronised). Never raises
+    for bad input. ``tenant`` is informational (log context).
+    """
+    sock.setblocking(True)
+    decoder = protocol.RequestDecoder()
+    try:
+        while True:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except ConnectionResetError:
+                return
+            if not data:
+                return  # EOF: the parent closed its end or died
+            decoder.receive_data(data)
+            out: list[bytes] = []
+            broken = False
+            try:
+                for request in decoder:
+                    out.append(handle_request(request))  # type: ignore[arg-type]
+            except protocol.ProtocolError as e:
+                log.warning("walredo %s: closing after a malformed frame: %s", tenant, e)
+                out.append(protocol.encode_error("protocol", str(e)))
+                broken = True
+            try:
+                # MSG_NOSIGNAL: the template restores SIGPIPE's default action in the child, and a parent
+                # that went away must end this loop with EPIPE, not kill the child by signal.
+                sock.sendall(b"".join(out), socket.MSG_NOSIGNAL)
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            if broken:
+                return
+    finally:
+        sock.close()
+
+
+__all__ = ["handle_request", "main", "redo_error_code"]
