@@ -207,7 +207,8 @@ def decode_record(raw: bytes, *, verify_crc: bool = True) -> DecodedRecord:
     hdrs = []
     spc = db = rel = None
     try:
-        while pos < n:
+        # Fragment headers continue while more bytes remain than the payloads announced so far.
+        while n - pos > datatotal:
             block_id = raw[pos]
             pos += 1
             if block_id == XLR_BLOCK_ID_DATA_SHORT:

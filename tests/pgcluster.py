@@ -1,0 +1,313 @@
+"""A real PostgreSQL 15 cluster for tests: the oracle the redo engine is judged against.
+
+:class:`PgCluster` runs ``initdb`` and ``postgres`` as an unprivileged user (PostgreSQL refuses root; we
+run as root, so ``runuser -u walredo_pg --``), with its own data directory and unix-socket directory under
+a fresh temporary directory, a free port, ``listen_addresses = ''`` (no TCP), WAL kept in full
+(``wal_keep_size``/``max_wal_size`` large) and ``wal_consistency_checking = 'heap,heap2'`` so that every
+heap record carries PostgreSQL's own image of each page after the record.
+
+:func:`run_workload` drives SQL through ``psql`` over the unix socket and ``pgbench``, covering the heap
+record types the engine redoes. :meth:`PgCluster.stop` shuts the server down cleanly (so every page is on
+disk), :meth:`PgCluster.relation_pages` reads a relation fork from disk, and :meth:`PgCluster.cleanup`
+stops the server if needed and removes everything.
+
+Errors: :class:`PgUnavailable` when the PostgreSQL 15 binaries are missing (tests must fail, not skip);
+:class:`subprocess.CalledProcessError` (with the output) when a PostgreSQL command fails.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+
+PG_BIN = os.environ.get("WALREDO_PG_BIN", "/usr/lib/postgresql/15/bin")
+PG_USER = "walredo_pg"
+BLCKSZ = 8192
+FORK_SUFFIX = {0: "", 1: "_fsm", 2: "_vm", 3: "_init"}
+
+
+class PgUnavailable(RuntimeError):
+    """PostgreSQL 15 binaries are not installed (``scripts/setup-env`` installs them with apt)."""
+
+
+def pg_bin(name: str) -> str:
+    """Path of a PostgreSQL 15 binary. Raises :class:`PgUnavailable` if it is missing."""
+    path = os.path.join(PG_BIN, name)
+    if not os.access(path, os.X_OK):
+        raise PgUnavailable(f"{path} not found: install postgresql-15 (scripts/test does it with apt)")
+    return path
+
+
+def ensure_user(name: str = PG_USER) -> pwd.struct_passwd:
+    """The unprivileged account PostgreSQL runs as; created (system user, no login) when missing."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        raise PgUnavailable(f"user {name!r} is missing and we are not root to create it")
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        check=True, capture_output=True,
+    )
+    return pwd.getpwnam(name)
+
+
+def free_port() -> int:
+    """A TCP port number nobody listens on now. The server only uses it to name its unix socket."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PgCluster:
+    """One PostgreSQL 15 cluster in a temporary directory. Use as a context manager or call
+    :meth:`start` / :meth:`stop` / :meth:`cleanup` (idempotent)."""
+
+    checksums: bool = False
+    wal_compression: str = "off"  # off | pglz | lz4 | zstd
+    wal_segsize_mb: int = 16
+    extra_conf: dict[str, str] = field(default_factory=dict)
+    user: str = PG_USER
+
+    def __post_init__(self) -> None:
+        self.base = None
+        self.running = False
+        self.port = None
+
+    # -- paths ------------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> str:
+        return os.path.join(self.base, "data")
+
+    @property
+    def wal_dir(self) -> str:
+        return os.path.join(self.data_dir, "pg_wal")
+
+    @property
+    def socket_dir(self) -> str:
+        return os.path.join(self.base, "sock")
+
+    # -- running commands -------------------------------------------------------------------------
+    def _as_user(self, argv: list[str], *, input: str | None = None, check: bool = True,
+                 timeout: float = 300) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PGHOST=self.socket_dir, PGPORT=str(self.port), PGUSER="postgres",
+                   PGDATABASE="postgres", LC_ALL="C")
+        res = subprocess.run(["runuser", "-u", self.user, "--", *argv], input=input, text=True,
+                             capture_output=True, env=env, cwd=self.base, timeout=timeout)
+        if check and res.returncode != 0:
+            raise subprocess.CalledProcessError(res.returncode, argv, res.stdout, res.stderr)
+        return res
+
+    def initdb(self) -> None:
+        """Create the temp dir, the data dir and the configuration. Raises PgUnavailable/CalledProcessError."""
+        pg_bin("postgres")
+        pw = ensure_user(self.user)
+        self.base = tempfile.mkdtemp(prefix="walredo-pg-")
+        os.chmod(self.base, 0o755)
+        os.mkdir(self.socket_dir, 0o700)
+        os.chown(self.base, pw.pw_uid, pw.pw_gid)
+        os.chown(self.socket_dir, pw.pw_uid, pw.pw_gid)
+        self.port = free_port()
+        argv = [pg_bin("initdb"), "-D", self.data_dir, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                "--locale=C", "--no-sync", f"--wal-segsize={self.wal_segsize_mb}"]
+        if self.checksums:
+            argv.append("-k")
+        self._as_user(argv)
+        conf = {
+            "listen_addresses": "''",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            "wal_level": "replica",
+            "wal_keep_size": "'8GB'",
+            "max_wal_size": "'8GB'",
+            "min_wal_size": "'64MB'",
+            "checkpoint_timeout": "'1h'",
+            "wal_consistency_checking": "'heap,heap2'",
+            "full_page_writes": "on",
+            "wal_compression": self.wal_compression,
+            "fsync": "off",  # a clean shutdown still writes every page; we only skip the flushes
+            "autovacuum": "off",  # the workload vacuums when it wants to, so runs are repeatable
+            "shared_buffers": "'64MB'",
+            "max_connections": "20",
+            "logging_collector": "off",
+        }
+        conf.update(self.extra_conf)
+        with open(os.path.join(self.data_dir, "postgresql.conf"), "a") as f:
+            f.write("\n# walredo test harness\n")
+            for k, v in conf.items():
+                f.write(f"{k} = {v}\n")
+
+    def start(self) -> None:
+        """initdb if needed, then start the server and wait until it accepts connections."""
+        if self.base is None:
+            self.initdb()
+        self._as_user([pg_bin("pg_ctl"), "-D", self.data_dir, "-l", os.path.join(self.base, "server.log"),
+                       "-w", "-t", "60", "start"])
+        self.running = True
+
+    def stop(self) -> None:
+        """Clean (``fast``) shutdown: a shutdown checkpoint writes every dirty page. Idempotent."""
+        if self.running:
+            self._as_user([pg_bin("pg_ctl"), "-D", self.data_dir, "-m", "fast", "-w", "-t", "120", "stop"])
+            self.running = False
+
+    def cleanup(self) -> None:
+        """Stop the server (immediate if the clean stop fails) and remove the temp dir. Idempotent."""
+        try:
+            self.stop()
+        except Exception:
+            self._as_user([pg_bin("pg_ctl"), "-D", self.data_dir, "-m", "immediate", "-w", "stop"],
+                          check=False)
+            self.running = False
+        if self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.base = None
+
+    def __enter__(self) -> "PgCluster":
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    def server_log(self) -> str:
+        try:
+            with open(os.path.join(self.base, "server.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    # -- SQL --------------------------------------------------------------------------------------
+    def psql(self, sql: str, db: str = "postgres") -> str:
+        """Run SQL (one script, stops at the first error) and return the unaligned tuples-only output."""
+        res = self._as_user([pg_bin("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
+                            input=sql)
+        return res.stdout
+
+    def pgbench(self, *args: str, db: str = "postgres") -> str:
+        return self._as_user([pg_bin("pgbench"), *args, db]).stdout
+
+    def current_lsn(self) -> int:
+        hi, lo = self.psql("SELECT pg_current_wal_insert_lsn()").strip().split("/")
+        return (int(hi, 16) << 32) | int(lo, 16)
+
+    def relation(self, table: str, db: str = "postgres") -> tuple[int, int, int, str]:
+        """(spcnode, dbnode, relnode, path relative to the data dir) of a table's main fork."""
+        out = self.psql(
+            "SELECT CASE WHEN reltablespace = 0 THEN (SELECT dattablespace FROM pg_database "
+            "WHERE datname = current_database()) ELSE reltablespace END::oid::int8, "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())::int8, "
+            f"pg_relation_filenode('{table}')::int8, pg_relation_filepath('{table}') "
+            f"FROM pg_class WHERE oid = '{table}'::regclass", db).strip()
+        spc, dbn, rel, path = out.split("|")
+        return int(spc), int(dbn), int(rel), path
+
+    def relation_pages(self, relpath: str, forknum: int = 0) -> list[bytes]:
+        """The pages of a relation fork as they are on disk (call after :meth:`stop`); [] if no file.
+        Follows 1 GiB segment files (``.1``, ``.2``…)."""
+        pages: list[bytes] = []
+        path = os.path.join(self.data_dir, relpath + FORK_SUFFIX[forknum])
+        segno = 0
+        while True:
+            p = path if segno == 0 else f"{path}.{segno}"
+            try:
+                with open(p, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                return pages
+            pages.extend(data[i : i + BLCKSZ] for i in range(0, len(data), BLCKSZ))
+            segno += 1
+
+    def heap_relations(self, db: str = "postgres") -> list[tuple[int, int, int, str]]:
+        """Every plain table and materialized view / TOAST table with storage in ``db`` (catalogs too)."""
+        out = self.psql(
+            "SELECT CASE WHEN reltablespace = 0 THEN (SELECT dattablespace FROM pg_database "
+            "WHERE datname = current_database()) ELSE reltablespace END::oid::int8, "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())::int8, "
+            "pg_relation_filenode(oid)::int8, pg_relation_filepath(oid) "
+            "FROM pg_class WHERE relkind IN ('r', 't', 'm') AND pg_relation_filenode(oid) IS NOT NULL "
+            "AND relpersistence = 'p'", db)
+        rels = []
+        for line in out.splitlines():
+            if line.strip():
+                spc, dbn, rel, path = line.split("|")
+                rels.append((int(spc), int(dbn), int(rel), path))
+        return rels
+
+
+WORKLOAD_SQL = r"""
+CREATE EXTENSION IF NOT EXISTS dblink;
+CREATE TABLE t (id int PRIMARY KEY, k int, v text, pad text) WITH (fillfactor = 70);
+CREATE INDEX t_k ON t (k);
+CREATE TABLE nokey (id int, v text);
+-- INSERT ... SELECT: one INSERT record per row, INIT_PAGE on every new page
+INSERT INTO t SELECT g, g % 97, 'v' || g, repeat('x', g % 50) FROM generate_series(1, 3000) g;
+INSERT INTO nokey SELECT g, repeat('n', 20 + g % 200) FROM generate_series(1, 2000) g;
+CHECKPOINT;
+-- COPY: heap2 MULTI_INSERT (with and without INIT_PAGE)
+COPY t FROM PROGRAM 'seq 3001 6000 | sed -e "s/.*/&\t1\tc&\tpad/"';
+COPY nokey FROM PROGRAM 'seq 1 3000 | sed -e "s/.*/&\tcopied-&/"';
+-- HOT updates (non-indexed column; fillfactor leaves room) and non-HOT updates (indexed column)
+UPDATE t SET v = v || '+' WHERE id % 3 = 0;
+UPDATE t SET k = k + 1 WHERE id % 7 = 0;
+-- updates that grow tuples so they move to other pages; prefix/suffix compression on same-page updates
+UPDATE nokey SET v = v || repeat('y', 300) WHERE id % 11 = 0;
+UPDATE nokey SET v = 'pfx' || v WHERE id % 13 = 0;
+UPDATE nokey SET v = v || 'sfx' WHERE id % 17 = 0;
+CHECKPOINT;
+DELETE FROM t WHERE id % 5 = 0;
+DELETE FROM nokey WHERE id % 4 = 0;
+-- row locks: heap LOCK records
+BEGIN; SELECT count(*) FROM (SELECT * FROM t WHERE id < 400 FOR UPDATE) s; COMMIT;
+BEGIN; SELECT count(*) FROM (SELECT * FROM t WHERE id BETWEEN 400 AND 800 FOR SHARE) s; COMMIT;
+BEGIN; SELECT count(*) FROM (SELECT * FROM t WHERE id BETWEEN 800 AND 900 FOR NO KEY UPDATE) s; COMMIT;
+-- LOCK_UPDATED: lock a row whose (non-key) update by another open transaction is in progress
+SELECT dblink_connect('other', 'dbname=postgres user=postgres');
+SELECT dblink_exec('other', 'BEGIN');
+SELECT dblink_exec('other', 'UPDATE t SET v = v || ''!'' WHERE id BETWEEN 1001 AND 1060');
+BEGIN; SELECT count(*) FROM (SELECT * FROM t WHERE id BETWEEN 1001 AND 1060 FOR KEY SHARE) s; COMMIT;
+SELECT dblink_exec('other', 'COMMIT');
+SELECT dblink_disconnect('other');
+-- speculative insertion: INSERT ... ON CONFLICT (heap CONFIRM, and super-deletion is not triggered here)
+INSERT INTO t VALUES (6001, 1, 'a', 'b'), (6002, 2, 'c', 'd') ON CONFLICT (id) DO NOTHING;
+INSERT INTO t VALUES (6001, 1, 'a', 'b') ON CONFLICT (id) DO UPDATE SET v = 'upserted';
+CHECKPOINT;
+-- VACUUM: PRUNE, VACUUM, VISIBLE (+ VM page), INPLACE on pg_class
+VACUUM t;
+VACUUM nokey;
+UPDATE t SET v = v || '#' WHERE id % 10 = 1;
+DELETE FROM nokey WHERE id % 9 = 0;
+CHECKPOINT;
+VACUUM (FREEZE) t;
+VACUUM (FREEZE) nokey;
+-- after VACUUM: inserts/updates/deletes/locks that clear all-visible / all-frozen bits
+INSERT INTO t SELECT g, g, 'late', 'p' FROM generate_series(7000, 7100) g;
+UPDATE t SET v = 'after-freeze' WHERE id % 50 = 2;
+DELETE FROM t WHERE id % 50 = 3;
+BEGIN; SELECT count(*) FROM (SELECT * FROM t WHERE id % 50 = 4 FOR SHARE) s; COMMIT;
+DELETE FROM nokey WHERE id > 2500;
+VACUUM nokey;
+"""
+
+
+def run_workload(cluster: PgCluster, *, pgbench_scale: int = 1, pgbench_transactions: int = 400) -> None:
+    """The standard workload: the SQL above, then ``pgbench -i`` and a short ``pgbench`` run, with a
+    CHECKPOINT between phases. Raises CalledProcessError if a step fails."""
+    cluster.psql(WORKLOAD_SQL)
+    cluster.psql("CHECKPOINT")
+    cluster.pgbench("-i", "-q", "-s", str(pgbench_scale))
+    cluster.psql("CHECKPOINT")
+    cluster.pgbench("-n", "-c", "2", "-j", "1", "-t", str(pgbench_transactions))
+    cluster.psql("CHECKPOINT; VACUUM pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history;")
+    cluster.pgbench("-n", "-c", "1", "-t", str(max(1, pgbench_transactions // 4)))

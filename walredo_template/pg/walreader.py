@@ -1,0 +1,331 @@
+"""Reading a PostgreSQL 15 ``pg_wal`` directory, as a pageserver's WAL ingestion does.
+
+Layout: segment files named ``TTTTTTTTXXXXXXXXYYYYYYYY`` (timeline, segment number / segments-per-xlogid,
+segment number % segments-per-xlogid), each ``seg_size`` bytes (16 MiB by default; the size is taken from
+the first page's long header), made of ``XLOG_BLCKSZ`` pages. Every page starts with a header::
+
+    u16 xlp_magic (0xD110 = PostgreSQL 15) | u16 xlp_info | u32 xlp_tli | u64 xlp_pageaddr | u32 xlp_rem_len
+    pad to 24 bytes; the first page of a segment (xlp_info & 0x2 XLP_LONG_HEADER) adds
+    u64 xlp_sysid | u32 xlp_seg_size | u32 xlp_xlog_blcksz, 40 bytes in all.
+
+Records start 8-byte aligned and continue across pages (and segments): a page whose first bytes continue
+the previous record has ``XLP_FIRST_IS_CONTRECORD`` (0x1) and ``xlp_rem_len`` = the bytes still missing.
+A record's end LSN is PostgreSQL's ``EndRecPtr``: just past its last byte, rounded up to 8 (an
+``XLOG_SWITCH`` record extends to the end of its segment).
+
+End of WAL, as PostgreSQL's reader decides it: a zeroed page or record header, a page whose address is not
+its own (a recycled segment), a record header that is not plausible, a bad CRC, or the last segment file.
+:attr:`WalReader.end_reason` says which. With ``strict=True`` everything but a zero record length / zeroed
+page / missing next segment raises :class:`InvalidWal` instead. A page magic of another PostgreSQL version
+always raises :class:`InvalidWal` naming that version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections.abc import Iterable, Iterator
+
+from .. import BufferTag
+from .crc32c import crc32c
+from .errors import InvalidRecord, InvalidWal
+from .xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, RM_XLOG_ID, decode_record
+
+XLOG_PAGE_MAGIC_15 = 0xD110
+_KNOWN_MAGICS = {0xD101: 11, 0xD104: 12, 0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17}
+XLP_FIRST_IS_CONTRECORD = 0x0001
+XLP_LONG_HEADER = 0x0002
+SIZE_OF_SHORT_PHD = 24
+SIZE_OF_LONG_PHD = 40
+SIZE_OF_XLOG_RECORD = 24
+XLOG_SWITCH = 0x40
+RM_MAX_BUILTIN_ID = 21  # PostgreSQL 15: rmgrlist.h has 22 built-in resource managers
+RM_MIN_CUSTOM_ID = 128
+
+_PHD = struct.Struct("<HHIQI")
+_LONG_PHD_TAIL = struct.Struct("<QII")
+_REC_HDR = struct.Struct("<IIQBB")
+_SEG_NAME = re.compile(r"^[0-9A-F]{24}$")
+
+
+def _maxalign(x: int) -> int:
+    return (x + 7) & ~7
+
+
+def format_lsn(lsn: int) -> str:
+    """``X/X`` as PostgreSQL prints an LSN."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    """Parse ``X/X``. Raises ValueError on anything else."""
+    hi, lo = text.strip().split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+class _EndOfWal(Exception):
+    """Internal: the reader reached the end of valid WAL; the argument is the reason."""
+
+
+class WalReader:
+    """Iterate over the records of a ``pg_wal`` directory: yields ``(start_lsn, end_lsn, record_bytes)``.
+
+    ``start_lsn`` defaults to the first record that begins in the oldest segment. ``record_bytes`` is the
+    whole record (``xl_tot_len`` bytes) and has passed its CRC check unless ``verify_crc=False``.
+
+    Raises :class:`InvalidWal` when the directory has no segments, the first long header is malformed, a
+    page carries another PostgreSQL version's magic, or (``strict``) a record or page is invalid before a
+    clean end. After iteration, :attr:`end_reason` says why reading stopped and :attr:`end_lsn` where.
+    """
+
+    def __init__(self, wal_dir: str | os.PathLike, *, start_lsn: int | None = None,
+                 verify_crc: bool = True, strict: bool = False):
+        self.wal_dir = os.fspath(wal_dir)
+        self.verify_crc = verify_crc
+        self.strict = strict
+        self.end_reason: str | None = None
+        self.end_lsn: int | None = None
+        names = sorted(n for n in os.listdir(self.wal_dir) if _SEG_NAME.match(n))
+        if not names:
+            raise InvalidWal(f"no WAL segment files in {self.wal_dir}")
+        first = os.path.join(self.wal_dir, names[0])
+        with open(first, "rb") as f:
+            head = f.read(SIZE_OF_LONG_PHD)
+        if len(head) < SIZE_OF_LONG_PHD:
+            raise InvalidWal(f"{first}: shorter than a long page header")
+        magic, info, tli, pageaddr, _rem = _PHD.unpack_from(head)
+        self._check_magic(magic, pageaddr)
+        if not info & XLP_LONG_HEADER:
+            raise InvalidWal(f"{first}: first page has no long header")
+        self.system_id, self.segment_size, self.page_size = _LONG_PHD_TAIL.unpack_from(head, SIZE_OF_SHORT_PHD)
+        ss, ps = self.segment_size, self.page_size
+        if ps < 1024 or ps & (ps - 1) or ss < ps or ss & (ss - 1) or ss % ps:
+            raise InvalidWal(f"{first}: implausible segment size {ss} / page size {ps}")
+        self.timeline = tli
+        segs_per_id = 0x100000000 // ss
+        self._files: dict[int, str] = {}
+        for n in names:
+            if int(n[:8], 16) != tli:
+                continue  # another timeline: not followed
+            segno = int(n[8:16], 16) * segs_per_id + int(n[16:24], 16)
+            self._files[segno] = os.path.join(self.wal_dir, n)
+        self.first_segno = int(names[0][8:16], 16) * segs_per_id + int(names[0][16:24], 16)
+        self._seg_cache: tuple[int, bytes] | None = None
+        self.start_lsn = start_lsn
+
+    @staticmethod
+    def _check_magic(magic: int, pageaddr: int) -> None:
+        if magic != XLOG_PAGE_MAGIC_15:
+            ver = _KNOWN_MAGICS.get(magic)
+            what = f"PostgreSQL {ver}" if ver else "an unknown version"
+            raise InvalidWal(
+                f"WAL page at {format_lsn(pageaddr)} has magic 0x{magic:04X} ({what}); "
+                f"only PostgreSQL 15 (0x{XLOG_PAGE_MAGIC_15:04X}) is supported"
+            )
+
+    # -- page access ---------------------------------------------------------------------------------
+    def _segment(self, segno: int) -> bytes:
+        cache = self._seg_cache
+        if cache is not None and cache[0] == segno:
+            return cache[1]
+        path = self._files.get(segno)
+        if path is None:
+            raise _EndOfWal(f"segment {segno:X} not present")
+        with open(path, "rb") as f:
+            data = f.read()
+        if len(data) != self.segment_size:
+            raise InvalidWal(f"{path}: {len(data)} bytes, expected segment size {self.segment_size}")
+        self._seg_cache = (segno, data)
+        return data
+
+    def _page(self, page_lsn: int) -> tuple[bytes, int, int, int]:
+        """(segment bytes, offset of page in it, header size, xlp_info / rem_len packed) for a page start."""
+        seg = self._segment(page_lsn // self.segment_size)
+        off = page_lsn % self.segment_size
+        magic, info, tli, pageaddr, rem_len = _PHD.unpack_from(seg, off)
+        if magic == 0 and info == 0 and pageaddr == 0:
+            raise _EndOfWal(f"zeroed page at {format_lsn(page_lsn)}")
+        self._check_magic(magic, page_lsn)
+        if pageaddr != page_lsn:
+            # A recycled segment still holds pages of an older position: that is where WAL ends.
+            raise _EndOfWal(f"page at {format_lsn(page_lsn)} has address {format_lsn(pageaddr)}")
+        if tli != self.timeline:
+            raise _EndOfWal(f"page at {format_lsn(page_lsn)} is on timeline {tli}, not {self.timeline}")
+        if info & ~0x7:
+            self._bad(f"page at {format_lsn(page_lsn)} has invalid info bits 0x{info:04X}")
+        is_long = bool(info & XLP_LONG_HEADER)
+        if is_long != (off == 0):
+            self._bad(f"page at {format_lsn(page_lsn)}: long header flag {is_long} at segment offset {off}")
+        hdr = SIZE_OF_LONG_PHD if is_long else SIZE_OF_SHORT_PHD
+        return seg, off, hdr, (info << 32) | rem_len
+
+    def _bad(self, reason: str) -> None:
+        if self.strict:
+            raise InvalidWal(reason)
+        raise _EndOfWal(reason)
+
+    # -- iteration -----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        ps = self.page_size
+        pos = self.start_lsn
+        try:
+            if pos is None:
+                pos = self._first_record_lsn()
+            prev = None
+            while True:
+                start, end, raw = self._read_record(pos, prev)
+                yield start, end, raw
+                prev = start
+                pos = end
+        except _EndOfWal as e:
+            self.end_reason = str(e.args[0])
+            self.end_lsn = pos
+        del ps
+
+    def _first_record_lsn(self) -> int:
+        base = self.first_segno * self.segment_size
+        seg, off, hdr, packed = self._page(base)
+        info, rem_len = packed >> 32, packed & 0xFFFFFFFF
+        pos = base + hdr
+        if info & XLP_FIRST_IS_CONTRECORD and rem_len:
+            # Skip the tail of a record that began in an older (removed) segment.
+            pos = self._skip(pos, rem_len)
+        return pos
+
+    def _skip(self, pos: int, nbytes: int) -> int:
+        ps = self.page_size
+        while True:
+            room = ps - pos % ps
+            if nbytes <= room:
+                return _maxalign(pos + nbytes)
+            nbytes -= room
+            pos += room
+            _seg, _off, hdr, _packed = self._page(pos)
+            pos += hdr
+
+    def _read_record(self, pos: int, prev: int | None) -> tuple[int, int, bytes]:
+        ps = self.page_size
+        ss = self.segment_size
+        if pos % ps == 0:
+            _seg, _off, hdr, packed = self._page(pos)
+            if (packed >> 32) & XLP_FIRST_IS_CONTRECORD and packed & 0xFFFFFFFF:
+                self._bad(f"record expected at {format_lsn(pos)} but the page starts with a continuation")
+            pos += hdr
+        else:
+            # Make sure the page we are on is valid (it was when we read the previous record, but the
+            # first record may start mid-page with a caller-given start_lsn).
+            if self.start_lsn is not None and prev is None:
+                self._page(pos - pos % ps)
+        start = pos
+        seg = self._segment(pos // ss)
+        off = pos % ss
+        room = ps - pos % ps
+        # pos is 8-aligned past a header, so at least 8 bytes (tot_len and xid) are on this page.
+        (tot_len,) = struct.unpack_from("<I", seg, off)
+        if tot_len == 0:
+            raise _EndOfWal(f"zero record length at {format_lsn(start)}")
+        if tot_len < SIZE_OF_XLOG_RECORD:
+            self._bad(f"invalid record length {tot_len} at {format_lsn(start)}")
+        if tot_len <= room:
+            raw = seg[off : off + tot_len]
+            end = start + tot_len
+        else:
+            parts = [seg[off : off + room]]
+            got = room
+            p = pos + room
+            while got < tot_len:
+                seg2, off2, hdr, packed = self._page(p)
+                info, rem_len = packed >> 32, packed & 0xFFFFFFFF
+                if not info & XLP_FIRST_IS_CONTRECORD:
+                    self._bad(f"there is no contrecord flag at {format_lsn(p)}")
+                if rem_len == 0 or rem_len != tot_len - got:
+                    self._bad(f"invalid contrecord length {rem_len} (expected {tot_len - got}) at {format_lsn(p)}")
+                take = min(ps - hdr, tot_len - got)
+                parts.append(seg2[off2 + hdr : off2 + hdr + take])
+                got += take
+                end = p + hdr + take
+                p += ps
+            raw = b"".join(parts)
+        _tl, _xid, xl_prev, info, rmid = _REC_HDR.unpack_from(raw)
+        if prev is not None and xl_prev != prev:
+            self._bad(f"record at {format_lsn(start)} has incorrect prev-link {format_lsn(xl_prev)}")
+        if rmid > RM_MAX_BUILTIN_ID and rmid < RM_MIN_CUSTOM_ID:
+            self._bad(f"invalid resource manager ID {rmid} at {format_lsn(start)}")
+        if self.verify_crc:
+            (want,) = struct.unpack_from("<I", raw, 20)
+            if crc32c(raw[:20], crc32c(raw[SIZE_OF_XLOG_RECORD:])) != want:
+                self._bad(f"incorrect resource manager data checksum in record at {format_lsn(start)}")
+        end = _maxalign(end)
+        if rmid == RM_XLOG_ID and info & 0xF0 == XLOG_SWITCH:
+            end = (end + ss - 1) // ss * ss  # the rest of the segment is padding
+        return start, end, raw
+
+
+def read_wal(wal_dir: str | os.PathLike, **kwargs) -> Iterator[tuple[int, int, bytes]]:
+    """Shorthand for ``iter(WalReader(wal_dir, **kwargs))``; see :class:`WalReader` for errors."""
+    return iter(WalReader(wal_dir, **kwargs))
+
+
+# Heap records whose flags clear visibility-map bits of the heap block's VM page without referencing it
+# (heap_xlog_insert & co. call visibilitymap_clear on their own): (rmid, info & 0x70) -> offset of the
+# flags byte in main data and, per bit, which block ref's heap block loses its VM bits.
+_HEAP_VM_CLEARS = {
+    (RM_HEAP_ID, 0x00): (2, ((0x01, 0),)),  # INSERT: xl_heap_insert.flags, ALL_VISIBLE_CLEARED
+    (RM_HEAP_ID, 0x10): (7, ((0x01, 0),)),  # DELETE: xl_heap_delete.flags
+    (RM_HEAP_ID, 0x20): (7, ((0x01, 1), (0x02, 0))),  # UPDATE: OLD (block 1, or 0) / NEW (block 0)
+    (RM_HEAP_ID, 0x40): (7, ((0x01, 1), (0x02, 0))),  # HOT_UPDATE
+    (RM_HEAP_ID, 0x60): (7, ((0x01, 0),)),  # LOCK: ALL_FROZEN_CLEARED
+    (RM_HEAP2_ID, 0x50): (0, ((0x01, 0),)),  # MULTI_INSERT: xl_heap_multi_insert.flags
+    (RM_HEAP2_ID, 0x60): (7, ((0x01, 0),)),  # LOCK_UPDATED
+}
+VM_FORKNUM = 2
+HEAPBLOCKS_PER_VM_PAGE = (8192 - 24) * 4  # MAPSIZE * (8 bits / 2 bits per heap block)
+
+
+def pages_touched(raw: bytes, *, include_vm_clears: bool = True) -> list[BufferTag]:
+    """The pages a record must be applied to: each block reference's page, plus (``include_vm_clears``)
+    the visibility-map page of a heap block whose VM bits the record clears implicitly.
+
+    Raises :class:`InvalidRecord` if the record does not decode.
+    """
+    rec = decode_record(raw, verify_crc=False)
+    tags = [b.tag for b in rec.blocks.values()]
+    if include_vm_clears:
+        spec = _HEAP_VM_CLEARS.get((rec.rmid, rec.info & 0x70))
+        if spec is not None and len(rec.main_data) > spec[0]:
+            flags = rec.main_data[spec[0]]
+            for bit, block_id in spec[1]:
+                if flags & bit:
+                    b = rec.blocks.get(block_id) or rec.blocks.get(0)
+                    if b is None:
+                        continue
+                    vm = BufferTag(b.spcnode, b.dbnode, b.relnode, VM_FORKNUM, b.blkno // HEAPBLOCKS_PER_VM_PAGE)
+                    if vm not in tags:
+                        tags.append(vm)
+    return tags
+
+
+def group_by_page(records: Iterable[tuple[int, int, bytes]], *,
+                  include_vm_clears: bool = True) -> dict[BufferTag, list[tuple[int, bytes]]]:
+    """Group ``(start_lsn, end_lsn, record_bytes)`` by page, as a pageserver files WAL under page keys.
+
+    Returns ``{tag: [(end_lsn, record_bytes), ...]}`` in WAL order — the ``records`` argument that
+    ``walredo_template.redo.apply_records(tag, base_image, records)`` takes. Records with no block
+    references (commits, checkpoints) appear nowhere. Raises :class:`InvalidRecord` on a record that does
+    not decode.
+    """
+    out: dict[BufferTag, list[tuple[int, bytes]]] = {}
+    for _start, end, raw in records:
+        for tag in pages_touched(raw, include_vm_clears=include_vm_clears):
+            lst = out.get(tag)
+            if lst is None:
+                out[tag] = lst = []
+            lst.append((end, raw))
+    return out
+
+
+__all__ = [
+    "WalReader", "read_wal", "group_by_page", "pages_touched", "format_lsn", "parse_lsn",
+    "XLOG_PAGE_MAGIC_15", "HEAPBLOCKS_PER_VM_PAGE", "InvalidWal", "InvalidRecord",
+]
