@@ -234,7 +234,8 @@ class PgCluster:
         out = self.psql(
             "SELECT CASE WHEN reltablespace = 0 THEN (SELECT dattablespace FROM pg_database "
             "WHERE datname = current_database()) ELSE reltablespace END::oid::int8, "
-            "(SELECT oid FROM pg_database WHERE datname = current_database())::int8, "
+            "CASE WHEN relisshared THEN 0 ELSE (SELECT oid FROM pg_database "
+            "WHERE datname = current_database()) END::int8, "
             "pg_relation_filenode(oid)::int8, pg_relation_filepath(oid) "
             "FROM pg_class WHERE relkind IN ('r', 't', 'm') AND pg_relation_filenode(oid) IS NOT NULL "
             "AND relpersistence = 'p'", db)
@@ -311,3 +312,90 @@ def run_workload(cluster: PgCluster, *, pgbench_scale: int = 1, pgbench_transact
     cluster.pgbench("-n", "-c", "2", "-j", "1", "-t", str(pgbench_transactions))
     cluster.psql("CHECKPOINT; VACUUM pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history;")
     cluster.pgbench("-n", "-c", "1", "-t", str(max(1, pgbench_transactions // 4)))
+
+
+# -- captures: run a cluster, keep what the tests need in memory, remove the cluster ------------------
+
+@dataclass
+class ClusterConfig:
+    """One oracle configuration."""
+
+    name: str
+    checksums: bool = False
+    wal_compression: str = "off"
+    wal_segsize_mb: int = 16
+
+
+CONFIGS = {
+    "default": ClusterConfig("default", wal_segsize_mb=1),  # 1 MiB segments: many records cross segments
+    "checksums": ClusterConfig("checksums", checksums=True),
+    "pglz": ClusterConfig("pglz", wal_compression="pglz"),
+    "lz4": ClusterConfig("lz4", wal_compression="lz4"),
+    "zstd": ClusterConfig("zstd", wal_compression="zstd", wal_segsize_mb=4),
+}
+
+
+@dataclass
+class WalCapture:
+    """What a cluster run leaves behind, held in memory after the cluster is gone.
+
+    ``records``: every WAL record from ``start_lsn`` (just before the workload) to the end of WAL, as
+    ``(start_lsn, end_lsn, record_bytes)``. ``disk_pages``: every page of the main and VM forks of every
+    heap relation (catalogs included) as on disk after the clean shutdown. ``tables``: name → (spc, db,
+    rel) of the workload's tables. ``waldump``: pg_waldump's output lines for the same range.
+    """
+
+    config: ClusterConfig
+    start_lsn: int
+    records: list
+    end_reason: str | None
+    end_lsn: int | None
+    disk_pages: dict
+    tables: dict
+    waldump: list
+    page_size: int = 8192
+    segment_size: int = 0
+
+
+def capture(config: ClusterConfig, workload=None, *, waldump: bool = True) -> WalCapture:
+    """Run ``workload(cluster)`` (default :func:`run_workload`) on a fresh cluster of ``config``, stop it
+    cleanly, read its WAL and heap pages, remove it. Raises PgUnavailable / CalledProcessError /
+    InvalidWal; the cluster is removed in every case."""
+    from walredo_template import BufferTag
+    from walredo_template.pg.walreader import WalReader, format_lsn
+
+    workload = workload or run_workload
+    cluster = PgCluster(checksums=config.checksums, wal_compression=config.wal_compression,
+                        wal_segsize_mb=config.wal_segsize_mb)
+    try:
+        cluster.start()
+        start_lsn = cluster.current_lsn()
+        workload(cluster)
+        rels = cluster.heap_relations()
+        tables = {}
+        for name in ("t", "nokey", "pgbench_accounts", "pgbench_branches", "pgbench_tellers",
+                     "pgbench_history"):
+            try:
+                spc, dbn, rel, _path = cluster.relation(name)
+            except subprocess.CalledProcessError:
+                continue  # not created by this workload
+            tables[name] = (spc, dbn, rel)
+        cluster.stop()
+        disk_pages = {}
+        for spc, dbn, rel, path in rels:
+            for fork in (0, 2):
+                for blkno, page in enumerate(cluster.relation_pages(path, fork)):
+                    disk_pages[BufferTag(spc, dbn, rel, fork, blkno)] = page
+        reader = WalReader(cluster.wal_dir, start_lsn=start_lsn)
+        records = list(reader)
+        lines = []
+        if waldump:
+            res = subprocess.run([pg_bin("pg_waldump"), "-p", cluster.wal_dir, "-s", format_lsn(start_lsn)],
+                                 capture_output=True, text=True)
+            lines = res.stdout.splitlines()
+        return WalCapture(config, start_lsn, records, reader.end_reason, reader.end_lsn, disk_pages, tables,
+                          lines, reader.page_size, reader.segment_size)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"PostgreSQL step failed: {e.cmd}: {e.stderr}\n{cluster.server_log()[-3000:]}") from e
+    finally:
+        cluster.cleanup()

@@ -1,0 +1,74 @@
+"""Shared fixtures. Other engineers may add fixtures here (additively).
+
+``wal_captures`` (session): ``wal_captures.get(name)`` runs the standard workload on a real PostgreSQL 15
+cluster of the configuration ``name`` (see ``pgcluster.CONFIGS``: default, checksums, pglz, lz4, zstd)
+once per test session, then returns the :class:`pgcluster.WalCapture` (WAL records, on-disk heap pages,
+pg_waldump output); the cluster itself is stopped and removed right after capture. Missing PostgreSQL
+binaries make the tests fail (never skip): ``scripts/test`` installs them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import pgcluster  # noqa: E402
+
+
+class _Captures:
+    def __init__(self) -> None:
+        self._cache: dict[str, pgcluster.WalCapture] = {}
+
+    def get(self, name: str) -> pgcluster.WalCapture:
+        cap = self._cache.get(name)
+        if cap is None:
+            cap = pgcluster.capture(pgcluster.CONFIGS[name])
+            self._cache[name] = cap
+        return cap
+
+
+@pytest.fixture(scope="session")
+def wal_captures() -> _Captures:
+    """Lazily captured real-PostgreSQL WAL per configuration (cluster already cleaned up)."""
+    pgcluster.pg_bin("postgres")  # fail loudly, not skip, when PostgreSQL 15 is missing
+    return _Captures()
+
+
+@pytest.fixture(scope="session")
+def default_capture(wal_captures) -> pgcluster.WalCapture:
+    return wal_captures.get("default")
+
+
+@pytest.fixture(scope="session")
+def small_wal(tmp_path_factory):
+    """A copy of a small real pg_wal (1 MiB segments; cluster removed): (wal_dir, start_lsn, waldump lines).
+
+    Tests may copy it and corrupt the copy; they must not modify this directory.
+    """
+    import shutil
+    import subprocess
+
+    from walredo_template.pg.walreader import format_lsn
+
+    dest = tmp_path_factory.mktemp("small_wal") / "pg_wal"
+    cluster = pgcluster.PgCluster(wal_segsize_mb=1)
+    try:
+        cluster.start()
+        start = cluster.current_lsn()
+        cluster.psql(
+            "CREATE TABLE s (id int, v text);"
+            "INSERT INTO s SELECT g, repeat('s', 100 + g % 300) FROM generate_series(1, 4000) g;"
+            "CHECKPOINT; UPDATE s SET v = v || 'u' WHERE id % 3 = 0; DELETE FROM s WHERE id % 5 = 0;"
+            "VACUUM s;"
+        )
+        cluster.stop()
+        shutil.copytree(cluster.wal_dir, dest, ignore=shutil.ignore_patterns("archive_status", "*.partial"))
+        res = subprocess.run([pgcluster.pg_bin("pg_waldump"), "-p", str(dest), "-s", format_lsn(start)],
+                             capture_output=True, text=True)
+    finally:
+        cluster.cleanup()
+    return dest, start, res.stdout.splitlines()
