@@ -1,0 +1,25 @@
+"""Benchmarks for the walredo fork server (issue 6), with the baselines measured in the same run.
+
+Each benchmark is a module with a ``main(argv)`` (``python -m benchmarks.<name>``; ``scripts/bench_<name>``
+are thin entry points) that writes ``bench-results/<name>.json`` and ``<name>.md``. ``scripts/bench`` runs
+them all (:mod:`benchmarks.all`) and adds a summary checked against the issue's goals.
+
+Modules, by what they do:
+
+- :mod:`benchmarks.stats` — percentiles and sample summaries;
+- :mod:`benchmarks.report` — results files: JSON, Markdown tables, PNG plots (matplotlib optional);
+- :mod:`benchmarks.runner` — shared command line (``--quick``, ``--out``) and the run/write wrapper;
+- :mod:`benchmarks.heap` — a parent heap of N GiB with every page touched;
+- :mod:`benchmarks.loopstall` — the 1 ms ticker that measures event-loop gaps;
+- :mod:`benchmarks.framed_client` — a minimal in-order pipelined asyncio client for length-prefixed frames;
+- :mod:`benchmarks.baseline_worker` — how the baselines run the walredo worker (fresh interpreter,
+  multiprocessing target, forked child) and the raw echo server;
+- :mod:`benchmarks.spawn_methods` — the four ways to start a tenant child, behind one interface;
+- :mod:`benchmarks.proc_memory` — USS/PSS/RSS of processes (psutil);
+- :mod:`benchmarks.wal_inputs` — the ``short``/``medium`` redo inputs taken from the committed WAL capture;
+- the benchmarks: :mod:`~benchmarks.cold_spawn` (with the loop stall), :mod:`~benchmarks.coalescing`,
+  :mod:`~benchmarks.walredo`, :mod:`~benchmarks.memory`, :mod:`~benchmarks.scale`;
+- :mod:`benchmarks.goals` — the issue's goals checked against the results.
+
+Every benchmark cleans up every process it starts, also on error and on Ctrl-C.
+"""

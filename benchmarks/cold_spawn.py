@@ -1,0 +1,170 @@
+"""Benchmarks 1 and 2: cold spawn latency and the parent's loop stall during each spawn storm.
+
+For each parent heap size (0, 1, 4 GiB touched) and each spawn method (:mod:`benchmarks.spawn_methods`):
+``--spawns`` sequential spawns, each timed from the request to the child's first pong (the parent's
+view of "ready"), then closed (EOF) and reaped before the next. A 1 ms ticker runs in the parent during
+the whole storm (:mod:`benchmarks.loopstall`); the same ticker on the idle loop, measured for each heap
+size in the same run, is the noise floor.
+
+The template and the multiprocessing forkserver are started before the heap is allocated (as a service
+would start them at boot), so neither inherits it; fresh interpreters are exec'd, and ``os.fork`` forks
+the whole heap — that is what is compared.
+
+Run: ``scripts/bench_cold_spawn [--quick] [--spawns N] [--heaps 0,1,4] [--methods template,fresh,mp,fork]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+import uuid
+from typing import Any
+
+from benchmarks import runner
+from benchmarks.heap import touched_heap
+from benchmarks.loopstall import LoopStallProbe, idle_floor
+from benchmarks.report import Table, plot_bars
+from benchmarks.runner import log
+from benchmarks.spawn_methods import (
+    FreshInterpreterSpawn,
+    MultiprocessingForkserverSpawn,
+    OsForkSpawn,
+    SpawnMethod,
+    TemplateSpawn,
+    template_available,
+)
+from benchmarks.stats import fmt, summarize
+
+METHODS = {
+    "template": TemplateSpawn,
+    "fresh": FreshInterpreterSpawn,
+    "mp": MultiprocessingForkserverSpawn,
+    "fork": OsForkSpawn,
+}
+WARMUP = 3
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spawns", type=int, default=None, help="spawns per method and heap (default 200; quick 20)")
+    p.add_argument("--heaps", default=None, help="parent heap sizes in GiB, comma-separated (default 0,1,4)")
+    p.add_argument("--methods", default="template,fresh,mp,fork", help="subset of: " + ",".join(METHODS))
+    p.add_argument("--floor-seconds", type=float, default=None, help="idle ticker duration (default 1; quick 0.3)")
+
+
+async def storm(method: SpawnMethod, spawns: int) -> tuple[list[float], LoopStallProbe]:
+    """``spawns`` sequential spawn → first pong → close cycles under the loop-stall probe."""
+    for _ in range(WARMUP):  # first spawns pay one-off costs (imports, page faults in the template)
+        child = await method.spawn(uuid.uuid4().hex)
+        try:
+            await child.ping()
+        finally:
+            await child.close()
+    latencies: list[float] = []
+    async with LoopStallProbe() as probe:
+        for _ in range(spawns):
+            tenant = uuid.uuid4().hex
+            t0 = time.perf_counter()
+            child = await method.spawn(tenant)
+            try:
+                await child.ping()
+                latencies.append(time.perf_counter() - t0)
+            finally:
+                await child.close()
+    return latencies, probe
+
+
+async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
+    spawns = args.spawns or (20 if args.quick else 200)
+    heaps = [float(h) for h in (args.heaps or ("0,0.25" if args.quick else "0,1,4")).split(",")]
+    floor_seconds = args.floor_seconds or (0.3 if args.quick else 1.0)
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    unknown = set(names) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {sorted(METHODS)}")
+    notes = []
+    if "template" in names and not template_available():
+        names.remove("template")
+        notes.append("forkserver.TemplateClient is not in this tree: template not measured")
+        log(notes[-1])
+    methods = [METHODS[n]() for n in names]
+
+    rows: list[dict[str, Any]] = []
+    floors: dict[float, dict[str, float]] = {}
+    started: list[SpawnMethod] = []
+    try:
+        for m in methods:
+            await m.start()
+            started.append(m)
+        for gib in heaps:
+            log(f"cold_spawn: allocating and touching a {gib} GiB parent heap")
+            heap = touched_heap(gib)
+            try:
+                floors[gib] = await idle_floor(floor_seconds)
+                for m in methods:
+                    log(f"cold_spawn: {m.name}, heap {gib} GiB, {spawns} spawns")
+                    latencies, probe = await storm(m, spawns)
+                    rows.append({
+                        "method": m.name, "heap_gib": gib, "spawn_ms": summarize(latencies),
+                        "loop_gap_ms": probe.summary(),
+                    })
+            finally:
+                del heap
+                gc.collect()
+    finally:
+        for m in reversed(started):
+            await m.aclose()
+
+    spawn_table = Table(
+        "Cold spawn: request → child answered its first ping (ms)",
+        ["method", "parent heap", "p50", "p99", "max", "p50 vs template"],
+        note=f"{spawns} sequential spawns per cell after {WARMUP} warm-up spawns; each child is closed and reaped "
+             "before the next spawn.",
+    )
+    template_p50 = {r["heap_gib"]: r["spawn_ms"]["p50"] for r in rows if r["method"] == "template"}
+    for r in rows:
+        s = r["spawn_ms"]
+        base = template_p50.get(r["heap_gib"])
+        ratio = f"{s['p50'] / base:.1f}×" if base else "–"
+        spawn_table.add(r["method"], f"{r['heap_gib']:g} GiB", fmt(s["p50"]), fmt(s["p99"]), fmt(s["max"]), ratio)
+
+    stall_table = Table(
+        "Loop stall: gaps of a 1 ms ticker in the parent during each spawn storm (ms)",
+        ["method", "parent heap", "gap p50", "gap p99", "gap max"],
+        note="A gap is the time between two wake-ups of an `asyncio.sleep(0.001)` loop (≥ 1 ms by construction). "
+             "'idle floor' is the same ticker on an idle loop, measured in the same run.",
+    )
+    for gib in heaps:
+        f = floors[gib]
+        stall_table.add("idle floor", f"{gib:g} GiB", fmt(f["p50"]), fmt(f["p99"]), fmt(f["max"]))
+        for r in rows:
+            if r["heap_gib"] == gib:
+                g = r["loop_gap_ms"]
+                stall_table.add(r["method"], f"{gib:g} GiB", fmt(g["p50"]), fmt(g["p99"]), fmt(g["max"]))
+
+    plots = []
+    if not args.no_plots:
+        groups = [f"{g:g} GiB" for g in heaps]
+        by_method = {m.name: [next((r["spawn_ms"]["p50"] for r in rows if r["method"] == m.name
+                                    and r["heap_gib"] == g), float("nan")) for g in heaps] for m in methods}
+        stall = {m.name: [next((r["loop_gap_ms"]["max"] for r in rows if r["method"] == m.name
+                                and r["heap_gib"] == g), float("nan")) for g in heaps] for m in methods}
+        stall["idle floor"] = [floors[g]["max"] for g in heaps]
+        args.out.mkdir(parents=True, exist_ok=True)
+        for p in (
+            plot_bars(args.out / "cold_spawn.png", "Cold spawn p50 (ms, log)", "ms", groups, by_method, log=True),
+            plot_bars(args.out / "loop_stall.png", "Max loop gap during spawn storm (ms, log)", "ms", groups,
+                      stall, log=True),
+        ):
+            if p:
+                plots.append(str(p))
+    data = {"rows": rows, "idle_floor_ms": {f"{g:g}": floors[g] for g in heaps}, "notes": notes, "plots": plots}
+    return data, [spawn_table, stall_table]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return runner.main("cold_spawn", __doc__.splitlines()[0], add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
