@@ -11,3 +11,8 @@ from .errors import CellClosed, ForkServerError, InitAborted
 from .oncecell import OnceCell
 
 __all__ += ["CellClosed", "ForkServerError", "InitAborted", "OnceCell"]
+
+from .errors import ProcessBroken, ProcessClosed, RedoFailed
+from .process import ProcessState, ProcessStats, WalRedoProcess
+
+__all__ += ["ProcessBroken", "ProcessClosed", "ProcessState", "ProcessStats", "RedoFailed", "WalRedoProcess"]

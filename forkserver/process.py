@@ -1,0 +1,375 @@
+"""The parent's connection to one walredo child: pipelined requests over the child socket.
+
+Runs in the parent process on its asyncio loop. One :class:`WalRedoProcess` wraps one child handle (from
+:meth:`forkserver.TemplateClient.spawn`, or anything with the same duck type: ``pid``, ``socket`` — the
+parent end of the child's socketpair —, ``kill(sig)`` and ``async wait()``) and speaks
+:mod:`walredo_template.protocol` on its socket.
+
+Pipelining: callers write their request frames as they come (each write happens synchronously, together
+with appending the request's slot to a FIFO, so frame order on the wire always equals slot order) and
+the child answers in order. One reader — a loop reader callback on the socket, so there is no task to
+leak or cancel — decodes responses and resolves slots front to back. A caller cancelled mid-request
+leaves its slot in the FIFO: its response is still read and dropped, so the stream stays in sync for
+everyone else.
+
+Failure: if the stream breaks (EOF, reset, an undecodable or unexpected response) the process becomes
+BROKEN — every pending and later request raises :class:`~forkserver.errors.ProcessBroken`, the child is
+killed and reaping starts at once so a broken child never lingers. :meth:`WalRedoProcess.aclose` kills
+and reaps; it is idempotent.
+
+Lifecycle::
+
+    RUNNING ──stream breaks──▶ BROKEN ──close()/aclose()──▶ CLOSED
+       └───────────────close()/aclose()─────────────────────────┘
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from walredo_template import protocol
+from walredo_template.protocol import SUPPORTED_PG_VERSION
+
+from .errors import ProcessBroken, ProcessClosed, RedoFailed
+
+log = logging.getLogger(__name__)
+
+# One recv reads up to this much: a burst of pipelined 8 KiB pages arrives in few calls.
+RECV_SIZE = 1 << 20
+
+
+class ChildHandleLike(Protocol):
+    """What :class:`WalRedoProcess` needs from a child handle (``forkserver.client.ChildHandle``)."""
+
+    pid: int
+    socket: socket.socket
+
+    def kill(self, sig: int) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+class ProcessState(enum.Enum):
+    RUNNING = "running"  # requests are accepted
+    BROKEN = "broken"  # the stream failed; the child was killed and is being reaped
+    CLOSED = "closed"  # closed by this side; the child was killed and is being (or was) reaped
+
+
+class _Kind(enum.Enum):
+    PING = "ping"
+    REDO = "redo"
+
+
+class _Slot:
+    """One request in flight. Stays queued until its response arrives, even if its caller is gone."""
+
+    __slots__ = ("kind", "id", "future")
+
+    def __init__(self, kind: _Kind, id: int, future: asyncio.Future[Any]) -> None:
+        self.kind = kind
+        self.id = id
+        self.future = future
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    """A snapshot of one process; times are ``time.time()`` seconds."""
+
+    pid: int
+    tenant: str | None
+    state: ProcessState
+    started_at: float
+    requests_served: int
+    last_request_at: float | None
+    in_flight: int
+    exit_status: int | None
+
+
+class WalRedoProcess:
+    """A pipelined connection to one walredo child.
+
+    ``WalRedoProcess(handle, tenant=None)`` takes ownership of ``handle`` and its socket (made non-blocking
+    and watched by the running loop, so construct it on the loop thread). Many requests may be in flight.
+
+    Attributes (read-only): ``pid``, ``tenant``, ``state``, ``started_at`` and ``last_request_at``
+    (``time.time()``; the latter ``None`` until the first request), ``requests_served`` (responses read,
+    including dropped ones), ``in_flight`` (requests sent and not yet answered), ``exit_status``
+    (``None`` until reaped).
+    """
+
+    def __init__(self, handle: ChildHandleLike, *, tenant: str | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._handle = handle
+        self._sock = handle.socket
+        self._sock.setblocking(False)
+        self.pid: int = handle.pid
+        self.tenant = tenant
+        self.started_at = time.time()
+        self.last_request_at: float | None = None
+        self.requests_served = 0
+        self.exit_status: int | None = None
+        self._state = ProcessState.RUNNING
+        # Why the stream broke (or ProcessClosed): raised to every later caller.
+        self._error: ProcessBroken | None = None
+        self._decoder = protocol.ResponseDecoder()
+        self._pending: deque[_Slot] = deque()
+        self._next_id = 0
+        # Bytes the socket did not take yet (whole frames or a frame's tail), written when it is writable.
+        self._wbuf: deque[memoryview] = deque()
+        self._reap_task: asyncio.Task[None] | None = None
+        self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def state(self) -> ProcessState:
+        return self._state
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def stats(self) -> ProcessStats:
+        return ProcessStats(
+            pid=self.pid,
+            tenant=self.tenant,
+            state=self._state,
+            started_at=self.started_at,
+            requests_served=self.requests_served,
+            last_request_at=self.last_request_at,
+            in_flight=len(self._pending),
+            exit_status=self.exit_status,
+        )
+
+    async def ping(self) -> None:
+        """Round-trip a ping through the child.
+
+        Raises ``ProcessBroken`` (``ProcessClosed`` after ``close()``) if the stream is or becomes unusable.
+        Cancellation: cancel-safe; the request stays queued and its pong is read and dropped, so the stream
+        stays in sync. No timeout of its own: wrap it in ``asyncio.timeout``.
+        """
+        await self._request(_Kind.PING, protocol.encode_ping)
+
+    async def redo(
+        self,
+        tag: Sequence[int],
+        lsn: int,
+        base_image: bytes | None,
+        records: Sequence[tuple[int, bytes]],
+        pg_version: int = SUPPORTED_PG_VERSION,
+    ) -> bytes:
+        """Have the child apply ``records`` (``(end_lsn, raw XLogRecord)`` pairs) to ``base_image`` (or to
+        nothing: the first record must then initialise the page) and return the 8192-byte page.
+
+        Raises, before any I/O, ``TypeError`` or ``ValueError`` (``BadRedoRequest``, ``FrameTooLarge``) for
+        invalid arguments; ``RedoFailed(code, message)`` when the child refuses the request (a redo-engine
+        error, unsupported pg_version, ...; deterministic, the process stays usable); ``ProcessBroken``
+        (``ProcessClosed`` after ``close()``) when the stream is or becomes unusable (retry on a new process).
+        Cancellation: cancel-safe; the request stays queued and its response is read and dropped. No
+        timeout of its own: wrap it in ``asyncio.timeout`` and close the process if it fires.
+        """
+        return await self._request(_Kind.REDO, _RedoEncoder(tag, lsn, base_image, records, pg_version))
+
+    def close(self) -> None:
+        """Stop the process now, without waiting: fail pending requests with ``ProcessClosed``, close the
+        socket, SIGKILL the child and start reaping it in the background. Idempotent; never raises."""
+        if self._state is ProcessState.CLOSED:
+            return
+        self._shutdown(ProcessClosed(f"walredo process {self.pid} was closed"), ProcessState.CLOSED)
+
+    async def aclose(self) -> int | None:
+        """:meth:`close`, then wait until the child is reaped; returns its exit status (``None`` if the
+        handle could not report it). Idempotent and safe to call concurrently; never raises except
+        ``CancelledError``.
+
+        Cancellation: the kill has already happened and the reap is shielded: it completes in the
+        background and a later ``aclose()`` returns its result.
+        """
+        self.close()
+        if self._reap_task is None:  # closed after its loop ended: nothing can reap here
+            return self.exit_status
+        await asyncio.shield(self._reap_task)
+        return self.exit_status
+
+    async def __aenter__(self) -> WalRedoProcess:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<WalRedoProcess pid={self.pid} tenant={self.tenant} {self._state.value} in_flight={self.in_flight}>"
+
+    # ------------------------------------------------------------------ requests
+
+    async def _request(self, kind: _Kind, frame_for: Any) -> Any:
+        if self._state is not ProcessState.RUNNING:
+            assert self._error is not None
+            raise self._error
+        rid = self._next_id
+        self._next_id = (rid + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        # Encoding validates a redo's arguments (TypeError/ValueError) before the slot is queued, so a bad
+        # argument leaves no trace on the stream; the id it consumed is simply never used.
+        frame = frame_for(rid)
+        fut = self._loop.create_future()
+        # Queue the slot and write the frame with no await in between: wire order == slot order.
+        self._pending.append(_Slot(kind, rid, fut))
+        self.last_request_at = time.time()
+        self._write(frame)
+        # If the caller is cancelled here, awaiting fut cancels it; the slot stays and the response is
+        # dropped when it arrives (see _dispatch).
+        return await fut
+
+    def _write(self, frame: bytes) -> None:
+        if not self._wbuf:
+            try:
+                # MSG_NOSIGNAL: a host program that restored SIGPIPE's default must not die of a dead child.
+                n = self._sock.send(frame, socket.MSG_NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                self._break(f"write to the child failed: {e!r}")
+                return
+            if n == len(frame):
+                return
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+            self._wbuf.append(memoryview(frame)[n:])
+        else:
+            self._wbuf.append(memoryview(frame))
+
+    def _on_writable(self) -> None:
+        while self._wbuf:
+            chunk = self._wbuf[0]
+            try:
+                n = self._sock.send(chunk, socket.MSG_NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._break(f"write to the child failed: {e!r}")
+                return
+            if n < len(chunk):
+                self._wbuf[0] = chunk[n:]
+                return
+            self._wbuf.popleft()
+        self._loop.remove_writer(self._sock.fileno())
+
+    # ------------------------------------------------------------------ responses
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._break(f"read from the child failed: {e!r}")
+            return
+        if not data:
+            self._break("the child closed its socket (EOF): it exited or was killed")
+            return
+        self._decoder.receive_data(data)
+        try:
+            for event in self._decoder:
+                if not self._dispatch(event):  # type: ignore[arg-type]
+                    return
+        except protocol.ProtocolError as e:
+            self._break(f"the child sent a malformed frame: {e}")
+
+    def _dispatch(self, event: protocol.Response) -> bool:
+        """Resolve the oldest slot with ``event``. Returns False if the stream broke."""
+        if isinstance(event, protocol.Error) and event.code == "protocol":
+            # The child could not decode something we sent and closes: nothing more will come.
+            self._break(f"the child reported a protocol error: {event.message}")
+            return False
+        if not self._pending:
+            self._break(f"the child sent a response with no request in flight: {event!r:.100}")
+            return False
+        slot = self._pending[0]
+        if event.id != slot.id:
+            self._break(f"response id {event.id} does not match request id {slot.id}")
+            return False
+        if slot.kind is _Kind.PING:
+            ok = isinstance(event, protocol.Pong)
+        else:
+            ok = isinstance(event, (protocol.Page, protocol.Error))
+        if not ok:
+            self._break(f"the child answered a {slot.kind.value} request with {type(event).__name__}")
+            return False
+        self._pending.popleft()
+        self.requests_served += 1
+        if slot.future.done():  # its caller was cancelled: drop the response
+            return True
+        if isinstance(event, protocol.Pong):
+            slot.future.set_result(None)
+        elif isinstance(event, protocol.Page):
+            slot.future.set_result(event.page)
+        else:
+            slot.future.set_exception(RedoFailed(event.code, event.message))
+        return True
+
+    # ------------------------------------------------------------------ teardown
+
+    def _break(self, reason: str) -> None:
+        if self._state is not ProcessState.RUNNING:
+            return
+        log.warning("walredo process %d (tenant %s) broke: %s", self.pid, self.tenant, reason)
+        self._shutdown(ProcessBroken(f"walredo process {self.pid}: {reason}"), ProcessState.BROKEN)
+
+    def _shutdown(self, error: ProcessBroken, state: ProcessState) -> None:
+        """Enter ``state`` (BROKEN or CLOSED) and do every synchronous part of stopping: fail pending
+        requests, drop the socket, kill the child, start the reap. Each part runs at most once."""
+        first = self._state is ProcessState.RUNNING
+        self._state = state
+        self._error = error
+        while self._pending:
+            fut = self._pending.popleft().future
+            if not fut.done():
+                fut.set_exception(error)
+        if not first:
+            return  # BROKEN → CLOSED: the rest was done when it broke
+        fd = self._sock.fileno()
+        loop_open = not self._loop.is_closed()  # close() after the loop ended still kills the child
+        if fd >= 0 and loop_open:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+        self._wbuf.clear()
+        try:
+            # SIGKILL also ends a stopped (SIGSTOP) or wedged child, which EOF alone would not. Killing
+            # before closing the socket makes the exit status say "killed", not a race with EOF.
+            self._handle.kill(signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already gone
+        except Exception as e:  # the handle's own error (e.g. already reaped): the child is gone
+            log.debug("kill of walredo process %d: %r", self.pid, e)
+        self._sock.close()
+        if loop_open:
+            self._reap_task = self._loop.create_task(self._reap(), name=f"walredo-reap-{self.pid}")
+
+    async def _reap(self) -> None:
+        try:
+            self.exit_status = await self._handle.wait()
+        except Exception:
+            log.exception("could not reap walredo process %d", self.pid)
+
+
+class _RedoEncoder:
+    """Encodes one redo request for a given id (the id is assigned only when the slot is queued)."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+    def __call__(self, id: int) -> bytes:
+        return protocol.encode_redo(*self.args, id=id)
+
+
+__all__ = ["ProcessState", "ProcessStats", "WalRedoProcess"]

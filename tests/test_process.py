@@ -1,0 +1,261 @@
+"""forkserver.process.WalRedoProcess against real forked walredo children on real socketpairs."""
+
+import asyncio
+import os
+import signal
+import struct
+import time
+
+import pytest
+
+from forkserver import ProcessBroken, ProcessClosed, ProcessState, RedoFailed, WalRedoProcess
+from walredo_child import fork_child
+from walredo_template import BufferTag, worker
+from walredo_template import protocol as p
+from walredo_template.pg import errors as pg_errors
+
+TAG = BufferTag(1663, 5, 16384, 0, 7)
+PAGE = bytes(8192)
+
+
+def tag_engine(tag, base_image, records):
+    """Stand-in engine (the real one is exercised in test_real_redo_round_trip): a page naming its tag,
+    with a short pause so requests pile up in flight."""
+    time.sleep(0.0005)
+    if records and records[0][1] == b"bad":
+        raise pg_errors.InvalidRecord("bad record")
+    return struct.pack(">5I", *tag) * (8192 // 20) + bytes(8192 % 20)
+
+
+def expected_page(tag):
+    return struct.pack(">5I", *tag) * (8192 // 20) + bytes(8192 % 20)
+
+
+@pytest.fixture
+async def spawn(monkeypatch):
+    """Fork real children running ``target`` (default: the walredo worker with the stand-in engine);
+    every process and child is closed, killed and reaped at the end."""
+    monkeypatch.setattr(worker, "apply_records", tag_engine)
+    made = []
+
+    async def make(target=worker.main):
+        child = fork_child(target)
+        proc = WalRedoProcess(child, tenant="t")
+        made.append((child, proc))
+        return child, proc
+
+    yield make
+    for child, proc in made:
+        await proc.aclose()
+        child.cleanup()  # closes the test's socket reference; the child is already reaped
+
+
+async def test_ping_and_stats(spawn):
+    child, proc = await spawn()
+    await proc.ping()
+    await proc.ping()
+    s = proc.stats()
+    assert (s.pid, s.tenant, s.state, s.requests_served, s.in_flight) == (child.pid, "t", ProcessState.RUNNING, 2, 0)
+    assert s.last_request_at is not None and s.last_request_at >= s.started_at
+    assert await proc.aclose() == -signal.SIGKILL
+    assert proc.state is ProcessState.CLOSED and proc.stats().exit_status == -signal.SIGKILL
+
+
+async def test_pipelined_requests_match_in_order(spawn):
+    _, proc = await spawn()
+    tags = [TAG._replace(blknum=i) for i in range(200)]
+    pages = await asyncio.gather(*(proc.redo(t, 100, None, [(100, b"r")]) for t in tags))
+    assert pages == [expected_page(t) for t in tags]
+    assert proc.requests_served == 200 and proc.in_flight == 0
+
+
+async def test_one_cancelled_of_100_leaves_99_correct(spawn):
+    _, proc = await spawn()
+    tags = [TAG._replace(blknum=i) for i in range(100)]
+    tasks = [asyncio.create_task(proc.redo(t, 100, None, [(100, b"r")])) for t in tags]
+    await asyncio.sleep(0)  # every request is written and queued
+    assert proc.in_flight == 100
+    tasks[37].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[37], asyncio.CancelledError)
+    for i, (t, r) in enumerate(zip(tags, results)):
+        if i != 37:
+            assert r == expected_page(t)
+    # The cancelled request's response was read and dropped; the stream is still in step.
+    assert proc.in_flight == 0 and proc.requests_served == 100
+    assert await proc.redo(TAG, 1, None, [(1, b"r")]) == expected_page(TAG)
+
+
+async def test_many_cancellations_keep_the_stream_in_step(spawn):
+    _, proc = await spawn()
+    tags = [TAG._replace(blknum=i) for i in range(100)]
+    tasks = [asyncio.create_task(proc.redo(t, 100, None, [(100, b"r")])) for t in tags]
+    await asyncio.sleep(0)
+    for i in range(0, 100, 3):
+        tasks[i].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for i, (t, r) in enumerate(zip(tags, results)):
+        if i % 3 == 0:
+            assert isinstance(r, asyncio.CancelledError)
+        else:
+            assert r == expected_page(t)
+    await proc.ping()
+
+
+async def test_redo_error_does_not_break_the_stream(spawn):
+    _, proc = await spawn()
+    bad = asyncio.create_task(proc.redo(TAG, 1, None, [(1, b"bad")]))
+    wrong_version = asyncio.create_task(proc.redo(TAG, 1, PAGE, [], pg_version=16))
+    good = asyncio.create_task(proc.redo(TAG, 1, None, [(1, b"r")]))
+    with pytest.raises(RedoFailed) as e1:
+        await bad
+    with pytest.raises(RedoFailed) as e2:
+        await wrong_version
+    assert (e1.value.code, e1.value.message) == ("invalid-record", "bad record")
+    assert e2.value.code == "unsupported-pg-version"
+    assert await good == expected_page(TAG)
+    assert proc.state is ProcessState.RUNNING
+
+
+async def test_bad_arguments_raise_before_any_io(spawn):
+    _, proc = await spawn()
+    with pytest.raises(ValueError):
+        await proc.redo(TAG, 1, b"short", [])
+    with pytest.raises(ValueError):
+        await proc.redo(TAG, 1, None, [])
+    with pytest.raises(TypeError):
+        await proc.redo(TAG, 1, None, [(1, "str")])
+    with pytest.raises(ValueError):
+        await proc.redo(TAG[:3], 1, None, [(1, b"r")])
+    assert proc.in_flight == 0 and proc.requests_served == 0
+    await proc.ping()
+
+
+async def test_child_sigkilled_fails_every_pending_request(spawn):
+    child, proc = await spawn()
+    tasks = [asyncio.create_task(proc.redo(TAG._replace(blknum=i), 1, None, [(1, b"r")])) for i in range(200)]
+    await asyncio.sleep(0)
+    child.kill(signal.SIGKILL)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    # Some may have been answered before the kill landed; every other one fails with the broken error.
+    broken = [r for r in results if isinstance(r, BaseException)]
+    assert broken and all(type(r) is ProcessBroken for r in broken)
+    assert all(r == expected_page(TAG._replace(blknum=i)) for i, r in enumerate(results) if isinstance(r, bytes))
+    assert proc.state is ProcessState.BROKEN and proc.in_flight == 0
+    with pytest.raises(ProcessBroken):
+        await proc.ping()
+    assert await proc.aclose() == -signal.SIGKILL
+
+
+async def test_child_exit_is_broken(spawn):
+    child, proc = await spawn(lambda sock, tenant: None)  # a worker that returns at once: EOF
+    with pytest.raises(ProcessBroken):
+        await proc.ping()
+    assert await proc.aclose() == 0
+
+
+async def test_sigstopped_child_times_out_and_close_kills_it(spawn):
+    child, proc = await spawn()
+    await proc.ping()
+    child.kill(signal.SIGSTOP)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await proc.ping()
+    # The timed-out request's slot is still queued: the stream would stay in step if the child resumed.
+    assert proc.in_flight == 1
+    assert await proc.aclose() == -signal.SIGKILL  # SIGKILL ends a stopped process too
+
+
+async def test_close_fails_pending_and_later_requests_and_is_idempotent(spawn):
+    child, proc = await spawn()
+    child.kill(signal.SIGSTOP)  # nothing will be answered
+    pending = asyncio.create_task(proc.ping())
+    await asyncio.sleep(0)
+    statuses = await asyncio.gather(proc.aclose(), proc.aclose())
+    assert statuses == [-signal.SIGKILL] * 2
+    with pytest.raises(ProcessClosed):
+        await pending
+    with pytest.raises(ProcessClosed):
+        await proc.ping()
+    proc.close()
+    assert await proc.aclose() == -signal.SIGKILL
+    assert issubclass(ProcessClosed, ProcessBroken)  # a request racing a close is retried by the manager
+
+
+async def test_aclose_cancelled_still_reaps(spawn):
+    child, proc = await spawn()
+    child.kill(signal.SIGSTOP)
+    task = asyncio.create_task(proc.aclose())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await proc.aclose() == -signal.SIGKILL
+
+
+def garbage_worker(sock, tenant):
+    sock.setblocking(True)
+    sock.recv(100)
+    sock.sendall(b"\x00\x00\x00\x02\xc1\xc1")
+    sock.recv(100)  # until the parent drops us
+
+
+def wrong_id_worker(sock, tenant):
+    sock.setblocking(True)
+    sock.recv(100)
+    sock.sendall(p.encode_pong(12345))
+    sock.recv(100)
+
+
+def unsolicited_worker(sock, tenant):
+    sock.setblocking(True)
+    sock.sendall(p.encode_pong(0))
+    sock.recv(100)
+
+
+def page_for_ping_worker(sock, tenant):
+    sock.setblocking(True)
+    sock.recv(100)
+    sock.sendall(p.encode_page(PAGE, 0))
+    sock.recv(100)
+
+
+@pytest.mark.parametrize("target", [garbage_worker, wrong_id_worker, page_for_ping_worker])
+async def test_misbehaving_child_breaks_the_process(spawn, target):
+    child, proc = await spawn(target)
+    with pytest.raises(ProcessBroken):
+        await proc.ping()
+    assert proc.state is ProcessState.BROKEN
+    # The child was killed (it was still alive, blocked in recv) and is reaped.
+    assert await proc.aclose() == -signal.SIGKILL
+
+
+async def test_unsolicited_response_breaks_the_process(spawn):
+    child, proc = await spawn(unsolicited_worker)
+    async with asyncio.timeout(30):
+        while proc.state is ProcessState.RUNNING:
+            await asyncio.sleep(0.001)
+    assert proc.state is ProcessState.BROKEN
+    with pytest.raises(ProcessBroken):
+        await proc.ping()
+    assert await proc.aclose() == -signal.SIGKILL
+
+
+async def test_large_requests_go_through_the_write_buffer(spawn):
+    _, proc = await spawn()
+    big = os.urandom(3 << 20)  # far above the socket buffer: exercises partial writes
+    tags = [TAG._replace(blknum=i) for i in range(8)]
+    pages = await asyncio.gather(*(proc.redo(t, 1, None, [(1, big)]) for t in tags), proc.ping())
+    assert pages[:-1] == [expected_page(t) for t in tags]
+
+
+async def test_real_worker_without_stand_in_answers_ping(monkeypatch):
+    # Whatever engine is installed, the real worker module pings (the template preloads exactly this).
+    monkeypatch.undo()
+    child = fork_child(worker.main)
+    proc = WalRedoProcess(child)
+    try:
+        await proc.ping()
+    finally:
+        await proc.aclose()
+        child.cleanup()
