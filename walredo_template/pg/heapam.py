@@ -1,0 +1,814 @@
+"""Redo of PostgreSQL 15 Heap and Heap2 records for one page (``heap_xlog_*`` in ``heapam.c``).
+
+Each ``redo_*`` function replays one decoded record onto the single page being reconstructed — the
+page named by ``ctx.tag`` — and leaves every other block the record touches alone, as Neon's walredo
+does. A record can reach a page in three ways:
+
+* as a block reference whose tag is the page (the ordinary case);
+* as the visibility-map page of a heap block whose VM bits the record clears without referencing the VM
+  block (``*_ALL_VISIBLE_CLEARED``, ``XLH_LOCK_ALL_FROZEN_CLEARED``) — see :mod:`.visibilitymap`;
+* as block 0 (the VM page) of ``XLOG_HEAP2_VISIBLE``.
+
+Buffer handling mirrors ``XLogReadBufferForRedoExtended``: a block image flagged "apply" is restored
+(pd_lsn := record end) and the record's own redo for that block is skipped (BLK_RESTORED); a page whose
+pd_lsn is already at or past the record is left alone (BLK_DONE); otherwise the redo runs and pd_lsn is
+set to the record's end LSN. Where PostgreSQL would ``elog(PANIC)`` on a record that does not fit the
+page, this raises :class:`InvalidRecord` (or :class:`InvalidPage` for a corrupt page).
+
+Record layouts (``access/heapam_xlog.h`` of 15; main data unless said otherwise)::
+
+    INSERT       u16 offnum, u8 flags             block 0 data: xl_heap_header(5) + tuple body
+    MULTI_INSERT u8 flags, pad, u16 ntuples, [u16 offsets[ntuples] unless INIT_PAGE]
+                 block 0 data: per tuple, 2-byte aligned: u16 datalen, u16 infomask2, u16 infomask,
+                 u8 hoff, then datalen bytes
+    DELETE       u32 xmax, u16 offnum, u8 infobits_set, u8 flags
+    UPDATE       u32 old_xmax, u16 old_offnum, u8 old_infobits, u8 flags, u32 new_xmax, u16 new_offnum
+                 block 0 (new page) data: [u16 prefixlen] [u16 suffixlen] xl_heap_header + body;
+                 block 1 = old page when different
+    LOCK         u32 locking_xid, u16 offnum, u8 infobits_set, u8 flags
+    LOCK_UPDATED u32 xmax, u16 offnum, u8 infobits_set, u8 flags
+    CONFIRM      u16 offnum          INPLACE  u16 offnum, block 0 data: the new tuple body
+    PRUNE        u32 latestRemovedXid, u16 nredirected, u16 ndead; block 0 data: u16 offsets
+    VACUUM       u16 nunused; block 0 data: u16 offsets
+    FREEZE_PAGE  u32 cutoff_xid, u16 ntuples; block 0 data: 12-byte freeze plans
+    VISIBLE      u32 cutoff_xid, u8 flags; block 0 = VM page, block 1 = heap page
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .. import BufferTag
+from . import page as P
+from . import visibilitymap as VM
+from .errors import BlockNotReferenced, InvalidPage, InvalidRecord, UnsupportedRecord
+from .xlogrecord import BlockRef, DecodedRecord, RM_HEAP2_ID, RM_HEAP_ID
+
+MAIN_FORKNUM = 0
+VISIBILITYMAP_FORKNUM = 2
+
+# Heap opcodes (info & XLOG_HEAP_OPMASK)
+XLOG_HEAP_INSERT = 0x00
+XLOG_HEAP_DELETE = 0x10
+XLOG_HEAP_UPDATE = 0x20
+XLOG_HEAP_TRUNCATE = 0x30
+XLOG_HEAP_HOT_UPDATE = 0x40
+XLOG_HEAP_CONFIRM = 0x50
+XLOG_HEAP_LOCK = 0x60
+XLOG_HEAP_INPLACE = 0x70
+XLOG_HEAP_OPMASK = 0x70
+XLOG_HEAP_INIT_PAGE = 0x80
+# Heap2 opcodes
+XLOG_HEAP2_REWRITE = 0x00
+XLOG_HEAP2_PRUNE = 0x10
+XLOG_HEAP2_VACUUM = 0x20
+XLOG_HEAP2_FREEZE_PAGE = 0x30
+XLOG_HEAP2_VISIBLE = 0x40
+XLOG_HEAP2_MULTI_INSERT = 0x50
+XLOG_HEAP2_LOCK_UPDATED = 0x60
+XLOG_HEAP2_NEW_CID = 0x70
+
+HEAP_OP_NAMES = {
+    0x00: "INSERT", 0x10: "DELETE", 0x20: "UPDATE", 0x30: "TRUNCATE", 0x40: "HOT_UPDATE",
+    0x50: "CONFIRM", 0x60: "LOCK", 0x70: "INPLACE",
+}
+HEAP2_OP_NAMES = {
+    0x00: "REWRITE", 0x10: "PRUNE", 0x20: "VACUUM", 0x30: "FREEZE_PAGE", 0x40: "VISIBLE",
+    0x50: "MULTI_INSERT", 0x60: "LOCK_UPDATED", 0x70: "NEW_CID",
+}
+
+XLH_INSERT_ALL_VISIBLE_CLEARED = 1 << 0
+XLH_INSERT_ALL_FROZEN_SET = 1 << 5
+XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED = 1 << 0
+XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED = 1 << 1
+XLH_UPDATE_PREFIX_FROM_OLD = 1 << 5
+XLH_UPDATE_SUFFIX_FROM_OLD = 1 << 6
+XLH_DELETE_ALL_VISIBLE_CLEARED = 1 << 0
+XLH_DELETE_IS_SUPER = 1 << 3
+XLH_DELETE_IS_PARTITION_MOVE = 1 << 4
+XLH_LOCK_ALL_FROZEN_CLEARED = 0x01
+
+XLHL_XMAX_IS_MULTI = 0x01
+XLHL_XMAX_LOCK_ONLY = 0x02
+XLHL_XMAX_EXCL_LOCK = 0x04
+XLHL_XMAX_KEYSHR_LOCK = 0x08
+XLHL_KEYS_UPDATED = 0x10
+
+XLH_FREEZE_XVAC = 0x02
+XLH_INVALID_XVAC = 0x04
+
+# t_infomask / t_infomask2 bits (access/htup_details.h)
+HEAP_XMAX_KEYSHR_LOCK = 0x0010
+HEAP_COMBOCID = 0x0020
+HEAP_XMAX_EXCL_LOCK = 0x0040
+HEAP_XMAX_LOCK_ONLY = 0x0080
+HEAP_LOCK_MASK = 0x0050
+HEAP_XMAX_COMMITTED = 0x0400
+HEAP_XMAX_INVALID = 0x0800
+HEAP_XMAX_IS_MULTI = 0x1000
+HEAP_MOVED = 0xC000
+HEAP_XMAX_BITS = HEAP_XMAX_COMMITTED | HEAP_XMAX_INVALID | HEAP_XMAX_IS_MULTI | HEAP_LOCK_MASK | HEAP_XMAX_LOCK_ONLY
+HEAP_KEYS_UPDATED = 0x2000
+HEAP_HOT_UPDATED = 0x4000
+
+FROZEN_TRANSACTION_ID = 2
+INVALID_BLOCK_NUMBER = 0xFFFFFFFF
+MOVED_PARTITIONS_OFFSET_NUMBER = 0xFFFD
+
+# Outcome of reading a block for redo (XLogRedoAction)
+BLK_NEEDS_REDO = 0
+BLK_DONE = 1
+BLK_RESTORED = 2
+
+_INSERT = struct.Struct("<HB")
+_DELETE = struct.Struct("<IHBB")
+_UPDATE = struct.Struct("<IHBBIH")
+_LOCK = struct.Struct("<IHBB")
+_U16 = struct.Struct("<H")
+_PRUNE = struct.Struct("<IHH")
+_FREEZE_PAGE = struct.Struct("<IH")
+_FREEZE_TUPLE = struct.Struct("<IHHHBx")  # 12 bytes: sizeof(xl_heap_freeze_tuple)
+_VISIBLE = struct.Struct("<IB")
+_MULTI_INSERT = struct.Struct("<BxH")
+_XL_HEAP_HEADER = struct.Struct("<HHB")
+_MULTI_TUPLE = struct.Struct("<HHHB")
+# A whole HeapTupleHeaderData: xmin, xmax, cid, ctid(bi_hi, bi_lo, posid), infomask2, infomask, hoff
+_TUPLE_HEADER = struct.Struct("<IIIHHHHHB")
+# t_infomask2, t_infomask at offset 18
+_INFOMASKS = struct.Struct("<HH")
+_XMAX_CID = struct.Struct("<II")
+
+
+class RedoContext:
+    """The page being reconstructed and what a redo function needs besides the record.
+
+    ``page`` is the buffer (a ``bytearray`` replayed in place) or None while no image or initializing
+    record has supplied it. ``wal_log_hints`` says whether the cluster had data checksums or
+    wal_log_hints on (PostgreSQL's XLogHintBitIsNeeded): only then does VISIBLE stamp the heap page's LSN.
+    """
+
+    __slots__ = ("tag", "page", "wal_log_hints")
+
+    def __init__(self, tag: BufferTag, page: bytearray | None, wal_log_hints: bool = False):
+        self.tag = tag
+        self.page = page
+        self.wal_log_hints = wal_log_hints
+
+
+def record_name(rmid: int, info: int) -> str:
+    if rmid == RM_HEAP_ID:
+        return "Heap/" + HEAP_OP_NAMES[info & XLOG_HEAP_OPMASK] + ("+INIT" if info & XLOG_HEAP_INIT_PAGE else "")
+    if rmid == RM_HEAP2_ID:
+        return "Heap2/" + HEAP2_OP_NAMES[info & XLOG_HEAP_OPMASK] + ("+INIT" if info & XLOG_HEAP_INIT_PAGE else "")
+    return f"rmgr {rmid}"
+
+
+# --- block helpers -------------------------------------------------------------------------------
+
+def _matches(blk: BlockRef, tag: BufferTag) -> bool:
+    return (
+        blk.blkno == tag.blknum
+        and blk.relnode == tag.relnode
+        and blk.forknum == tag.forknum
+        and blk.dbnode == tag.dbnode
+        and blk.spcnode == tag.spcnode
+    )
+
+
+def _same_rel(blk: BlockRef, tag: BufferTag) -> bool:
+    return blk.relnode == tag.relnode and blk.dbnode == tag.dbnode and blk.spcnode == tag.spcnode
+
+
+def find_block(rec: DecodedRecord, tag: BufferTag) -> int | None:
+    """The block id of ``rec`` that references ``tag``, or None."""
+    for block_id, blk in rec.blocks.items():
+        if _matches(blk, tag):
+            return block_id
+    return None
+
+
+def restore_image(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
+    """Restore a block image into the buffer as RestoreBlockImage + PageSetLSN (unless the page is new)."""
+    img = blk.image()
+    if ctx.page is None:
+        ctx.page = bytearray(img)
+    else:
+        ctx.page[:] = img
+    if not P.is_new(ctx.page):
+        P.set_lsn(ctx.page, lsn)
+
+
+def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = False) -> int:
+    """XLogReadBufferForRedoExtended for the requested page; returns BLK_NEEDS_REDO/DONE/RESTORED.
+
+    ``zero`` is RBM_ZERO_AND_LOCK (the redo initializes the page): it must agree with the block's
+    WILL_INIT flag, as PostgreSQL insists. Raises :class:`InvalidRecord` when they disagree,
+    :class:`InvalidPage` when the redo needs an existing page and there is none or it is not a valid
+    PostgreSQL 15 page.
+    """
+    if blk.will_init != zero:
+        raise InvalidRecord(
+            "block with WILL_INIT flag must be zeroed by redo" if blk.will_init
+            else "block to be initialized in redo must be marked WILL_INIT"
+        )
+    if blk.apply_image:
+        restore_image(ctx, blk, lsn)
+        return BLK_RESTORED
+    page = ctx.page
+    if zero:
+        if page is None:
+            ctx.page = bytearray(P.BLCKSZ)
+        return BLK_NEEDS_REDO
+    if page is None:
+        raise InvalidPage("no base image, and the first record for the page neither initializes it nor carries an image")
+    if P.get_lsn(page) >= lsn:
+        return BLK_DONE
+    P.check_page(page)
+    return BLK_NEEDS_REDO
+
+
+def _block_data(blk: BlockRef, what: str) -> bytes:
+    data = blk.data
+    if data is None:
+        raise InvalidRecord(f"{what}: block {blk.block_id} carries no data")
+    return data
+
+
+def _fix_infomask_from_infobits(infobits: int, infomask: int, infomask2: int) -> tuple[int, int]:
+    infomask &= ~(HEAP_XMAX_IS_MULTI | HEAP_XMAX_LOCK_ONLY | HEAP_XMAX_KEYSHR_LOCK | HEAP_XMAX_EXCL_LOCK)
+    infomask2 &= ~HEAP_KEYS_UPDATED
+    if infobits & XLHL_XMAX_IS_MULTI:
+        infomask |= HEAP_XMAX_IS_MULTI
+    if infobits & XLHL_XMAX_LOCK_ONLY:
+        infomask |= HEAP_XMAX_LOCK_ONLY
+    if infobits & XLHL_XMAX_EXCL_LOCK:
+        infomask |= HEAP_XMAX_EXCL_LOCK
+    if infobits & XLHL_XMAX_KEYSHR_LOCK:
+        infomask |= HEAP_XMAX_KEYSHR_LOCK
+    if infobits & XLHL_KEYS_UPDATED:
+        infomask2 |= HEAP_KEYS_UPDATED
+    return infomask, infomask2
+
+
+def _main(rec: DecodedRecord, st: struct.Struct, what: str) -> tuple:
+    if len(rec.main_data) < st.size:
+        raise InvalidRecord(f"{what}: main data has {len(rec.main_data)} bytes, expected {st.size}")
+    return st.unpack_from(rec.main_data)
+
+
+def _new_tuple(xid: int, xmax: int, blkno: int, offnum: int, infomask2: int, infomask: int, hoff: int,
+               body) -> bytes:
+    """A heap tuple as redo builds it: header from the record (cid = FirstCommandId = 0), then the body."""
+    return _TUPLE_HEADER.pack(
+        xid, xmax, 0, (blkno >> 16) & 0xFFFF, blkno & 0xFFFF, offnum, infomask2, infomask, hoff
+    ) + body
+
+
+def _clear_all_visible(page: bytearray) -> None:
+    P.U16.pack_into(page, P.OFF_FLAGS, P.U16.unpack_from(page, P.OFF_FLAGS)[0] & ~P.PD_ALL_VISIBLE)
+
+
+def _set_all_visible(page: bytearray) -> None:
+    P.U16.pack_into(page, P.OFF_FLAGS, P.U16.unpack_from(page, P.OFF_FLAGS)[0] | P.PD_ALL_VISIBLE)
+
+
+def _set_ctid(page: bytearray, off: int, blkno: int, offnum: int) -> None:
+    P.CTID.pack_into(page, off + P.T_CTID, (blkno >> 16) & 0xFFFF, blkno & 0xFFFF, offnum)
+
+
+# --- implicit visibility-map clears --------------------------------------------------------------
+
+def vm_clears(rec: DecodedRecord) -> list[tuple[BlockRef, int, int]]:
+    """The VM bit clears a heap record implies: (heap block ref, heap block number, VM flags to clear).
+
+    These are the ``visibilitymap_clear`` calls in the heap redo routines, which run even when the heap
+    page itself is skipped. Raises :class:`InvalidRecord` if the record is too short to say.
+    """
+    rmid = rec.rmid
+    op = rec.info & XLOG_HEAP_OPMASK
+    blk0 = rec.blocks.get(0)
+    if blk0 is None:
+        return []
+    md = rec.main_data
+    if rmid == RM_HEAP_ID:
+        if op == XLOG_HEAP_INSERT:
+            flags = _main(rec, _INSERT, "INSERT")[1]
+            if flags & XLH_INSERT_ALL_VISIBLE_CLEARED:
+                return [(blk0, blk0.blkno, VM.VISIBILITYMAP_VALID_BITS)]
+        elif op == XLOG_HEAP_DELETE:
+            flags = _main(rec, _DELETE, "DELETE")[3]
+            if flags & XLH_DELETE_ALL_VISIBLE_CLEARED:
+                return [(blk0, blk0.blkno, VM.VISIBILITYMAP_VALID_BITS)]
+        elif op == XLOG_HEAP_UPDATE or op == XLOG_HEAP_HOT_UPDATE:
+            flags = _main(rec, _UPDATE, "UPDATE")[3]
+            out = []
+            if flags & XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED:
+                old = rec.blocks.get(1, blk0)
+                out.append((old, old.blkno, VM.VISIBILITYMAP_VALID_BITS))
+            if flags & XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED:
+                out.append((blk0, blk0.blkno, VM.VISIBILITYMAP_VALID_BITS))
+            return out
+        elif op == XLOG_HEAP_LOCK:
+            flags = _main(rec, _LOCK, "LOCK")[3]
+            if flags & XLH_LOCK_ALL_FROZEN_CLEARED:
+                return [(blk0, blk0.blkno, VM.VISIBILITYMAP_ALL_FROZEN)]
+    elif rmid == RM_HEAP2_ID:
+        if op == XLOG_HEAP2_MULTI_INSERT:
+            if len(md) < 1:
+                raise InvalidRecord("MULTI_INSERT: no main data")
+            if md[0] & XLH_INSERT_ALL_VISIBLE_CLEARED:
+                return [(blk0, blk0.blkno, VM.VISIBILITYMAP_VALID_BITS)]
+        elif op == XLOG_HEAP2_LOCK_UPDATED:
+            flags = _main(rec, _LOCK, "LOCK_UPDATED")[3]
+            if flags & XLH_LOCK_ALL_FROZEN_CLEARED:
+                return [(blk0, blk0.blkno, VM.VISIBILITYMAP_ALL_FROZEN)]
+    return []
+
+
+def _vm_page_for_update(ctx: RedoContext) -> bytearray:
+    """The VM page as visibilitymap_pin/vm_readbuf give it: a missing or all-zero page is PageInit'ed."""
+    page = ctx.page
+    if page is None:
+        page = ctx.page = bytearray(P.BLCKSZ)
+        P.page_init(page)
+    elif P.is_new(page):
+        P.page_init(page)
+    else:
+        P.check_page(page)
+    return page
+
+
+def redo_vm_page(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> bool:
+    """Replay ``rec`` onto the visibility-map page ``ctx.tag``; False if the record does not touch it.
+
+    Handles XLOG_HEAP2_VISIBLE's VM block and the implicit clears of :func:`vm_clears`.
+    """
+    tag = ctx.tag
+    if rec.rmid == RM_HEAP2_ID and rec.info & XLOG_HEAP_OPMASK == XLOG_HEAP2_VISIBLE:
+        vmblk = rec.blocks.get(0)
+        if vmblk is None or not _matches(vmblk, tag):
+            return False
+        _redo_visible_vm(ctx, rec, vmblk, lsn)
+        return True
+    touched = False
+    for heapblk, heap_blkno, flags in vm_clears(rec):
+        if heapblk.forknum != MAIN_FORKNUM or not _same_rel(heapblk, tag):
+            continue
+        if VM.vm_block_of(heap_blkno) != tag.blknum:
+            continue
+        page = _vm_page_for_update(ctx)
+        VM.clear_bits(page, heap_blkno, flags)
+        touched = True
+    return touched
+
+
+def _redo_visible_vm(ctx: RedoContext, rec: DecodedRecord, vmblk: BlockRef, lsn: int) -> None:
+    cutoff_xid, flags = _main(rec, _VISIBLE, "VISIBLE")
+    heapblk = rec.blocks.get(1)
+    if heapblk is None:
+        raise InvalidRecord("VISIBLE: no heap block reference (block 1)")
+    if flags & ~VM.VISIBILITYMAP_VALID_BITS or not flags:
+        raise InvalidRecord(f"VISIBLE: invalid visibility map flags {flags:#x}")
+    if VM.vm_block_of(heapblk.blkno) != vmblk.blkno:
+        raise InvalidRecord(
+            f"VISIBLE: heap block {heapblk.blkno} is not covered by visibility map block {vmblk.blkno}"
+        )
+    if vmblk.will_init:
+        raise InvalidRecord("block with WILL_INIT flag must be zeroed by redo")
+    if vmblk.apply_image:
+        restore_image(ctx, vmblk, lsn)
+        return
+    # RBM_ZERO_ON_ERROR: a missing VM page reads as zeros and is then initialized.
+    if ctx.page is None:
+        ctx.page = bytearray(P.BLCKSZ)
+    page = ctx.page
+    if P.get_lsn(page) >= lsn:
+        return  # BLK_DONE
+    if P.is_new(page):
+        P.page_init(page)
+    else:
+        P.check_page(page)
+    if lsn > P.get_lsn(page) and VM.set_bits(page, heapblk.blkno, flags):
+        P.set_lsn(page, lsn)
+
+
+# --- Heap records --------------------------------------------------------------------------------
+
+def redo_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    offnum, flags = _main(rec, _INSERT, "INSERT")
+    if rec.info & XLOG_HEAP_INIT_PAGE:
+        read_for_redo(ctx, blk, lsn, zero=True)
+        P.page_init(ctx.page)
+        action = BLK_NEEDS_REDO
+    else:
+        action = read_for_redo(ctx, blk, lsn)
+    if action != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    data = _block_data(blk, "INSERT")
+    if len(data) <= _XL_HEAP_HEADER.size:
+        raise InvalidRecord(f"INSERT: tuple data of {len(data)} bytes")
+    infomask2, infomask, hoff = _XL_HEAP_HEADER.unpack_from(data)
+    tup = _new_tuple(rec.xid, 0, blk.blkno, offnum, infomask2, infomask, hoff,
+                     memoryview(data)[_XL_HEAP_HEADER.size:])
+    if len(tup) > P.MAX_HEAP_TUPLE_SIZE:
+        raise InvalidRecord(f"INSERT: tuple of {len(tup)} bytes exceeds MaxHeapTupleSize")
+    P.add_item(page, tup, offnum)
+    P.set_lsn(page, lsn)
+    if flags & XLH_INSERT_ALL_VISIBLE_CLEARED:
+        _clear_all_visible(page)
+
+
+def redo_multi_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    flags, ntuples = _main(rec, _MULTI_INSERT, "MULTI_INSERT")
+    isinit = bool(rec.info & XLOG_HEAP_INIT_PAGE)
+    md = rec.main_data
+    if not isinit and len(md) < _MULTI_INSERT.size + 2 * ntuples:
+        raise InvalidRecord(f"MULTI_INSERT: main data too short for {ntuples} offsets")
+    if isinit:
+        read_for_redo(ctx, blk, lsn, zero=True)
+        P.page_init(ctx.page)
+        action = BLK_NEEDS_REDO
+    else:
+        action = read_for_redo(ctx, blk, lsn)
+    if action != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    data = _block_data(blk, "MULTI_INSERT")
+    end = len(data)
+    pos = 0
+    blkno = blk.blkno
+    xid = rec.xid
+    mv = memoryview(data)
+    for i in range(ntuples):
+        offnum = i + 1 if isinit else _U16.unpack_from(md, _MULTI_INSERT.size + 2 * i)[0]
+        pos = (pos + 1) & ~1  # SHORTALIGN: each xl_multi_insert_tuple starts 2-byte aligned
+        if pos + _MULTI_TUPLE.size > end:
+            raise InvalidRecord(f"MULTI_INSERT: tuple {i} header beyond the block data")
+        datalen, infomask2, infomask, hoff = _MULTI_TUPLE.unpack_from(data, pos)
+        pos += _MULTI_TUPLE.size
+        if pos + datalen > end:
+            raise InvalidRecord(f"MULTI_INSERT: tuple {i} data beyond the block data")
+        if datalen + P.SIZEOF_HEAP_TUPLE_HEADER > P.MAX_HEAP_TUPLE_SIZE:
+            raise InvalidRecord(f"MULTI_INSERT: tuple {i} exceeds MaxHeapTupleSize")
+        tup = _new_tuple(xid, 0, blkno, offnum, infomask2, infomask, hoff, mv[pos:pos + datalen])
+        pos += datalen
+        P.add_item(page, tup, offnum)
+    if pos != end:
+        raise InvalidRecord("MULTI_INSERT: total tuple length mismatch")
+    P.set_lsn(page, lsn)
+    if flags & XLH_INSERT_ALL_VISIBLE_CLEARED:
+        _clear_all_visible(page)
+    if flags & XLH_INSERT_ALL_FROZEN_SET:
+        _set_all_visible(page)
+
+
+def redo_delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    xmax, offnum, infobits, flags = _main(rec, _DELETE, "DELETE")
+    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    off, _len = P.normal_item(page, offnum)
+    infomask2, infomask = _INFOMASKS.unpack_from(page, off + P.T_INFOMASK2)
+    infomask &= ~(HEAP_XMAX_BITS | HEAP_MOVED)
+    infomask2 &= ~(HEAP_KEYS_UPDATED | HEAP_HOT_UPDATED)
+    infomask, infomask2 = _fix_infomask_from_infobits(infobits, infomask, infomask2)
+    if not flags & XLH_DELETE_IS_SUPER:
+        P.U32.pack_into(page, off + P.T_XMAX, xmax)
+    else:
+        P.U32.pack_into(page, off + P.T_XMIN, 0)
+    P.U32.pack_into(page, off + P.T_CID, 0)
+    infomask &= ~HEAP_COMBOCID
+    _INFOMASKS.pack_into(page, off + P.T_INFOMASK2, infomask2, infomask)
+    P.set_prunable(page, rec.xid)
+    if flags & XLH_DELETE_ALL_VISIBLE_CLEARED:
+        _clear_all_visible(page)
+    if flags & XLH_DELETE_IS_PARTITION_MOVE:
+        _set_ctid(page, off, INVALID_BLOCK_NUMBER, MOVED_PARTITIONS_OFFSET_NUMBER)
+    else:
+        _set_ctid(page, off, blk.blkno, offnum)
+    P.set_lsn(page, lsn)
+
+
+def _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk_old) -> tuple[int, int, int]:
+    """The old-tuple half of UPDATE on the old page; returns (action, old tuple offset, old tuple length)."""
+    old_xmax, old_offnum, old_infobits, flags, _new_xmax, new_offnum = fields
+    action = read_for_redo(ctx, blk_old, lsn)
+    if action != BLK_NEEDS_REDO:
+        return action, 0, 0
+    page = ctx.page
+    off, length = P.normal_item(page, old_offnum)
+    infomask2, infomask = _INFOMASKS.unpack_from(page, off + P.T_INFOMASK2)
+    infomask &= ~(HEAP_XMAX_BITS | HEAP_MOVED)
+    infomask2 &= ~HEAP_KEYS_UPDATED
+    if hot:
+        infomask2 |= HEAP_HOT_UPDATED
+    else:
+        infomask2 &= ~HEAP_HOT_UPDATED
+    infomask, infomask2 = _fix_infomask_from_infobits(old_infobits, infomask, infomask2)
+    _XMAX_CID.pack_into(page, off + P.T_XMAX, old_xmax, 0)
+    infomask &= ~HEAP_COMBOCID
+    _INFOMASKS.pack_into(page, off + P.T_INFOMASK2, infomask2, infomask)
+    _set_ctid(page, off, newblk_no, new_offnum)
+    P.set_prunable(page, rec.xid)
+    if flags & XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED:
+        _clear_all_visible(page)
+    P.set_lsn(page, lsn)
+    return action, off, length
+
+
+def redo_update(ctx: RedoContext, rec: DecodedRecord, block_id: int, lsn: int, hot: bool) -> None:
+    """UPDATE / HOT_UPDATE: block 0 is the new page, block 1 the old page when it differs.
+
+    Only the half of the record that concerns the requested page is replayed. With prefix/suffix
+    compression the new tuple borrows bytes from the old one, which is then on the same page.
+    """
+    fields = _main(rec, _UPDATE, "UPDATE")
+    _old_xmax, _old_offnum, _old_infobits, flags, new_xmax, new_offnum = fields
+    blk0 = rec.blocks.get(0)
+    blk1 = rec.blocks.get(1)
+    if blk0 is None:
+        raise InvalidRecord("UPDATE: no block 0")
+    if blk1 is not None and _matches(blk1, blk0.tag):
+        raise InvalidRecord("UPDATE: block 1 names the same page as block 0")
+    newblk_no = blk0.blkno
+    if block_id == 1:
+        # The requested page is the old page only.
+        _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk1)
+        return
+    old_off = old_len = 0
+    if blk1 is None:
+        newaction, old_off, old_len = _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk0)
+    elif rec.info & XLOG_HEAP_INIT_PAGE:
+        read_for_redo(ctx, blk0, lsn, zero=True)
+        P.page_init(ctx.page)
+        newaction = BLK_NEEDS_REDO
+    else:
+        newaction = read_for_redo(ctx, blk0, lsn)
+    if newaction != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    data = _block_data(blk0, "UPDATE")
+    pos = 0
+    prefixlen = suffixlen = 0
+    if flags & (XLH_UPDATE_PREFIX_FROM_OLD | XLH_UPDATE_SUFFIX_FROM_OLD) and blk1 is not None:
+        raise InvalidRecord("UPDATE: prefix/suffix compression across pages")
+    try:
+        if flags & XLH_UPDATE_PREFIX_FROM_OLD:
+            prefixlen = _U16.unpack_from(data, pos)[0]
+            pos += 2
+        if flags & XLH_UPDATE_SUFFIX_FROM_OLD:
+            suffixlen = _U16.unpack_from(data, pos)[0]
+            pos += 2
+        infomask2, infomask, hoff = _XL_HEAP_HEADER.unpack_from(data, pos)
+    except struct.error:
+        raise InvalidRecord("UPDATE: new tuple data truncated") from None
+    pos += _XL_HEAP_HEADER.size
+    tuplen = len(data) - pos
+    mv = memoryview(data)
+    if prefixlen or suffixlen:
+        old_hoff = page[old_off + P.T_HOFF]
+        if prefixlen + suffixlen > old_len - old_hoff or old_hoff < P.SIZEOF_HEAP_TUPLE_HEADER:
+            raise InvalidRecord(
+                f"UPDATE: prefix {prefixlen} + suffix {suffixlen} longer than the old tuple's data"
+            )
+    if prefixlen:
+        bitmap_len = hoff - P.SIZEOF_HEAP_TUPLE_HEADER
+        if bitmap_len < 0 or bitmap_len > tuplen:
+            raise InvalidRecord(f"UPDATE: t_hoff {hoff} inconsistent with {tuplen} bytes of tuple data")
+        body = b"".join((
+            mv[pos:pos + bitmap_len],
+            page[old_off + old_hoff:old_off + old_hoff + prefixlen],
+            mv[pos + bitmap_len:],
+        ))
+    else:
+        body = mv[pos:]
+    if suffixlen:
+        body = b"".join((body, page[old_off + old_len - suffixlen:old_off + old_len]))
+    tup = _new_tuple(rec.xid, new_xmax, newblk_no, new_offnum, infomask2, infomask, hoff, body)
+    if len(tup) > P.MAX_HEAP_TUPLE_SIZE:
+        raise InvalidRecord(f"UPDATE: tuple of {len(tup)} bytes exceeds MaxHeapTupleSize")
+    P.add_item(page, tup, new_offnum)
+    if flags & XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED:
+        _clear_all_visible(page)
+    P.set_lsn(page, lsn)
+
+
+def redo_confirm(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    (offnum,) = _main(rec, _U16, "CONFIRM")
+    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    off, _len = P.normal_item(page, offnum)
+    _set_ctid(page, off, blk.blkno, offnum)
+    P.set_lsn(page, lsn)
+
+
+def redo_lock(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    locking_xid, offnum, infobits, _flags = _main(rec, _LOCK, "LOCK")
+    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    off, _len = P.normal_item(page, offnum)
+    infomask2, infomask = _INFOMASKS.unpack_from(page, off + P.T_INFOMASK2)
+    infomask &= ~(HEAP_XMAX_BITS | HEAP_MOVED)
+    infomask2 &= ~HEAP_KEYS_UPDATED
+    infomask, infomask2 = _fix_infomask_from_infobits(infobits, infomask, infomask2)
+    # HEAP_XMAX_IS_LOCKED_ONLY: only a locker, no update: no HOT chain, ctid points at itself
+    if infomask & HEAP_XMAX_LOCK_ONLY or (infomask & (HEAP_XMAX_IS_MULTI | HEAP_LOCK_MASK)) == HEAP_XMAX_EXCL_LOCK:
+        infomask2 &= ~HEAP_HOT_UPDATED
+        _set_ctid(page, off, blk.blkno, offnum)
+    _XMAX_CID.pack_into(page, off + P.T_XMAX, locking_xid, 0)
+    infomask &= ~HEAP_COMBOCID
+    _INFOMASKS.pack_into(page, off + P.T_INFOMASK2, infomask2, infomask)
+    P.set_lsn(page, lsn)
+
+
+def redo_lock_updated(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    xmax, offnum, infobits, _flags = _main(rec, _LOCK, "LOCK_UPDATED")
+    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    off, _len = P.normal_item(page, offnum)
+    infomask2, infomask = _INFOMASKS.unpack_from(page, off + P.T_INFOMASK2)
+    infomask &= ~(HEAP_XMAX_BITS | HEAP_MOVED)
+    infomask2 &= ~HEAP_KEYS_UPDATED
+    infomask, infomask2 = _fix_infomask_from_infobits(infobits, infomask, infomask2)
+    P.U32.pack_into(page, off + P.T_XMAX, xmax)
+    _INFOMASKS.pack_into(page, off + P.T_INFOMASK2, infomask2, infomask)
+    P.set_lsn(page, lsn)
+
+
+def redo_inplace(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    (offnum,) = _main(rec, _U16, "INPLACE")
+    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    newtup = blk.data or b""
+    off, length = P.normal_item(page, offnum)
+    hoff = page[off + P.T_HOFF]
+    if length - hoff != len(newtup):
+        raise InvalidRecord(f"INPLACE: wrong tuple length {len(newtup)}, the tuple has {length - hoff}")
+    page[off + hoff:off + length] = newtup
+    P.set_lsn(page, lsn)
+
+
+# --- Heap2 records -------------------------------------------------------------------------------
+
+def _offsets(data, count: int, start: int, what: str) -> list[int]:
+    return list(struct.unpack_from(f"<{count}H", data, start)) if count else []
+
+
+def _check_offsets(page, offsets, what: str) -> None:
+    maxoff = P.max_offset(page)
+    for o in offsets:
+        if o < 1 or o > maxoff:
+            raise InvalidRecord(f"{what}: item {o} beyond the line pointer array ({maxoff} items)")
+
+
+def redo_prune(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    _xid, nredirected, ndead = _main(rec, _PRUNE, "PRUNE")
+    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    data = blk.data or b""
+    if len(data) & 1 or len(data) < 2 * (2 * nredirected + ndead):
+        raise InvalidRecord(f"PRUNE: {len(data)} bytes of offsets for {nredirected} redirects, {ndead} dead")
+    count = len(data) // 2
+    offs = _offsets(data, count, 0, "PRUNE")
+    _check_offsets(page, offs, "PRUNE")
+    if not offs:
+        raise InvalidRecord("PRUNE: nothing to do")
+    set_itemid = P.set_itemid
+    n2 = 2 * nredirected
+    for i in range(0, n2, 2):
+        set_itemid(page, offs[i], offs[i + 1], P.LP_REDIRECT, 0)
+    for i in range(n2, n2 + ndead):
+        set_itemid(page, offs[i], 0, P.LP_DEAD, 0)
+    for i in range(n2 + ndead, count):
+        set_itemid(page, offs[i], 0, P.LP_UNUSED, 0)
+    P.repair_fragmentation(page)
+    P.set_lsn(page, lsn)
+
+
+def redo_vacuum(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    (nunused,) = _main(rec, _U16, "VACUUM")
+    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    data = blk.data or b""
+    if nunused == 0 or len(data) < 2 * nunused:
+        raise InvalidRecord(f"VACUUM: {len(data)} bytes of offsets for {nunused} unused items")
+    offs = _offsets(data, nunused, 0, "VACUUM")
+    _check_offsets(page, offs, "VACUUM")
+    for o in offs:
+        P.set_itemid(page, o, 0, P.LP_UNUSED, 0)
+    P.truncate_line_pointer_array(page)
+    P.set_lsn(page, lsn)
+
+
+def redo_freeze_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    _cutoff, ntuples = _main(rec, _FREEZE_PAGE, "FREEZE_PAGE")
+    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    data = blk.data or b""
+    if len(data) < _FREEZE_TUPLE.size * ntuples:
+        raise InvalidRecord(f"FREEZE_PAGE: {len(data)} bytes of freeze plans for {ntuples} tuples")
+    for i in range(ntuples):
+        xmax, offnum, infomask2, infomask, frzflags = _FREEZE_TUPLE.unpack_from(data, i * _FREEZE_TUPLE.size)
+        off, _len = P.normal_item(page, offnum)
+        P.U32.pack_into(page, off + P.T_XMAX, xmax)
+        if frzflags & XLH_FREEZE_XVAC:
+            P.U32.pack_into(page, off + P.T_CID, FROZEN_TRANSACTION_ID)
+        if frzflags & XLH_INVALID_XVAC:
+            P.U32.pack_into(page, off + P.T_CID, 0)
+        _INFOMASKS.pack_into(page, off + P.T_INFOMASK2, infomask2, infomask)
+    P.set_lsn(page, lsn)
+
+
+def redo_visible_heap(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    """VISIBLE on the heap page (block 1): set PD_ALL_VISIBLE; the LSN only with wal_log_hints/checksums."""
+    _main(rec, _VISIBLE, "VISIBLE")
+    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+        return
+    _set_all_visible(ctx.page)
+    if ctx.wal_log_hints:
+        P.set_lsn(ctx.page, lsn)
+
+
+# --- dispatch ------------------------------------------------------------------------------------
+
+_HEAP_SIMPLE = {
+    XLOG_HEAP_INSERT: redo_insert,
+    XLOG_HEAP_DELETE: redo_delete,
+    XLOG_HEAP_CONFIRM: redo_confirm,
+    XLOG_HEAP_LOCK: redo_lock,
+    XLOG_HEAP_INPLACE: redo_inplace,
+}
+_HEAP2_SIMPLE = {
+    XLOG_HEAP2_PRUNE: redo_prune,
+    XLOG_HEAP2_VACUUM: redo_vacuum,
+    XLOG_HEAP2_FREEZE_PAGE: redo_freeze_page,
+    XLOG_HEAP2_MULTI_INSERT: redo_multi_insert,
+    XLOG_HEAP2_LOCK_UPDATED: redo_lock_updated,
+}
+
+
+def _unsupported(rec: DecodedRecord) -> UnsupportedRecord:
+    return UnsupportedRecord(
+        f"unsupported record {record_name(rec.rmid, rec.info)} (rmgr {rec.rmid}, info {rec.info:#04x})",
+        rmid=rec.rmid, info=rec.info,
+    )
+
+
+def redo_heap_record(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
+    """Replay a Heap or Heap2 record onto ``ctx.page``.
+
+    Raises :class:`UnsupportedRecord` for heap opcodes outside the supported set (TRUNCATE, REWRITE,
+    NEW_CID touch no page), :class:`BlockNotReferenced` when the record does not touch the page, and
+    :class:`InvalidRecord` / :class:`InvalidPage` for a record that does not fit the page.
+    """
+    rmid = rec.rmid
+    op = rec.info & XLOG_HEAP_OPMASK
+    if rmid == RM_HEAP_ID:
+        fn = _HEAP_SIMPLE.get(op)
+        if fn is None and op not in (XLOG_HEAP_UPDATE, XLOG_HEAP_HOT_UPDATE):
+            raise _unsupported(rec)
+    elif rmid == RM_HEAP2_ID:
+        fn = _HEAP2_SIMPLE.get(op)
+        if fn is None and op != XLOG_HEAP2_VISIBLE:
+            raise _unsupported(rec)
+    else:
+        raise _unsupported(rec)
+    if rec.info & XLOG_HEAP_INIT_PAGE and not (
+        (rmid == RM_HEAP_ID and op in (XLOG_HEAP_INSERT, XLOG_HEAP_UPDATE, XLOG_HEAP_HOT_UPDATE))
+        or (rmid == RM_HEAP2_ID and op == XLOG_HEAP2_MULTI_INSERT)
+    ):
+        raise _unsupported(rec)
+
+    tag = ctx.tag
+    if tag.forknum == VISIBILITYMAP_FORKNUM:
+        if redo_vm_page(ctx, rec, lsn):
+            return
+        raise BlockNotReferenced(
+            f"{record_name(rmid, rec.info)} does not reference or clear visibility map page {tuple(tag)}"
+        )
+    block_id = find_block(rec, tag)
+    if block_id is None:
+        raise BlockNotReferenced(f"{record_name(rmid, rec.info)} does not reference page {tuple(tag)}")
+    blk = rec.blocks[block_id]
+    if fn is not None:
+        if block_id != 0:
+            raise BlockNotReferenced(
+                f"{record_name(rmid, rec.info)} references page {tuple(tag)} as block {block_id}, not 0"
+            )
+        fn(ctx, rec, blk, lsn)
+    elif rmid == RM_HEAP_ID:
+        if block_id > 1:
+            raise BlockNotReferenced(f"UPDATE references page {tuple(tag)} as block {block_id}")
+        redo_update(ctx, rec, block_id, lsn, op == XLOG_HEAP_HOT_UPDATE)
+    else:  # VISIBLE; block 0 (the VM page) was handled above since it is in the VM fork
+        if block_id != 1:
+            raise BlockNotReferenced(f"VISIBLE references page {tuple(tag)} as block {block_id}")
+        redo_visible_heap(ctx, rec, blk, lsn)
