@@ -166,9 +166,12 @@ class WalRedoProcess:
         base_image: bytes | None,
         records: Sequence[tuple[int, bytes]],
         pg_version: int = SUPPORTED_PG_VERSION,
+        *,
+        wal_log_hints: bool = False,
     ) -> bytes:
         """Have the child apply ``records`` (``(end_lsn, raw XLogRecord)`` pairs) to ``base_image`` (or to
         nothing: the first record must then initialise the page) and return the 8192-byte page.
+        ``wal_log_hints``: the cluster had data checksums or wal_log_hints on (changes Heap2 VISIBLE redo).
 
         Raises, before any I/O, ``TypeError`` or ``ValueError`` (``BadRedoRequest``, ``FrameTooLarge``) for
         invalid arguments; ``RedoFailed(code, message)`` when the child refuses the request (a redo-engine
@@ -177,7 +180,8 @@ class WalRedoProcess:
         Cancellation: cancel-safe; the request stays queued and its response is read and dropped. No
         timeout of its own: wrap it in ``asyncio.timeout`` and close the process if it fires.
         """
-        return await self._request(_Kind.REDO, _RedoEncoder(tag, lsn, base_image, records, pg_version))
+        encoder = _RedoEncoder(tag, lsn, base_image, records, pg_version, wal_log_hints)
+        return await self._request(_Kind.REDO, encoder)
 
     def close(self) -> None:
         """Stop the process now, without waiting: fail pending requests with ``ProcessClosed``, close the
@@ -363,13 +367,13 @@ class WalRedoProcess:
 class _RedoEncoder:
     """Encodes one redo request for a given id (the id is assigned only when the slot is queued)."""
 
-    __slots__ = ("args",)
+    __slots__ = ("args", "wal_log_hints")
 
     def __init__(self, *args: Any) -> None:
-        self.args = args
+        *self.args, self.wal_log_hints = args
 
     def __call__(self, id: int) -> bytes:
-        return protocol.encode_redo(*self.args, id=id)
+        return protocol.encode_redo(*self.args, id=id, wal_log_hints=self.wal_log_hints)
 
 
 __all__ = ["ProcessState", "ProcessStats", "WalRedoProcess"]

@@ -18,7 +18,7 @@ TAG = BufferTag(1663, 5, 16384, 0, 7)
 PAGE = bytes(8192)
 
 
-def tag_engine(tag, base_image, records):
+def tag_engine(tag, base_image, records, **_):
     """Stand-in engine (the real one is exercised in test_real_redo_round_trip): a page naming its tag,
     with a short pause so requests pile up in flight."""
     time.sleep(0.0005)

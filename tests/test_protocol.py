@@ -33,6 +33,7 @@ REQUESTS = [
     p.Redo(TAG, 0x16B3740, None, [(0x16B3700, b"\x01\x02"), (0x16B3740, b"")], 15, id=9),
     p.Redo(TAG, 1, PAGE, [], 15),
     p.Redo(TAG, 1, PAGE, [(1, b"r")], 16),  # version is the child's decision, not the codec's
+    p.Redo(TAG, 1, PAGE, [(1, b"r")], 15, id=2, wal_log_hints=True),
 ]
 RESPONSES = [p.Pong(), p.Pong(5), p.Page(PAGE, 1), p.Error("invalid-record", "bad crc", 3), p.Error("protocol", "")]
 
@@ -93,11 +94,12 @@ u32 = st.integers(0, 2**32 - 1)
     records=st.lists(st.tuples(u64, st.binary(max_size=64)), max_size=5),
     ver=st.integers(-(2**63), 2**63 - 1),
     id=st.one_of(st.none(), u64),
+    hints=st.booleans(),
 )
-def test_redo_round_trip_property(tag, lsn, base, records, ver, id):
+def test_redo_round_trip_property(tag, lsn, base, records, ver, id, hints):
     if base is None and not records:
         records = [(lsn, b"x")]
-    msg = p.Redo(BufferTag(*tag), lsn, base, records, ver, id)
+    msg = p.Redo(BufferTag(*tag), lsn, base, records, ver, id, hints)
     assert decode_all(p.RequestDecoder(), p.encode(msg)) == [msg]
 
 
@@ -200,6 +202,8 @@ def _redo(**changes):
         _redo(records={"a": 1}),
         _redo(pg_version="15"),
         _redo(pg_version=None),
+        _redo(wal_log_hints=1),
+        _redo(wal_log_hints=None),
     ],
 )
 def test_invalid_requests(payload):
@@ -288,6 +292,15 @@ def test_arbitrary_maps_decode_or_raise_typed(payload):
 def test_encode_redo_rejects_bad_arguments(args, exc):
     with pytest.raises(exc):
         p.encode_redo(*args)
+
+
+def test_wal_log_hints_is_optional_on_the_wire():
+    (event,) = decode_all(p.RequestDecoder(), frame(GOOD_REDO))
+    assert event.wal_log_hints is False
+    (event,) = decode_all(p.RequestDecoder(), frame({**GOOD_REDO, "wal_log_hints": True}))
+    assert event.wal_log_hints is True
+    with pytest.raises(TypeError):
+        p.encode_redo(TAG, 1, None, [(1, b"x")], wal_log_hints=1)
 
 
 def test_encode_checks():

@@ -162,7 +162,7 @@ def _child_with_engine(monkeypatch, engine):
     ],
 )
 def test_redo_errors_are_typed_and_child_survives(monkeypatch, exc, code):
-    def engine(tag, base, records):
+    def engine(tag, base, records, **_):
         raise exc
 
     c = _child_with_engine(monkeypatch, engine)
@@ -177,7 +177,7 @@ def test_redo_errors_are_typed_and_child_survives(monkeypatch, exc, code):
 
 @pytest.mark.parametrize("result", [ZeroDivisionError, b"short", None])
 def test_engine_bug_is_internal_error_never_a_page(monkeypatch, result):
-    def engine(tag, base, records):
+    def engine(tag, base, records, **_):
         if result is ZeroDivisionError:
             return 1 // 0
         return result
@@ -193,15 +193,16 @@ def test_engine_bug_is_internal_error_never_a_page(monkeypatch, result):
 
 
 def test_page_passes_through(monkeypatch):
-    seen = []
-
-    def engine(tag, base, records):
-        seen.append(1)
+    def engine(tag, base, records, *, wal_log_hints):
+        assert wal_log_hints is (tag.blknum % 2 == 1)
         return bytes([tag.blknum]) * 8192
 
     c = _child_with_engine(monkeypatch, engine)
     try:
-        reqs = b"".join(p.encode_redo(TAG._replace(blknum=i), 10, None, [(10, b"r")], id=i) for i in range(50))
+        reqs = b"".join(
+            p.encode_redo(TAG._replace(blknum=i), 10, None, [(10, b"r")], id=i, wal_log_hints=i % 2 == 1)
+            for i in range(50)
+        )
         c.socket.sendall(reqs)
         assert read_responses(c.socket, 50) == [p.Page(bytes([i]) * 8192, i) for i in range(50)]
     finally:

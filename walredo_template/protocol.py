@@ -24,7 +24,8 @@ it is a protocol error as soon as the 4 length bytes have arrived (the payload i
 
 Each payload is a msgpack map with str keys. ``type`` (str) names the message; ``id`` is optional
 (absent or nil, or an int in [0, 2**64)) and a response echoes its request's ``id``. Strings are msgpack
-str (UTF-8), byte strings are msgpack bin, integers are msgpack int (never bool). Keys not listed below
+str (UTF-8), byte strings are msgpack bin, integers are msgpack int (never bool; the one flag,
+``wal_log_hints``, is msgpack bool). Keys not listed below
 are a protocol error: both ends ship in one package, so an unknown key is a bug, not a newer peer.
 
 Requests (parent → child)::
@@ -35,7 +36,9 @@ Requests (parent → child)::
      "lsn": int,                                             # u64: the LSN the page is wanted at
      "base_image": bin | nil,                                # the page before the records, or nil
      "records": [[end_lsn: int, record: bin], ...],          # raw XLogRecords, oldest first
-     "pg_version": int}                                      # 15 is the only one served
+     "pg_version": int,                                      # 15 is the only one served
+     "wal_log_hints"?: bool}                                 # default false: the cluster had neither
+                                                             # data checksums nor wal_log_hints on
 
 Responses (child → parent), exactly one per request, **in request order** (so pipelining is in-order and
 the ``id`` is only a cross-check)::
@@ -137,6 +140,9 @@ class Redo:
     records: Sequence[tuple[int, bytes]]
     pg_version: int = SUPPORTED_PG_VERSION
     id: int | None = None
+    # Whether the cluster had data checksums or wal_log_hints on: decides whether Heap2 VISIBLE stamps the
+    # heap page's LSN, so the engine needs it to reproduce PostgreSQL's page exactly.
+    wal_log_hints: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +197,7 @@ def encode_redo(
     pg_version: int = SUPPORTED_PG_VERSION,
     id: int | None = None,
     *,
+    wal_log_hints: bool = False,
     max_frame_size: int = MAX_FRAME_SIZE,
 ) -> bytes:
     """Frame a ``redo`` request after :func:`validate_redo`.
@@ -199,6 +206,8 @@ def encode_redo(
     for a bad id and ``FrameTooLarge`` if the encoded request exceeds ``max_frame_size``.
     """
     validate_redo(tag, lsn, base_image, records, pg_version)
+    if type(wal_log_hints) is not bool:
+        raise TypeError(f"wal_log_hints must be bool, got {type(wal_log_hints).__name__}")
     payload = {
         "type": "redo",
         "tag": list(tag),
@@ -207,6 +216,8 @@ def encode_redo(
         "records": [[end_lsn, bytes(rec)] for end_lsn, rec in records],
         "pg_version": pg_version,
     }
+    if wal_log_hints:  # omitted when false: the common case stays one key shorter
+        payload["wal_log_hints"] = True
     return _frame(_with_id(payload, id), max_frame_size)
 
 
@@ -236,7 +247,9 @@ def encode(message: Request | Response) -> bytes:
             return encode_ping(id)
         case Redo():
             m = message
-            return encode_redo(m.tag, m.lsn, m.base_image, m.records, m.pg_version, m.id)
+            return encode_redo(
+                m.tag, m.lsn, m.base_image, m.records, m.pg_version, m.id, wal_log_hints=m.wal_log_hints
+            )
         case Pong(id=id):
             return encode_pong(id)
         case Page(page=page, id=id):
@@ -317,12 +330,12 @@ def _get_id(m: dict[str, Any]) -> int | None:
     return id
 
 
-def _expect_keys(m: dict[str, Any], required: frozenset[str]) -> None:
+def _expect_keys(m: dict[str, Any], required: frozenset[str], optional: frozenset[str] = frozenset()) -> None:
     keys = m.keys()
     missing = required - keys
     if missing:
         raise InvalidMessage(f"{m['type']} message lacks {sorted(missing)}")
-    extra = keys - required - {"type", "id"}
+    extra = keys - required - optional - {"type", "id"}
     if extra:
         raise InvalidMessage(f"{m['type']} message has unknown keys {sorted(extra)}")
 
@@ -336,8 +349,11 @@ _REDO_KEYS = frozenset({"tag", "lsn", "base_image", "records", "pg_version"})
 
 
 def _parse_redo(m: dict[str, Any]) -> Redo:
-    _expect_keys(m, _REDO_KEYS)
+    _expect_keys(m, _REDO_KEYS, frozenset({"wal_log_hints"}))
     id = _get_id(m)
+    wal_log_hints = m.get("wal_log_hints", False)
+    if type(wal_log_hints) is not bool:
+        raise InvalidMessage("redo wal_log_hints must be a bool")
     tag, lsn, base_image, records, pg_version = (
         m["tag"], m["lsn"], m["base_image"], m["records"], m["pg_version"],
     )
@@ -357,7 +373,7 @@ def _parse_redo(m: dict[str, Any]) -> Redo:
         out.append((item[0], item[1]))
     if not _is_int(pg_version):
         raise InvalidMessage("redo pg_version must be an int")
-    return Redo(BufferTag(*tag), lsn, base_image, out, pg_version, id)
+    return Redo(BufferTag(*tag), lsn, base_image, out, pg_version, id, wal_log_hints)
 
 
 def _parse_pong(m: dict[str, Any]) -> Pong:

@@ -75,7 +75,9 @@ def handle_request(request: Ping | Redo) -> bytes:
     if apply_records is None:
         return protocol.encode_error("internal", "the redo engine is not installed in this child", rid)
     try:
-        page = apply_records(request.tag, request.base_image, request.records)
+        page = apply_records(
+            request.tag, request.base_image, request.records, wal_log_hints=request.wal_log_hints
+        )
     except pg_errors.RedoError as e:
         return protocol.encode_error(redo_error_code(e), str(e) or type(e).__name__, rid)
     except Exception as e:  # a bug in the engine; BaseException (SystemExit, ...) still ends the child
