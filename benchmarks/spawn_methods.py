@@ -95,8 +95,9 @@ class TemplateSpawn(SpawnMethod):
         self.client = None
 
     async def start(self) -> None:
-        from forkserver import TemplateClient
-
+        TemplateClient = _template_client_class()
+        if TemplateClient is None:
+            raise RuntimeError("forkserver.TemplateClient is not in this tree")
         self.client = await TemplateClient.launch(worker=self.worker)
 
     async def spawn(self, tenant: str) -> SpawnedChild:
@@ -220,10 +221,26 @@ def all_methods(include_template: bool = True) -> list[SpawnMethod]:
     return methods
 
 
+def _template_client_class():
+    try:
+        from forkserver import TemplateClient
+    except ImportError:
+        try:
+            from forkserver.client import TemplateClient
+        except ImportError:
+            return None
+    return TemplateClient
+
+
 def template_available() -> bool:
     """Whether ``forkserver.TemplateClient`` has landed in this tree."""
+    return _template_client_class() is not None
+
+
+def manager_class():
+    """``forkserver.WalRedoManager`` (from its module while the package does not export it yet)."""
     try:
-        from forkserver import TemplateClient  # noqa: F401
+        from forkserver import WalRedoManager
     except ImportError:
-        return False
-    return True
+        from forkserver.manager import WalRedoManager
+    return WalRedoManager
