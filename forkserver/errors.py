@@ -45,3 +45,46 @@ class RedoFailed(ForkServerError):
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message
+
+
+# --- Template fork server (issue 3): forkserver.client / control / fdpass / template ---
+
+
+class TemplateError(ForkServerError):
+    """Base class of the template fork server's errors."""
+
+
+class TemplateUnavailable(TemplateError):
+    """The template cannot serve this request: it is not running, died, is restarting past the caller's
+    deadline, did not answer in time, or the client was closed. Retrying later (on a launched client,
+    after the restart) may succeed."""
+
+
+class SpawnRefused(TemplateError):
+    """The template answered a request with a typed refusal (its fault or ours, but well-formed).
+
+    ``code`` is a short machine-readable string (e.g. ``"invalid-tenant"``, ``"invalid-options"``,
+    ``"missing-fd"``, ``"fork-failed"``); ``message`` is for humans."""
+
+    def __init__(self, code: str, message: str = ""):
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+class ProtocolError(TemplateError):
+    """The peer on the control socket broke the protocol (bad frame, bad fds, failed authentication).
+
+    ``code`` is a short machine-readable string (e.g. ``"frame-too-large"``, ``"bad-fds"``,
+    ``"auth-failed"``); ``request_id`` names the request it concerns when known. The connection is not
+    trustworthy afterwards unless the raiser says otherwise."""
+
+    def __init__(self, code: str, message: str = "", request_id: "int | None" = None):
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class InvalidTenantId(ForkServerError, ValueError):
+    """A tenant id is not 32 lowercase hex characters, optionally followed by ``-`` and 4 hex characters."""

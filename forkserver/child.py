@@ -1,0 +1,105 @@
+"""What runs in a tenant child right after the template forked it — all child hygiene lives here.
+
+Order matters and each step says why:
+
+1. forget the template's Python socket objects (``detach``), so that a late garbage collection of one of
+   them can never close an fd number the worker has reused;
+2. signal handlers back to the defaults (the template's no-op handlers and its wake-up fd are its own
+   business; a child that kept them would swallow SIGTERM);
+3. a new process group, so a terminal's Ctrl-C or a ``killpg`` aimed at the template's group misses it;
+4. ``atexit`` cleared: the template's exit hooks must never run in a child;
+5. title ``walredo <tenant>`` (visible in ``ps``/psutil);
+6. stdin/stdout pointed at /dev/null and every other fd closed except the child's socket and stderr, so no
+   control socket, pidfd, wake-up pipe or other tenant's socket stays reachable from this tenant's code;
+7. run ``worker(sock, tenant)``; it returns when its socket reaches EOF;
+8. leave only through ``os._exit``: never unwind into the template's selector loop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from typing import NoReturn
+
+import setproctitle
+
+__all__ = ["run_child"]
+
+Worker = Callable[[socket.socket, str], object]
+
+
+def run_child(sock_fd: int, tenant: str, worker: Worker, forget: Iterable[socket.socket] = ()) -> NoReturn:
+    """Turn the freshly forked process into tenant ``tenant``'s worker on socket ``sock_fd``. Never returns.
+
+    Exit status: 0 when the worker returns, the ``SystemExit`` code if it raises one, 1 on any other
+    exception (traceback on stderr), 70 if the hygiene itself failed.
+    """
+    code = 70
+    try:
+        for s in forget:
+            try:
+                s.detach()
+            except OSError:
+                pass
+        _default_signals()
+        os.setpgid(0, 0)
+        atexit._clear()
+        setproctitle.setproctitle(f"walredo {tenant}")
+        sock_fd = _close_fds_except(sock_fd)
+        sock = socket.socket(fileno=sock_fd)
+        sock.setblocking(True)
+        code = 1
+        worker(sock, tenant)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        try:
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        os._exit(code)
+
+
+def _default_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        # SIGPIPE stays ignored as in any Python process: a write to a closed socket should raise
+        # BrokenPipeError in the worker, not kill it silently.
+        handler = signal.SIG_IGN if sig == signal.SIGPIPE else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except (OSError, ValueError):
+            pass  # signals Python may not touch (e.g. reserved real-time ones)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _close_fds_except(sock_fd: int) -> int:
+    """Close everything but stderr and the socket; 0/1 become /dev/null. Returns the socket's fd."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        if fd == sock_fd:
+            # Move the socket out of the way before we point 0/1 at /dev/null.
+            sock_fd = os.dup(sock_fd)
+        if fd != devnull:
+            os.dup2(devnull, fd, inheritable=True)
+    # Now only {0, 1, 2, sock_fd} survive (close_range under the hood).
+    lo = 3
+    for keep in sorted({sock_fd}):
+        if keep >= lo:
+            os.closerange(lo, keep)
+            lo = keep + 1
+    os.closerange(lo, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 1 << 20)
+    return sock_fd

@@ -1,0 +1,112 @@
+"""``walredo-template``: run the template in the foreground (systemd style).
+
+    walredo-template --socket PATH [--worker MOD:FUNC]
+
+Preloads the worker, binds ``PATH`` (directory 0700, socket 0600), writes a fresh 32-byte key as hex to
+``PATH.key`` (0600; give it to ``TemplateClient.connect(PATH, key=PATH + ".key")``), prints one readiness line
+on stdout::
+
+    walredo-template ready pid=<pid> socket=<PATH> key=<PATH.key>
+
+and serves until SIGTERM/SIGINT, removing the socket and key file on the way out.
+
+``TemplateClient.launch`` runs the same entry point with ``--parent-fd N`` instead of a key file: it reads the
+32 raw key bytes from fd ``N`` and afterwards treats EOF on it as "the launching parent died".
+
+Exit codes: 0 clean stop, 2 bad arguments / worker import failure, 3 socket or key set-up failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from forkserver import control
+from forkserver.template import Template, prepare_socket_dir
+
+DEFAULT_WORKER = "walredo_template.worker:main"
+
+
+def load_worker(spec: str):
+    """Import ``module:function`` and return the function. Errors: ``ValueError`` for a malformed spec,
+    ``ImportError`` / ``AttributeError`` when it does not resolve, ``TypeError`` if it is not callable."""
+    module, sep, func = spec.partition(":")
+    if not sep or not module or not func:
+        raise ValueError(f"worker must be MODULE:FUNCTION, got {spec!r}")
+    obj = importlib.import_module(module)
+    for part in func.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{spec} is not callable")
+    return obj
+
+
+def _read_key_from_fd(fd: int) -> bytes:
+    key = b""
+    while len(key) < control.KEY_SIZE:
+        chunk = os.read(fd, control.KEY_SIZE - len(key))
+        if not chunk:
+            raise EOFError("the parent closed the key pipe before sending the whole key")
+        key += chunk
+    return key
+
+
+def _write_key_file(path: str, key: bytes) -> None:
+    try:
+        os.unlink(path)  # a stale key from a template that died; bind() already proved none is live
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="walredo-template", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--socket", required=True, help="control socket path (its directory becomes 0700)")
+    parser.add_argument("--worker", default=DEFAULT_WORKER, help="MODULE:FUNCTION run as main(sock, tenant)")
+    parser.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    def fail(code: int, msg: str) -> int:
+        print(f"walredo-template: {msg}", file=sys.stderr, flush=True)
+        return code
+
+    try:
+        worker = load_worker(args.worker)  # the preload: children inherit it already imported
+    except Exception as e:
+        return fail(2, f"cannot load worker {args.worker}: {type(e).__name__}: {e}")
+
+    key_file = None
+    try:
+        if args.parent_fd is not None:
+            key = _read_key_from_fd(args.parent_fd)
+            os.set_blocking(args.parent_fd, False)
+        else:
+            key = os.urandom(control.KEY_SIZE)
+        template = Template(args.socket, worker, key, parent_fd=args.parent_fd)
+        template.bind()
+        if args.parent_fd is None:
+            key_file = template.socket_path + ".key"
+            _write_key_file(key_file, key)
+            template.key_file = key_file
+    except (OSError, EOFError, ValueError) as e:
+        return fail(3, f"cannot set up {args.socket}: {e}")
+
+    key_desc = key_file if key_file else f"fd:{args.parent_fd}"
+    print(f"walredo-template ready pid={os.getpid()} socket={template.socket_path} key={key_desc}", flush=True)
+    if args.parent_fd is not None:
+        # Launched by the library, which stops reading stdout after the readiness line.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    return template.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "load_worker", "DEFAULT_WORKER", "prepare_socket_dir"]

@@ -1,0 +1,464 @@
+"""The template process: a single-threaded selector loop that forks one preloaded child per spawn request.
+
+Runs only in the template (started by ``walredo-template`` or by ``TemplateClient.launch``). No threads (forking
+a threaded process is unsafe) and no asyncio loop: one ``selectors`` loop over
+
+- the listening control socket (filesystem path in a 0700 directory, socket mode 0600),
+- each accepted control connection (``SO_PEERCRED`` uid check, then the HMAC handshake of
+  :mod:`forkserver.control`, then spawn / stats requests),
+- a signal wake-up pipe (``signal.set_wakeup_fd``): SIGCHLD → reap with ``waitpid(-1, WNOHANG)`` in a loop
+  and send ``exited`` to the connection that asked for the child; SIGTERM/SIGINT → clean exit,
+- optionally the *parent pipe* (library launch): EOF means the launching parent is gone.
+
+On SIGTERM/SIGINT the template removes its socket (and key file if it wrote one) and exits; children keep
+serving their parent. When the parent pipe reports the parent's death the children are useless (their sockets
+hit EOF and they exit); the template reaps them for a short grace period, SIGKILLs any straggler, then exits,
+so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from forkserver import child, control, fdpass
+from forkserver.control import BadRequest, ControlConnection, Role, Spawn, StatsRequest
+from forkserver.errors import InvalidTenantId, ProtocolError
+
+__all__ = ["Template", "prepare_socket_dir"]
+
+_PEERCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+_RECV_SIZE = 64 * 1024
+_MAX_OUTPUT = 1 << 20  # bytes queued to a peer that does not read; beyond this we drop it
+_AUTH_DEADLINE = 10.0  # seconds an unauthenticated connection may idle before we drop it
+_ORPHAN_GRACE = 0.5  # seconds children get to exit on their own after the parent died
+
+
+def _noop_handler(signum, frame):
+    # The C-level handler already wrote the signal number to the wake-up fd; the loop does the work.
+    pass
+
+
+def prepare_socket_dir(path: str) -> None:
+    """Create the socket's directory (mode 0700) if missing, and insist it is ours and private.
+
+    Errors: ``PermissionError`` if it is not a directory owned by us with mode 0700 (group/other bits set)."""
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(f"socket directory {d} must be a directory owned by uid {os.getuid()} "
+                              f"with mode 0700 (is {oct(stat.S_IMODE(st.st_mode))}, uid {st.st_uid})")
+
+
+@dataclass
+class _OutFrame:
+    view: memoryview
+    fds: list[int]  # attached to the next sendmsg (the frame's first byte)
+    owned: list[int]  # our copies to close once the fds went out (e.g. the pidfd)
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    proto: ControlConnection
+    created: float
+    out: deque = field(default_factory=deque)
+    queued: int = 0
+    closed: bool = False
+    # pidfds we opened and queued in a `spawned` reply: ours to close once the frame carrying them went out.
+    owned_fds: set = field(default_factory=set)
+
+
+class Template:
+    """The template's server loop. Construct, then :meth:`serve` (blocks until SIGTERM/SIGINT or parent
+    death; returns the process exit code).
+
+    ``key_file`` is removed on exit (the caller wrote it); ``parent_fd`` is a pipe read end whose EOF means the
+    launching parent is gone."""
+
+    def __init__(self, socket_path: str, worker, key: bytes, *, key_file: str | None = None,
+                 parent_fd: int | None = None, log=None):
+        if len(key) != control.KEY_SIZE:
+            raise ValueError("key must be 32 bytes")
+        self.socket_path = os.path.abspath(socket_path)
+        self.worker = worker
+        self._key = key
+        self.key_file = key_file
+        self.parent_fd = parent_fd
+        self._log_file = log if log is not None else sys.stderr
+        self.spawns = 0
+        self._children: dict[int, _Conn | None] = {}  # live (unreaped) child pid -> connection that asked
+        self._conns: dict[int, _Conn] = {}
+        self._sel = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._socket_ino: tuple[int, int] | None = None
+        self._wake_r = self._wake_w = -1
+        self._stopping: str | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def bind(self) -> None:
+        """Create the listening socket (mode 0600) at ``socket_path``; replaces a stale socket file.
+
+        Errors: ``FileExistsError`` when a live server answers on the path; ``PermissionError`` for an unsafe
+        directory."""
+        prepare_socket_dir(self.socket_path)
+        if os.path.lexists(self.socket_path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.socket_path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(self.socket_path)  # stale: a previous template died without cleaning up
+            except OSError as e:
+                raise FileExistsError(f"{self.socket_path} exists and is not a usable socket: {e}") from None
+            else:
+                raise FileExistsError(f"a server is already listening on {self.socket_path}")
+            finally:
+                probe.close()
+        lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket file is born 0600: no window where another user may connect
+        try:
+            lst.bind(self.socket_path)
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o600)
+        st = os.stat(self.socket_path)
+        self._socket_ino = (st.st_dev, st.st_ino)
+        lst.listen(128)
+        lst.setblocking(False)
+        self._listener = lst
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _noop_handler)
+
+    # ------------------------------------------------------------------ loop
+
+    def serve(self) -> int:
+        """Run until stopped; clean up; return the exit code (0)."""
+        if self._listener is None:
+            self.bind()
+        self._install_signals()
+        self._sel.register(self._listener, selectors.EVENT_READ, "accept")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "signal")
+        if self.parent_fd is not None:
+            self._sel.register(self.parent_fd, selectors.EVENT_READ, "parent")
+        # Everything imported so far (worker module included) is shared copy-on-write with the children;
+        # keep the collector from touching (and thereby copying) those pages.
+        gc.collect()
+        gc.freeze()
+        try:
+            while self._stopping is None:
+                for key, events in self._sel.select(timeout=1.0):
+                    self._dispatch(key, events)
+                    if self._stopping is not None:
+                        break
+                self._drop_idle_unauthenticated()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _dispatch(self, key, events) -> None:
+        what = key.data
+        if what == "accept":
+            self._accept()
+        elif what == "signal":
+            self._on_signals()
+        elif what == "parent":
+            try:
+                data = os.read(self.parent_fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._stopping = "parent-gone"
+        else:
+            conn: _Conn = what
+            if events & selectors.EVENT_WRITE:
+                self._flush(conn)
+            if events & selectors.EVENT_READ and not conn.closed:
+                self._read(conn)
+
+    def _on_signals(self) -> None:
+        try:
+            data = os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            return
+        # SIGCHLD may coalesce; reaping always loops until nothing is left, so one byte is enough.
+        if signal.SIGCHLD in data:
+            self._reap()
+        if signal.SIGTERM in data or signal.SIGINT in data:
+            self._stopping = "signal"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._log(f"accept failed: {e}")
+                return
+            sock.setblocking(False)
+            _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                _PEERCRED.size))
+            if uid != os.getuid():
+                # Dropped before anything is read from it; it never sees the challenge.
+                self._log(f"refused a peer with uid {uid}")
+                sock.close()
+                continue
+            conn = _Conn(sock, ControlConnection(Role.TEMPLATE, self._key), time.monotonic())
+            conn.proto.start()
+            self._conns[sock.fileno()] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+            self._queue_output(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data, fds = fdpass.recv(conn.sock, _RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ProtocolError as e:  # bad ancillary data; fdpass closed the fds
+            self._log(f"dropping a connection: {e}")
+            self._close_conn(conn)
+            return
+        except OSError:
+            self._close_conn(conn)
+            return
+        if not data:
+            fdpass.close_fds(fds)
+            self._close_conn(conn)
+            return
+        try:
+            conn.proto.receive_data(data, fds)
+            while not conn.closed:
+                event = conn.proto.next_event()
+                if event is None:
+                    break
+                self._handle(conn, event)
+        except ProtocolError as e:
+            self._log(f"dropping a connection: {e}")
+            self._queue_output(conn)  # the error frame the protocol queued, best effort
+            self._close_conn(conn)
+            return
+        self._queue_output(conn)
+
+    def _handle(self, conn: _Conn, event) -> None:
+        if isinstance(event, Spawn):
+            self._spawn(conn, event)
+        elif isinstance(event, StatsRequest):
+            conn.proto.send(control.StatsReply(event.request_id, self.stats()))
+        elif isinstance(event, BadRequest):
+            conn.proto.send(control.Error(event.request_id, event.code, event.message))
+        else:  # pragma: no cover - the protocol only returns the types above to the template
+            raise AssertionError(event)
+
+    def stats(self) -> dict:
+        return {"spawns": self.spawns, "live": len(self._children), "connections": len(self._conns),
+                "pid": os.getpid()}
+
+    def _spawn(self, conn: _Conn, req: Spawn) -> None:
+        try:
+            control.validate_tenant(req.tenant)
+        except InvalidTenantId as e:
+            fdpass.close_fds([req.fd])
+            conn.proto.send(control.Error(req.request_id, "invalid-tenant", str(e)))
+            return
+        try:
+            control.validate_options(req.options)
+        except (TypeError, ValueError) as e:
+            fdpass.close_fds([req.fd])
+            conn.proto.send(control.Error(req.request_id, "invalid-options", str(e)))
+            return
+        try:
+            pid = os.fork()
+        except OSError as e:
+            fdpass.close_fds([req.fd])
+            conn.proto.send(control.Error(req.request_id, "fork-failed", str(e)))
+            return
+        if pid == 0:
+            child.run_child(req.fd, req.tenant, self.worker, forget=self._python_sockets())
+        os.close(req.fd)
+        self.spawns += 1
+        self._children[pid] = conn
+        try:
+            # Opened before this loop can reap the child (reaping only happens in _reap), so the pidfd
+            # always names this child, never a recycled pid.
+            pidfd = os.pidfd_open(pid)
+        except OSError as e:
+            os.kill(pid, signal.SIGKILL)  # unreaped, so the pid is still ours
+            conn.proto.send(control.Error(req.request_id, "fork-failed", f"pidfd_open: {e}"))
+            return
+        conn.owned_fds.add(pidfd)
+        conn.proto.send(control.Spawned(req.request_id, pid, pidfd))
+
+    def _python_sockets(self) -> list[socket.socket]:
+        socks = [c.sock for c in self._conns.values()]
+        if self._listener is not None:
+            socks.append(self._listener)
+        return socks
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            conn = self._children.pop(pid, None)
+            if conn is not None and not conn.closed:
+                conn.proto.send(control.Exited(pid, os.waitstatus_to_exitcode(status)))
+                self._queue_output(conn)
+
+    # ------------------------------------------------------------------ output
+
+    def _queue_output(self, conn: _Conn) -> None:
+        for frame, fds in conn.proto.data_to_send():
+            mine = [fd for fd in fds if fd in conn.owned_fds]
+            conn.owned_fds.difference_update(mine)
+            conn.out.append(_OutFrame(memoryview(frame), list(fds), mine))
+            conn.queued += len(frame)
+        if conn.closed:
+            fdpass.close_fds(conn.owned_fds)
+            conn.owned_fds.clear()
+            return
+        if conn.queued > _MAX_OUTPUT:
+            self._log("dropping a connection that does not read its replies")
+            self._close_conn(conn)
+            return
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        while conn.out and not conn.closed:
+            item: _OutFrame = conn.out[0]
+            try:
+                n = fdpass.send(conn.sock, item.view, item.fds)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._close_conn(conn)
+                return
+            if item.fds:
+                item.fds = []
+                fdpass.close_fds(item.owned)
+                item.owned = []
+            item.view = item.view[n:]
+            conn.queued -= n
+            if not len(item.view):
+                conn.out.popleft()
+        if not conn.closed:
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+            self._sel.modify(conn.sock, want, conn)
+
+    def _close_conn(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        # Best effort: a pending error frame explaining the hang-up.
+        if conn.out and not conn.out[0].fds:
+            try:
+                conn.sock.send(conn.out[0].view)
+            except OSError:
+                pass
+        conn.closed = True
+        for item in conn.out:
+            fdpass.close_fds(item.owned)
+        conn.out.clear()
+        fdpass.close_fds(conn.owned_fds)
+        conn.owned_fds.clear()
+        conn.proto.close()
+        try:
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        self._conns.pop(conn.sock.fileno(), None)
+        conn.sock.close()
+        # Its children live on (they talk to their parent directly); we still reap them, silently.
+        for pid, owner in self._children.items():
+            if owner is conn:
+                self._children[pid] = None
+
+    def _drop_idle_unauthenticated(self) -> None:
+        now = time.monotonic()
+        for conn in list(self._conns.values()):
+            if not conn.proto.authenticated and now - conn.created > _AUTH_DEADLINE:
+                self._close_conn(conn)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _shutdown(self) -> None:
+        if self._listener is not None:
+            try:
+                self._sel.unregister(self._listener)
+            except (KeyError, ValueError):
+                pass
+            self._listener.close()
+            self._unlink_own_socket()
+        if self.key_file:
+            try:
+                os.unlink(self.key_file)
+            except FileNotFoundError:
+                pass
+        for conn in list(self._conns.values()):
+            self._close_conn(conn)
+        if self._stopping == "parent-gone":
+            self._reap_orphans()
+        self._log(f"exiting ({self._stopping})")
+
+    def _unlink_own_socket(self) -> None:
+        # Only remove the path if it is still the socket we bound (a successor may have replaced it).
+        try:
+            st = os.stat(self.socket_path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == self._socket_ino:
+            os.unlink(self.socket_path)
+
+    def _reap_orphans(self) -> None:
+        deadline = time.monotonic() + _ORPHAN_GRACE
+        self._reap()
+        while self._children and time.monotonic() < deadline:
+            ready = self._sel.select(timeout=max(0.0, deadline - time.monotonic()))
+            for key, _ in ready:
+                if key.data == "signal":
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+            self._reap()
+        for pid in list(self._children):
+            try:
+                os.kill(pid, signal.SIGKILL)  # unreaped: the pid cannot have been recycled
+            except ProcessLookupError:
+                pass
+        for pid in list(self._children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self._children.pop(pid, None)
+
+    def _log(self, msg: str) -> None:
+        try:
+            print(f"walredo-template[{os.getpid()}]: {msg}", file=self._log_file, flush=True)
+        except (OSError, ValueError):
+            pass

@@ -1,0 +1,27 @@
+"""A tiny worker for the fork-server tests: ``main(sock, tenant)`` speaks a line protocol on its socket.
+
+    b"ping\\n"      -> b"pong <pid> <tenant>\\n"
+    anything else  -> echoed back unchanged (one line)
+    b"exit <n>\\n"  -> the process exits with status n (no reply)
+
+It returns (and the child exits 0) when the socket reaches EOF.
+"""
+
+import os
+
+
+def main(sock, tenant):
+    buf = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line == b"ping":
+                sock.sendall(b"pong %d %s\n" % (os.getpid(), tenant.encode()))
+            elif line.startswith(b"exit "):
+                os._exit(int(line[5:]))
+            else:
+                sock.sendall(line + b"\n")
