@@ -16,3 +16,9 @@ from .errors import ProcessBroken, ProcessClosed, RedoFailed
 from .process import ProcessState, ProcessStats, WalRedoProcess
 
 __all__ += ["ProcessBroken", "ProcessClosed", "ProcessState", "ProcessStats", "RedoFailed", "WalRedoProcess"]
+
+from .client import ChildHandle, TemplateClient
+from .errors import InvalidTenantId, ProtocolError, SpawnRefused, TemplateError, TemplateUnavailable
+
+__all__ += ["ChildHandle", "InvalidTenantId", "ProtocolError", "SpawnRefused", "TemplateClient", "TemplateError",
+            "TemplateUnavailable"]
