@@ -95,7 +95,7 @@ class TemplateSpawn(SpawnMethod):
         self.client = None
 
     async def start(self) -> None:
-        TemplateClient = _template_client_class()
+        TemplateClient = template_client_class()
         if TemplateClient is None:
             raise RuntimeError("forkserver.TemplateClient is not in this tree")
         self.client = await TemplateClient.launch(worker=self.worker)
@@ -221,7 +221,8 @@ def all_methods(include_template: bool = True) -> list[SpawnMethod]:
     return methods
 
 
-def _template_client_class():
+def template_client_class():
+    """``forkserver.TemplateClient`` (from its module while the package does not export it), or ``None``."""
     try:
         from forkserver import TemplateClient
     except ImportError:
@@ -234,7 +235,7 @@ def _template_client_class():
 
 def template_available() -> bool:
     """Whether ``forkserver.TemplateClient`` has landed in this tree."""
-    return _template_client_class() is not None
+    return template_client_class() is not None
 
 
 def manager_class():
