@@ -1,0 +1,118 @@
+"""forkserver.fdpass on real Unix socketpairs: fds arrive, are CLOEXEC, and never leak on an error path."""
+
+import array
+import fcntl
+import os
+import socket
+
+import pytest
+
+from forkserver import fdpass
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_round_trip_with_fds(pair):
+    a, b = pair
+    r, w = os.pipe()
+    try:
+        assert fdpass.send(a, b"hello", [r, w]) == 5
+        data, fds = fdpass.recv(b, 100)
+        assert data == b"hello" and len(fds) == 2
+        for fd in fds:
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        os.write(fds[1], b"x")  # the received write end is the same pipe
+        assert os.read(r, 1) == b"x"
+        fdpass.close_fds(fds)
+    finally:
+        fdpass.close_fds([r, w])
+
+
+def test_plain_data_and_eof(pair):
+    a, b = pair
+    fdpass.send(a, b"abc")
+    assert fdpass.recv(b, 100) == (b"abc", [])
+    a.shutdown(socket.SHUT_WR)
+    assert fdpass.recv(b, 100) == (b"", [])
+
+
+def test_too_many_fds_are_all_closed(pair):
+    a, b = pair
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(3)]
+    try:
+        before = open_fds()
+        fdpass.send(a, b"x", fds)
+        with pytest.raises(fdpass.FdPassError) as e:
+            fdpass.recv(b, 100, maxfds=2)
+        assert e.value.code == "bad-fds"
+        assert open_fds() == before
+    finally:
+        fdpass.close_fds(fds)
+
+
+def test_truncated_control_data_leaks_nothing(pair):
+    # More fds than the receive buffer has room for: the kernel truncates (MSG_CTRUNC) and we reject.
+    a, b = pair
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(20)]
+    try:
+        before = open_fds()
+        fdpass.send(a, b"x", fds)
+        with pytest.raises(fdpass.FdPassError):
+            fdpass.recv(b, 100)
+        assert open_fds() == before
+    finally:
+        fdpass.close_fds(fds)
+
+
+def test_foreign_control_message_rejected_and_fds_closed(pair):
+    # SO_PASSCRED makes the kernel attach SCM_CREDENTIALS: not something we accept.
+    a, b = pair
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        before = open_fds()
+        fdpass.send(a, b"x", [fd])
+        with pytest.raises(fdpass.FdPassError):
+            fdpass.recv(b, 100)
+        assert open_fds() == before
+    finally:
+        os.close(fd)
+
+
+def test_send_raw_ancillary_is_what_we_parse(pair):
+    # A peer building SCM_RIGHTS by hand (not via fdpass.send) is understood the same way.
+    a, b = pair
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        a.sendmsg([b"y"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
+        data, fds = fdpass.recv(b, 10)
+        assert data == b"y" and len(fds) == 1
+        assert os.fstat(fds[0]).st_ino == os.fstat(fd).st_ino
+        fdpass.close_fds(fds)
+    finally:
+        os.close(fd)
+
+
+def test_nonblocking_empty_raises_blocking(pair):
+    a, b = pair
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        fdpass.recv(b, 10)
+
+
+def test_close_fds_ignores_closed():
+    r, w = os.pipe()
+    os.close(r)
+    fdpass.close_fds([r, w])
+    with pytest.raises(OSError):
+        os.fstat(w)
