@@ -1,0 +1,113 @@
+"""The goals of issue 6, checked against the results files of one ``scripts/bench`` run.
+
+Each goal reads the JSON a benchmark wrote; a goal whose benchmark did not run (or lacks a row) is
+reported as "not measured", never as met.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.report import Table
+
+
+@dataclass
+class Goal:
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured
+
+
+def _rows(results: dict[str, Any], bench: str) -> list[dict[str, Any]]:
+    return (results.get(bench) or {}).get("rows") or []
+
+
+def _ok(x: float | None) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def evaluate(results: dict[str, dict[str, Any]]) -> list[Goal]:
+    goals: list[Goal] = []
+    spawn = _rows(results, "cold_spawn")
+    tmpl = {r["heap_gib"]: r for r in spawn if r["method"] == "template"}
+
+    def p50(method: str, heap: float) -> float | None:
+        for r in spawn:
+            if r["method"] == method and r["heap_gib"] == heap:
+                return r["spawn_ms"]["p50"]
+        return None
+
+    if tmpl:
+        worst = max(r["spawn_ms"]["p50"] for r in tmpl.values())
+        goals.append(Goal("cold spawn p50 ≤ 1.5 ms (template, every heap size)",
+                          ", ".join(f"{h:g} GiB: {r['spawn_ms']['p50']:.2f} ms" for h, r in tmpl.items()),
+                          worst <= 1.5))
+        for method, factor in (("fresh interpreter", 25), ("mp forkserver", 3)):
+            ratios = {h: p50(method, h) / r["spawn_ms"]["p50"] for h, r in tmpl.items() if _ok(p50(method, h))}
+            if ratios:
+                goals.append(Goal(f"cold spawn ≥ {factor}× faster than {method} (p50)",
+                                  ", ".join(f"{h:g} GiB: {x:.1f}×" for h, x in ratios.items()),
+                                  min(ratios.values()) >= factor))
+            else:
+                goals.append(Goal(f"cold spawn ≥ {factor}× faster than {method} (p50)", "not measured", None))
+        gaps = {h: r["loop_gap_ms"]["max"] for h, r in tmpl.items()}
+        floors = (results.get("cold_spawn") or {}).get("idle_floor_ms") or {}
+        floor_txt = ", ".join(f"{h} GiB: {f['max']:.1f}" for h, f in floors.items() if f)
+        goals.append(Goal("loop stall ≤ 5 ms during template spawns (max 1 ms-ticker gap)",
+                          ", ".join(f"{h:g} GiB: {g:.1f} ms" for h, g in gaps.items())
+                          + (f" (idle floor max {floor_txt})" if floor_txt else ""),
+                          max(gaps.values()) <= 5.0))
+        spread = max(gaps.values()) - min(gaps.values())
+        goals.append(Goal("loop stall flat across heap sizes (max gap spread ≤ 2 ms)", f"spread {spread:.1f} ms",
+                          spread <= 2.0 if len(gaps) > 1 else None))
+    else:
+        goals.append(Goal("cold spawn / loop stall goals", "not measured (template not run)", None))
+
+    co = _rows(results, "coalescing")
+    if co:
+        spawns = sorted({r["spawns"] for r in co})
+        n = co[0]["requests"]
+        goals.append(Goal(f"exactly 1 spawn for {n:,} coalesced first requests",
+                          f"spawns per round: {spawns} over {len(co)} rounds", spawns == [1]))
+    else:
+        goals.append(Goal("exactly 1 spawn for 1,000 coalesced requests", "not measured", None))
+
+    wr = _rows(results, "walredo")
+    echo1 = next((r for r in wr if r["input"] == "echo floor" and r["clients"] == 1), None)
+    ping1 = next((r for r in wr if r["input"] == "ping" and r["clients"] == 1), None)
+    if echo1 and ping1:
+        ratio = ping1["latency_us"]["p50"] / echo1["latency_us"]["p50"]
+        goals.append(Goal("ping p50 at 1 client ≤ 1.5× the raw echo",
+                          f"{ping1['latency_us']['p50']:.0f} µs vs {echo1['latency_us']['p50']:.0f} µs = {ratio:.2f}×",
+                          ratio <= 1.5))
+    else:
+        goals.append(Goal("ping p50 at 1 client ≤ 1.5× the raw echo", "not measured", None))
+    ping64 = max((r for r in wr if r["input"] == "ping"), key=lambda r: r["clients"], default=None)
+    if ping64 and ping64["clients"] == 64:
+        goals.append(Goal("≥ 40k ping/s at 64 clients", f"{ping64['throughput_rps']:,.0f} ping/s",
+                          ping64["throughput_rps"] >= 40_000))
+    else:
+        goals.append(Goal("≥ 40k ping/s at 64 clients", "not measured", None))
+
+    mem = _rows(results, "memory")
+    idle = next((r for r in mem if r["process"] == "template child, idle"), None)
+    goals.append(Goal("idle child PSS ≤ 2 MiB", f"{idle['pss']:.2f} MiB (USS {idle['uss']:.2f})" if idle
+                      else "not measured", idle["pss"] <= 2.0 if idle else None))
+
+    sc = results.get("scale") or {}
+    if sc.get("total_pss_mib") is not None:
+        goals.append(Goal(f"{sc['tenants']:,} tenants in ≤ 4 GiB PSS total (target: 2,000)",
+                          f"{sc['total_pss_mib'] / 1024:.2f} GiB; clean tear-down: {sc.get('clean')}",
+                          sc["total_pss_mib"] <= 4096 and sc["tenants"] >= 2000))
+    else:
+        goals.append(Goal("2,000 tenants in ≤ 4 GiB PSS total", "not measured", None))
+    return goals
+
+
+def goals_table(goals: list[Goal]) -> Table:
+    t = Table("Goals of issue 6 on this machine", ["goal", "measured", "met"])
+    for g in goals:
+        t.add(g.goal, g.measured, {True: "yes", False: "**no**", None: "–"}[g.met])
+    return t
