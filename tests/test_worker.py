@@ -207,3 +207,16 @@ def test_page_passes_through(monkeypatch):
         assert read_responses(c.socket, 50) == [p.Page(bytes([i]) * 8192, i) for i in range(50)]
     finally:
         c.cleanup()
+
+
+def test_real_engine_errors_are_typed(child):
+    # The real engine (no stand-in): malformed input comes back as typed errors and the child goes on.
+    child.socket.sendall(
+        p.encode_redo(TAG, 1, None, [(1, b"\x00" * 30)], id=1)
+        + p.encode_redo(TAG, 1, b"\xff" * 8192, [(1, b"\x00" * 30)], id=2)
+        + p.encode_ping(3)
+    )
+    r = read_responses(child.socket, 3)
+    assert (r[0].code, r[0].id) == ("invalid-record", 1)
+    assert r[1].code in ("invalid-page", "invalid-record") and r[1].id == 2
+    assert r[2] == p.Pong(3)

@@ -19,12 +19,8 @@ from walredo_template import protocol
 from walredo_template.pg import errors as pg_errors
 from walredo_template.protocol import Ping, Redo
 
-try:
-    # Imported at module top so the template preloads the engine. The guard keeps this module importable
-    # (ping, error paths) until the redo engine lands; it goes once walredo_template/redo.py exists.
-    from walredo_template.redo import apply_records
-except ImportError:  # pragma: no cover - transitional
-    apply_records = None
+# Imported at module top so the template preloads the engine (and gc.freeze() shares it with children).
+from walredo_template.redo import apply_records
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +68,6 @@ def handle_request(request: Ping | Redo) -> bytes:
         )
     except (ValueError, TypeError) as e:
         return protocol.encode_error("bad-request", str(e), rid)
-    if apply_records is None:
-        return protocol.encode_error("internal", "the redo engine is not installed in this child", rid)
     try:
         page = apply_records(
             request.tag, request.base_image, request.records, wal_log_hints=request.wal_log_hints
