@@ -326,3 +326,28 @@ async def test_real_redo_round_trip(small_wal, monkeypatch):
     finally:
         await proc.aclose()
         child.cleanup()
+
+
+async def test_through_the_template(monkeypatch):
+    # The real path: the template preloads walredo_template.worker and forks the child; WalRedoProcess
+    # drives the template's ChildHandle.
+    monkeypatch.undo()
+    from forkserver.client import TemplateClient
+
+    client = await TemplateClient.launch(worker="walredo_template.worker:main")
+    try:
+        handle = await client.spawn("0123456789abcdef0123456789abcdef")
+        proc = WalRedoProcess(handle, tenant=handle.tenant)
+        try:
+            await asyncio.gather(*(proc.ping() for _ in range(100)))
+            with pytest.raises(RedoFailed) as e:
+                await proc.redo(TAG, 1, None, [(1, b"\x00" * 30)])
+            assert e.value.code == "invalid-record"
+            with pytest.raises(RedoFailed) as e:
+                await proc.redo(TAG, 1, PAGE, [], pg_version=14)
+            assert e.value.code == "unsupported-pg-version"
+            await proc.ping()
+        finally:
+            assert await proc.aclose() == -signal.SIGKILL
+    finally:
+        await client.aclose()
