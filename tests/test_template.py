@@ -1,0 +1,318 @@
+"""The template process (forkserver.template, started by the launcher), driven over its real control socket by
+a small synchronous client built on the sans-IO protocol: peer checks, bad input, exit events, clean exit."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from forkserver import control, fdpass
+from forkserver.control import ControlConnection, Role
+from forkserver.errors import ProtocolError
+from proc_guard import proc_guard  # noqa: F401  (fixture)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = "tests.echo_worker:main"
+TENANT = "0123456789abcdef0123456789abcdef"
+
+
+class Launched:
+    def __init__(self, proc, path, key_file):
+        self.proc, self.path, self.key_file = proc, path, key_file
+        with open(key_file) as f:
+            self.key = bytes.fromhex(f.read().strip())
+
+    def num_fds(self) -> int:
+        return psutil.Process(self.proc.pid).num_fds()
+
+
+@pytest.fixture
+def template(tmp_path, proc_guard):  # noqa: F811
+    sockdir = proc_guard.watch_dir(str(tmp_path / "tpl"))
+    path = os.path.join(sockdir, "ctl.sock")
+    proc = subprocess.Popen(
+        [os.path.join(REPO, "scripts", "walredo-template"), "--socket", path, "--worker", WORKER],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=REPO,
+    )
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.startswith("walredo-template ready "), line
+        fields = dict(kv.split("=", 1) for kv in line.split()[2:])
+        assert fields["socket"] == path and int(fields["pid"]) == proc.pid
+        assert oct(os.stat(sockdir).st_mode & 0o777) == "0o700"
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        assert oct(os.stat(fields["key"]).st_mode & 0o777) == "0o600"
+        yield Launched(proc, path, fields["key"])
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=10)
+        proc.stdout.close()
+    assert rc == 0
+    assert not os.path.exists(path) and not os.path.exists(path + ".key")
+
+
+class RawClient:
+    """Blocking client: the sans-IO protocol plus fdpass on a plain socket (test only)."""
+
+    def __init__(self, path, key):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(path)
+        self.proto = ControlConnection(Role.PARENT, key)
+        self.events = []
+        while not self.proto.authenticated:
+            self._read_once()
+
+    def _flush(self):
+        for frame, fds in self.proto.data_to_send():
+            n = fdpass.send(self.sock, frame, fds)  # the fds ride on the first byte
+            self.sock.sendall(frame[n:])
+
+    def _read_once(self):
+        data, fds = fdpass.recv(self.sock, 65536)
+        if not data:
+            fdpass.close_fds(fds)
+            raise EOFError
+        self.proto.receive_data(data, fds)
+        while (ev := self.proto.next_event()) is not None:
+            self.events.append(ev)
+        self._flush()
+
+    def send(self, msg):
+        self.proto.send(msg)
+        self._flush()
+
+    def next(self, kind=None):
+        while True:
+            for i, ev in enumerate(self.events):
+                if kind is None or isinstance(ev, kind):
+                    return self.events.pop(i)
+            self._read_once()
+
+    def spawn(self, rid, tenant=TENANT):
+        parent, child = socket.socketpair()
+        self.send(control.Spawn(rid, tenant, {}, child.fileno()))
+        child.close()
+        return parent
+
+    def close(self):
+        self.proto.close()
+        self.sock.close()
+
+
+def ping(sock) -> bytes:
+    sock.settimeout(10)
+    sock.sendall(b"ping\n")
+    return sock.recv(100)
+
+
+def test_spawn_ping_exit_event_and_no_zombie(template):
+    c = RawClient(template.path, template.key)
+    parent = c.spawn(1)
+    ev = c.next(control.Spawned)
+    assert ev.request_id == 1
+    try:
+        assert ping(parent) == b"pong %d %s\n" % (ev.pid, TENANT.encode())
+        p = psutil.Process(ev.pid)
+        assert p.ppid() == template.proc.pid
+        assert " ".join(p.cmdline()).strip() == f"walredo {TENANT}"  # setproctitle pads
+        assert os.getpgid(ev.pid) == ev.pid  # its own process group
+        # the child's fds: /dev/null on 0 and 1, inherited stderr, its socket — nothing else
+        fds = {int(f): os.readlink(f"/proc/{ev.pid}/fd/{f}") for f in os.listdir(f"/proc/{ev.pid}/fd")}
+        assert fds[0] == fds[1] == "/dev/null" and 2 in fds, fds
+        others = [t for fd, t in fds.items() if fd > 2]
+        assert len(others) == 1 and others[0].startswith("socket:"), fds
+        signal.pidfd_send_signal(ev.pidfd, signal.SIGKILL)
+        exited = c.next(control.Exited)
+        assert exited == control.Exited(ev.pid, -signal.SIGKILL)
+        with pytest.raises(psutil.NoSuchProcess):
+            psutil.Process(ev.pid).status()  # reaped by the template: no zombie
+    finally:
+        os.close(ev.pidfd)
+        parent.close()
+        c.close()
+
+
+def test_child_exits_on_eof_with_status(template):
+    c = RawClient(template.path, template.key)
+    parent = c.spawn(1)
+    ev = c.next(control.Spawned)
+    os.close(ev.pidfd)
+    parent.close()
+    assert c.next(control.Exited) == control.Exited(ev.pid, 0)
+    parent = c.spawn(2)
+    ev = c.next(control.Spawned)
+    os.close(ev.pidfd)
+    parent.sendall(b"exit 7\n")
+    assert c.next(control.Exited) == control.Exited(ev.pid, 7)
+    parent.close()
+    c.close()
+
+
+def test_invalid_tenant_refused_typed(template):
+    c = RawClient(template.path, template.key)
+    before = template.num_fds()
+    parent = c.spawn(3, tenant="NOT-A-TENANT")
+    err = c.next(control.Error)
+    assert err.request_id == 3 and err.code == "invalid-tenant"
+    parent.settimeout(10)
+    assert parent.recv(1) == b""  # the template closed the child end it was given
+    parent.close()
+    c.send(control.StatsRequest(4))
+    assert c.next(control.StatsReply).stats["spawns"] == 0
+    assert template.num_fds() == before
+    c.close()
+
+
+def test_bad_input_never_crashes_or_leaks(template):
+    good = RawClient(template.path, template.key)
+    good.send(control.StatsRequest(1))
+    good.next(control.StatsReply)
+    baseline = template.num_fds()
+
+    def authed():
+        return RawClient(template.path, template.key)
+
+    # garbage before authentication: dropped
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(template.path)
+    s.sendall(os.urandom(1000))
+    s.settimeout(10)
+    while s.recv(4096):
+        pass
+    s.close()
+    # truncated frame then EOF, with an fd riding on it
+    c = authed()
+    fd = os.open(os.devnull, os.O_RDONLY)
+    frame, _ = control.encode(control.Spawn(9, TENANT, {}, fd))
+    fdpass.send(c.sock, frame[:-3], [fd])
+    os.close(fd)
+    c.close()
+    # oversized frame: typed error, then closed
+    c = authed()
+    c.sock.sendall((control.MAX_FRAME + 1).to_bytes(4, "big") + b"x" * 100)
+    assert c.next(control.Error).code == "frame-too-large"
+    with pytest.raises(EOFError):
+        c.next()
+    c.close()
+    # garbage body, wrong types, fd-less spawn, extra fds: typed errors, the connection keeps working
+    c = authed()
+    c.sock.sendall(b"\0\0\0\3abc")
+    assert c.next(control.Error).code == "bad-request"
+    body = b'\x84\xa1t\xa5spawn\xa2id\x05\xa6tenant\x01\xa7options\x80'
+    c.sock.sendall(len(body).to_bytes(4, "big") + body)
+    assert c.next(control.Error).code == "bad-request"
+    frame, _ = control.encode(control.Spawn(6, TENANT, {}, 0))
+    c.sock.sendall(frame)  # no fd attached
+    err = c.next(control.Error)
+    assert (err.request_id, err.code) == (6, "missing-fd")
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(2)]
+    frame, _ = control.encode(control.Spawn(7, TENANT, {}, fds[0]))
+    fdpass.send(c.sock, frame, fds)
+    fdpass.close_fds(fds)
+    assert c.next(control.Error).code == "extra-fds"
+    parent, child = socket.socketpair()
+    c.send(control.Spawn(8, TENANT, {"bad": [1, 2]}, child.fileno()))
+    child.close()
+    assert c.next(control.Error).code == "invalid-options"
+    parent.close()
+    c.send(control.StatsRequest(10))
+    assert c.next(control.StatsReply).stats["spawns"] == 0
+    c.close()
+    # the template is fine, serves the good client, and holds no more fds than before
+    good.send(control.StatsRequest(2))
+    stats = good.next(control.StatsReply).stats
+    assert stats["connections"] == 1 and stats["live"] == 0
+    assert template.num_fds() == baseline
+    good.close()
+
+
+def test_peer_without_key_is_refused_and_template_keeps_serving(template):
+    with pytest.raises(ProtocolError) as e:
+        RawClient(template.path, bytes(32))
+    assert e.value.code == "auth-failed"
+    c = RawClient(template.path, template.key)
+    parent = c.spawn(1)
+    ev = c.next(control.Spawned)
+    assert ping(parent).startswith(b"pong")
+    os.close(ev.pidfd)
+    parent.close()
+    c.next(control.Exited)
+    c.close()
+
+
+_OTHER_UID_PEER = textwrap.dedent("""
+    import ctypes, os, socket, sys
+    path, mode = sys.argv[1], sys.argv[2]
+    libc = ctypes.CDLL(None, use_errno=True)
+    if mode == "euid":
+        # Effective uid nobody (what SO_PEERCRED reports) but file-system uid 0, so that the 0700/0600
+        # permissions let us reach the socket and the template's own uid check is what must refuse us.
+        os.setegid(65534); os.seteuid(65534); libc.setfsuid(0)
+    else:
+        os.setgid(65534); os.setuid(65534)
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    try:
+        s.connect(path)
+    except PermissionError:
+        print("permission-denied"); sys.exit(0)
+    try:
+        s.sendall(b"\\0\\0\\0\\1\\xc0")
+        data = s.recv(100)
+    except (BrokenPipeError, ConnectionResetError):
+        data = b""
+    print("eof" if data == b"" else "got-data")
+""")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping to another uid needs root")
+def test_other_uid_peer_is_refused(template):
+    for mode, expected in (("euid", "eof"), ("full", "permission-denied")):
+        out = subprocess.run([sys.executable, "-c", _OTHER_UID_PEER, template.path, mode],
+                             capture_output=True, timeout=30)
+        assert out.stdout.decode().strip() == expected, (mode, out)
+    c = RawClient(template.path, template.key)
+    c.send(control.StatsRequest(1))
+    assert c.next(control.StatsReply).stats["connections"] == 1
+    c.close()
+
+
+def test_sigterm_leaves_children_serving(template):
+    c = RawClient(template.path, template.key)
+    parent = c.spawn(1)
+    ev = c.next(control.Spawned)
+    template.proc.send_signal(signal.SIGTERM)
+    assert template.proc.wait(timeout=10) == 0
+    assert ping(parent).startswith(b"pong %d" % ev.pid)
+    parent.close()  # the orphan exits on EOF; proc_guard (subreaper) reaps it
+    os.close(ev.pidfd)
+    c.close()
+
+
+def test_second_template_on_a_live_socket_refuses(template):
+    out = subprocess.run([os.path.join(REPO, "scripts", "walredo-template"), "--socket", template.path,
+                          "--worker", WORKER], capture_output=True, timeout=60, cwd=REPO)
+    assert out.returncode == 3 and b"already listening" in out.stderr
+
+
+def test_unimportable_worker_fails_fast(tmp_path):
+    out = subprocess.run([os.path.join(REPO, "scripts", "walredo-template"), "--socket",
+                          str(tmp_path / "d" / "s"), "--worker", "no_such_module_xyz:main"],
+                         capture_output=True, timeout=60, cwd=REPO)
+    assert out.returncode == 2 and b"cannot load worker" in out.stderr
+
+
+def test_unsafe_socket_dir_refused(tmp_path):
+    d = tmp_path / "open"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    out = subprocess.run([os.path.join(REPO, "scripts", "walredo-template"), "--socket", str(d / "s"),
+                          "--worker", WORKER], capture_output=True, timeout=60, cwd=REPO)
+    assert out.returncode == 3 and b"0700" in out.stderr
