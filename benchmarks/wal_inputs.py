@@ -5,8 +5,8 @@ Like Neon's ``bench_walredo`` inputs: ``short`` is a 2-record redo of one heap p
 or carries an applicable full-page image, so they need no base image: the request is exactly what a
 pageserver would send for a page whose history starts there.
 
-The capture is a PostgreSQL 15 ``pg_wal`` directory under ``tests/data/`` (found by its segment files);
-the records are read with the project's own WAL reader.
+The capture is a PostgreSQL 15 ``pg_wal`` directory under ``tests/data/`` (found by its segment files;
+``WALREDO_BENCH_WAL=DIR`` points elsewhere); the records are read with the project's own WAL reader.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from walredo_template.pg.xlogrecord import decode_record
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "tests" / "data"
 MAIN_FORK = 0
+FIRST_NORMAL_OID = 16384
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,14 @@ class RedoInput:
 
     def describe(self) -> str:
         size = sum(len(r) for _, r in self.records)
-        return f"{self.name}: {len(self.records)} records ({size} bytes of WAL) on {tuple(self.tag)}"
+        checks = sum(1 for _, r in self.records if _has_check_image(r))
+        extra = (f"; {checks} carry a wal_consistency_checking page image (not applied, but sent)"
+                 if checks else "")
+        return f"{self.name}: {len(self.records)} records ({size:,} bytes of WAL) on {tuple(self.tag)}{extra}"
+
+
+def _has_check_image(raw: bytes) -> bool:
+    return any(b.has_image and not b.apply_image for b in decode_record(raw, verify_crc=False).blocks.values())
 
 
 def find_wal_dirs(root: Path = DATA_DIR) -> list[Path]:
@@ -79,6 +87,8 @@ def inputs_from_wal(wal_dir: Path, medium_records: int = 200) -> dict[str, RedoI
     """
     runs = _runs(group_by_page(read_wal(wal_dir)))
     out: dict[str, RedoInput] = {}
+    # Prefer a user table's page (relfilenode ≥ FirstNormalObjectId) to a catalog's, as Neon's inputs are.
+    runs.sort(key=lambda r: r[0].relnode < FIRST_NORMAL_OID)
     shorts = [(tag, recs) for tag, recs in runs if len(recs) >= 2]
     if shorts:
         tag, recs = shorts[0]
@@ -91,8 +101,11 @@ def inputs_from_wal(wal_dir: Path, medium_records: int = 200) -> dict[str, RedoI
     return out
 
 
-def load_inputs(root: Path = DATA_DIR, medium_records: int = 200) -> tuple[dict[str, RedoInput], str]:
-    """The inputs from the first WAL capture under ``root``, and where they came from (or why none)."""
+def load_inputs(root: Path | None = None, medium_records: int = 200) -> tuple[dict[str, RedoInput], str]:
+    """The inputs from the first WAL capture under ``root`` (default: ``$WALREDO_BENCH_WAL`` if set, else
+    ``tests/data``), and where they came from (or why there are none)."""
+    if root is None:
+        root = Path(os.environ.get("WALREDO_BENCH_WAL") or DATA_DIR)
     dirs = find_wal_dirs(root)
     if not dirs:
         return {}, f"no PostgreSQL WAL capture under {root}"
