@@ -93,8 +93,15 @@ def evaluate(results: dict[str, dict[str, Any]]) -> list[Goal]:
 
     mem = _rows(results, "memory")
     idle = next((r for r in mem if r["process"] == "template child, idle"), None)
-    goals.append(Goal("idle child PSS ≤ 2 MiB", f"{idle['pss']:.2f} MiB (USS {idle['uss']:.2f})" if idle
-                      else "not measured", idle["pss"] <= 2.0 if idle else None))
+    # PSS depends on how many processes share the template's pages: judged with idle siblings alive (as in
+    # service), the lone-child figure shown beside it.
+    fleet = next((r for r in mem if r["process"].startswith("template child, idle,")), None)
+    if idle and fleet:
+        goals.append(Goal("idle child PSS ≤ 2 MiB",
+                          f"{fleet['pss']:.2f} MiB ({fleet['process'].split(', ', 2)[2]}; USS {fleet['uss']:.2f}); "
+                          f"alone with the template: {idle['pss']:.2f} MiB", fleet["pss"] <= 2.0))
+    else:
+        goals.append(Goal("idle child PSS ≤ 2 MiB", "not measured", None))
 
     sc = results.get("scale") or {}
     if sc.get("total_pss_mib") is not None:

@@ -1,6 +1,7 @@
 """Benchmark 5: memory of one walredo child — USS/PSS/RSS (psutil), side by side.
 
-- ``template child, idle``: spawned by our template, answered one ping;
+- ``template child, idle``: spawned by our template, answered one ping; sampled again with ``--siblings``
+  (100) idle template children alive, because PSS charges each shared page to all its sharers;
 - ``template child, after N requests``: the same child after ``--requests`` (10,000) requests — short redos
   with a medium redo every 50th when the WAL capture is there, pings otherwise — sent pipelined on its
   socket with the child protocol;
@@ -8,7 +9,7 @@
 - ``mp forkserver child`` and ``os.fork child`` (of this small benchmark parent), after one ping;
 - the ``template`` process itself.
 
-Run: ``scripts/bench_memory [--quick] [--requests N]``
+Run: ``scripts/bench_memory [--quick] [--requests N] [--siblings N]``
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=None, help="requests before the second sample (default 10000; "
                    "quick 200)")
     p.add_argument("--pipeline", type=int, default=16, help="requests in flight while loading the child")
+    p.add_argument("--siblings", type=int, default=None, help="idle template children alive for the 'with "
+                   "siblings' sample (default 100; quick 10)")
 
 
 def _request_frames(count: int) -> tuple[list[bytes], str]:
@@ -93,7 +96,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
             tmpl = TemplateSpawn()
             methods.append(tmpl)
             await tmpl.start()
-            await one(tmpl, "template child, idle")
+            first = await one(tmpl, "template child, idle")
             loaded = await one(tmpl, "template child (to load)")
             rows.pop()
             frames, what = _request_frames(requests)
@@ -108,6 +111,17 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
                              **memory_mib(loaded.pid)})
             finally:
                 await client.aclose()
+            # PSS splits each shared page among its sharers: one child next to the template is charged half
+            # of every page it shares with it; in a fleet of tenants that share shrinks toward zero. Sample
+            # the idle child again with siblings alive, as it would be in service.
+            siblings = args.siblings if args.siblings is not None else (10 if args.quick else 100)
+            for _ in range(siblings):
+                sib = await tmpl.spawn(uuid.uuid4().hex)
+                children.append(sib)
+                await sib.ping()
+            await asyncio.sleep(SETTLE_SECONDS)
+            rows.append({"process": f"template child, idle, {siblings} idle siblings", "pid": first.pid,
+                         **memory_mib(first.pid)})
             pid = getattr(tmpl.client, "template_pid", None) or getattr(tmpl.client, "pid", None)
             if pid:
                 rows.append({"process": "template process", "pid": pid, **memory_mib(pid)})
