@@ -122,6 +122,9 @@ class WalRedoProcess:
         # Why the stream broke (or ProcessClosed): raised to every later caller.
         self._error: ProcessBroken | None = None
         self._decoder = protocol.ResponseDecoder()
+        # One reusable receive buffer: recv(1 MiB) would allocate (and shrink) a fresh 1 MiB object per call.
+        self._rbuf = bytearray(RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
         self._pending: deque[_Slot] = deque()
         self._next_id = 0
         # Bytes the socket did not take yet (whole frames or a frame's tail), written when it is writable.
@@ -219,14 +222,14 @@ class WalRedoProcess:
     # ------------------------------------------------------------------ requests
 
     async def _request(self, kind: _Kind, frame_for: Any) -> Any:
-        if self._state is not ProcessState.RUNNING:
-            assert self._error is not None
-            raise self._error
         rid = self._next_id
         self._next_id = (rid + 1) & 0xFFFF_FFFF_FFFF_FFFF
         # Encoding validates a redo's arguments (TypeError/ValueError) before the slot is queued, so a bad
         # argument leaves no trace on the stream; the id it consumed is simply never used.
         frame = frame_for(rid)
+        if self._state is not ProcessState.RUNNING:
+            assert self._error is not None
+            raise self._error
         fut = self._loop.create_future()
         # Queue the slot and write the frame with no await in between: wire order == slot order.
         self._pending.append(_Slot(kind, rid, fut))
@@ -286,16 +289,16 @@ class WalRedoProcess:
 
     def _on_readable(self) -> None:
         try:
-            data = self._sock.recv(RECV_SIZE)
+            n = self._sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             self._break(f"read from the child failed: {e!r}")
             return
-        if not data:
+        if not n:
             self._break("the child closed its socket (EOF): it exited or was killed")
             return
-        self._decoder.receive_data(data)
+        self._decoder.receive_data(self._rview[:n])
         try:
             for event in self._decoder:
                 if not self._dispatch(event):  # type: ignore[arg-type]

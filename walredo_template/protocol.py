@@ -237,7 +237,9 @@ def encode_error(code: str, message: str, id: int | None = None) -> bytes:
     """Frame an ``error`` response. Raises ``ValueError`` for a code not in :data:`ERROR_CODES`."""
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}")
-    return _frame(_with_id({"type": "error", "code": code, "message": str(message)}, id), MAX_FRAME_SIZE)
+    # An exception's text may hold lone surrogates (surrogateescape'd bytes), which UTF-8 cannot encode.
+    text = str(message).encode("utf-8", "replace").decode("utf-8")
+    return _frame(_with_id({"type": "error", "code": code, "message": text}, id), MAX_FRAME_SIZE)
 
 
 def encode(message: Request | Response) -> bytes:
@@ -434,8 +436,9 @@ class _Decoder:
         """Bytes received but not yet returned as a message (non-zero at EOF = a truncated frame)."""
         return len(self._buf) - self._pos
 
-    def receive_data(self, data: bytes) -> None:
-        """Append bytes read from the stream. Never raises for bad data (:meth:`next_event` does)."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes read from the stream (copied: the caller may reuse its buffer). Never raises for
+        bad data (:meth:`next_event` does)."""
         if self._pos:
             del self._buf[: self._pos]
             self._pos = 0

@@ -93,20 +93,27 @@ def main(sock: socket.socket, tenant: str) -> None:
     """
     sock.setblocking(True)
     decoder = protocol.RequestDecoder()
+    # One reusable receive buffer: recv(1 MiB) would allocate (and shrink) a fresh 1 MiB object per call.
+    buf = bytearray(RECV_SIZE)
+    view = memoryview(buf)
     try:
         while True:
             try:
-                data = sock.recv(RECV_SIZE)
+                n = sock.recv_into(buf)
             except ConnectionResetError:
                 return
-            if not data:
+            if not n:
                 return  # EOF: the parent closed its end or died
-            decoder.receive_data(data)
+            decoder.receive_data(view[:n])
             out: list[bytes] = []
             broken = False
             try:
                 for request in decoder:
-                    out.append(handle_request(request))  # type: ignore[arg-type]
+                    try:
+                        out.append(handle_request(request))  # type: ignore[arg-type]
+                    except Exception as e:  # a bug outside the engine: still one answer per request
+                        log.exception("walredo %s: failed to answer %r", tenant, type(request).__name__)
+                        out.append(protocol.encode_error("internal", f"{type(e).__name__}: {e}", request.id))
             except protocol.ProtocolError as e:
                 log.warning("walredo %s: closing after a malformed frame: %s", tenant, e)
                 out.append(protocol.encode_error("protocol", str(e)))
