@@ -541,7 +541,8 @@ class TemplateClient:
         the template forks anyway sees EOF and exits at once; nothing leaks.
         """
         validate_tenant_id(tenant_id)
-        options = control.validate_options({} if options is None else dict(options))
+        # validated on a copy: the caller may not mutate what we send while it is queued
+        options = dict(control.validate_options({} if options is None else options))
         try:
             async with asyncio.timeout(self.spawn_timeout):
                 session = await self._wait_session()
