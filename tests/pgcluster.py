@@ -253,12 +253,12 @@ CREATE TABLE t (id int PRIMARY KEY, k int, v text, pad text) WITH (fillfactor = 
 CREATE INDEX t_k ON t (k);
 CREATE TABLE nokey (id int, v text);
 -- INSERT ... SELECT: one INSERT record per row, INIT_PAGE on every new page
-INSERT INTO t SELECT g, g % 97, 'v' || g, repeat('x', g % 50) FROM generate_series(1, 3000) g;
-INSERT INTO nokey SELECT g, repeat('n', 20 + g % 200) FROM generate_series(1, 2000) g;
+INSERT INTO t SELECT g, g % 97, 'v' || g, repeat('x', g % 50) FROM generate_series(1, @N@) g;
+INSERT INTO nokey SELECT g, repeat('n', 20 + g % 200) FROM generate_series(1, @N@ * 2 / 3) g;
 CHECKPOINT;
 -- COPY: heap2 MULTI_INSERT (with and without INIT_PAGE)
-COPY t FROM PROGRAM 'seq 3001 6000 | sed -e "s/.*/&\t1\tc&\tpad/"';
-COPY nokey FROM PROGRAM 'seq 1 3000 | sed -e "s/.*/&\tcopied-&/"';
+COPY t FROM PROGRAM 'seq @N1@ @N2@ | sed -e "s/.*/&\t1\tc&\tpad/"';
+COPY nokey FROM PROGRAM 'seq 1 @N@ | sed -e "s/.*/&\tcopied-&/"';
 -- HOT updates (non-indexed column; fillfactor leaves room) and non-HOT updates (indexed column)
 UPDATE t SET v = v || '+' WHERE id % 3 = 0;
 UPDATE t SET k = k + 1 WHERE id % 7 = 0;
@@ -281,8 +281,8 @@ BEGIN; SELECT count(*) FROM (SELECT * FROM t WHERE id BETWEEN 1001 AND 1060 FOR 
 SELECT dblink_exec('other', 'COMMIT');
 SELECT dblink_disconnect('other');
 -- speculative insertion: INSERT ... ON CONFLICT (heap CONFIRM, and super-deletion is not triggered here)
-INSERT INTO t VALUES (6001, 1, 'a', 'b'), (6002, 2, 'c', 'd') ON CONFLICT (id) DO NOTHING;
-INSERT INTO t VALUES (6001, 1, 'a', 'b') ON CONFLICT (id) DO UPDATE SET v = 'upserted';
+INSERT INTO t VALUES (@N3@, 1, 'a', 'b'), (@N4@, 2, 'c', 'd') ON CONFLICT (id) DO NOTHING;
+INSERT INTO t VALUES (@N3@, 1, 'a', 'b') ON CONFLICT (id) DO UPDATE SET v = 'upserted';
 CHECKPOINT;
 -- VACUUM: PRUNE, VACUUM, VISIBLE (+ VM page), INPLACE on pg_class
 VACUUM t;
@@ -293,24 +293,38 @@ CHECKPOINT;
 VACUUM (FREEZE) t;
 VACUUM (FREEZE) nokey;
 -- after VACUUM: inserts/updates/deletes/locks that clear all-visible / all-frozen bits
-INSERT INTO t SELECT g, g, 'late', 'p' FROM generate_series(7000, 7100) g;
+INSERT INTO t SELECT g, g, 'late', 'p' FROM generate_series(@N5@, @N5@ + 100) g;
 UPDATE t SET v = 'after-freeze' WHERE id % 50 = 2;
 DELETE FROM t WHERE id % 50 = 3;
 BEGIN; SELECT count(*) FROM (SELECT * FROM t WHERE id % 50 = 4 FOR SHARE) s; COMMIT;
-DELETE FROM nokey WHERE id > 2500;
+DELETE FROM nokey WHERE id > @N@ * 5 / 6;
 VACUUM nokey;
 """
 
 
-def run_workload(cluster: PgCluster, *, pgbench_scale: int = 1, pgbench_transactions: int = 400) -> None:
+def workload_sql(rows: int = 3000) -> str:
+    """The SQL phase of the workload with tables of about ``rows`` rows."""
+    sub = {"@N1@": rows + 1, "@N2@": 2 * rows, "@N3@": 2 * rows + 1, "@N4@": 2 * rows + 2,
+           "@N5@": 2 * rows + 1000, "@N@": rows}
+    sql = WORKLOAD_SQL
+    for k, v in sub.items():
+        sql = sql.replace(k, str(v))
+    return sql
+
+
+def run_workload(cluster: PgCluster, *, rows: int = 3000, pgbench_scale: int = 1,
+                 pgbench_transactions: int = 400, pgbench_init_steps: str = "dtgvp",
+                 vacuum_accounts: bool = True) -> None:
     """The standard workload: the SQL above, then ``pgbench -i`` and a short ``pgbench`` run, with a
     CHECKPOINT between phases. Raises CalledProcessError if a step fails."""
-    cluster.psql(WORKLOAD_SQL)
+    cluster.psql(workload_sql(rows))
     cluster.psql("CHECKPOINT")
-    cluster.pgbench("-i", "-q", "-s", str(pgbench_scale))
+    cluster.pgbench("-i", "-q", "-I", pgbench_init_steps, "-s", str(pgbench_scale))
     cluster.psql("CHECKPOINT")
     cluster.pgbench("-n", "-c", "2", "-j", "1", "-t", str(pgbench_transactions))
-    cluster.psql("CHECKPOINT; VACUUM pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history;")
+    cluster.psql("CHECKPOINT; VACUUM pgbench_branches, pgbench_tellers, pgbench_history;")
+    if vacuum_accounts:
+        cluster.psql("UPDATE pgbench_accounts SET filler = 'x' WHERE aid % 997 = 0; VACUUM pgbench_accounts;")
     cluster.pgbench("-n", "-c", "1", "-t", str(max(1, pgbench_transactions // 4)))
 
 
@@ -324,10 +338,21 @@ class ClusterConfig:
     checksums: bool = False
     wal_compression: str = "off"
     wal_segsize_mb: int = 16
+    # workload size (see run_workload); the lighter configurations keep the whole oracle within minutes
+    rows: int = 1000
+    pgbench_transactions: int = 150
+    pgbench_init_steps: str = "dtgp"
+    vacuum_accounts: bool = False
+
+    def run(self, cluster: "PgCluster") -> None:
+        run_workload(cluster, rows=self.rows, pgbench_transactions=self.pgbench_transactions,
+                     pgbench_init_steps=self.pgbench_init_steps, vacuum_accounts=self.vacuum_accounts)
 
 
 CONFIGS = {
-    "default": ClusterConfig("default", wal_segsize_mb=1),  # 1 MiB segments: many records cross segments
+    # the full workload; 1 MiB segments so that many records cross segment boundaries
+    "default": ClusterConfig("default", wal_segsize_mb=1, rows=3000, pgbench_transactions=400,
+                             pgbench_init_steps="dtgvp", vacuum_accounts=True),
     "checksums": ClusterConfig("checksums", checksums=True),
     "pglz": ClusterConfig("pglz", wal_compression="pglz"),
     "lz4": ClusterConfig("lz4", wal_compression="lz4"),
@@ -364,7 +389,7 @@ def capture(config: ClusterConfig, workload=None, *, waldump: bool = True) -> Wa
     from walredo_template import BufferTag
     from walredo_template.pg.walreader import WalReader, format_lsn
 
-    workload = workload or run_workload
+    workload = workload or config.run
     cluster = PgCluster(checksums=config.checksums, wal_compression=config.wal_compression,
                         wal_segsize_mb=config.wal_segsize_mb)
     try:
