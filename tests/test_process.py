@@ -249,6 +249,24 @@ async def test_large_requests_go_through_the_write_buffer(spawn):
     assert pages[:-1] == [expected_page(t) for t in tags]
 
 
+async def test_cancelled_while_its_frame_is_still_being_written(spawn):
+    _, proc = await spawn()
+    big = os.urandom(3 << 20)
+    tags = [TAG._replace(blknum=i) for i in range(6)]
+    tasks = [asyncio.create_task(proc.redo(t, 1, None, [(1, big)])) for t in tags]
+    await asyncio.sleep(0)  # queued; the first frames are partly in the socket, the rest buffered
+    tasks[0].cancel()  # its frame is mid-write: it must still go out whole
+    tasks[4].cancel()  # its frame has not started: it must still go out, or the ids would shift
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for i, (t, r) in enumerate(zip(tags, results)):
+        if i in (0, 4):
+            assert isinstance(r, asyncio.CancelledError)
+        else:
+            assert r == expected_page(t)
+    await proc.ping()
+    assert proc.requests_served == 7
+
+
 async def test_real_worker_without_stand_in_answers_ping(monkeypatch):
     # Whatever engine is installed, the real worker module pings (the template preloads exactly this).
     monkeypatch.undo()
