@@ -44,8 +44,9 @@ from .errors import ProcessBroken, ProcessClosed, RedoFailed
 
 log = logging.getLogger(__name__)
 
-# One recv reads up to this much: a burst of pipelined 8 KiB pages arrives in few calls.
-RECV_SIZE = 1 << 20
+# One recv reads up to this much: 32 pipelined pages per call. Kept per process (a parent may hold
+# thousands), so not larger: the buffer's pages stay resident once a burst has touched them.
+RECV_SIZE = 256 << 10
 
 
 class ChildHandleLike(Protocol):
@@ -122,7 +123,7 @@ class WalRedoProcess:
         # Why the stream broke (or ProcessClosed): raised to every later caller.
         self._error: ProcessBroken | None = None
         self._decoder = protocol.ResponseDecoder()
-        # One reusable receive buffer: recv(1 MiB) would allocate (and shrink) a fresh 1 MiB object per call.
+        # One reusable receive buffer: recv(n) would allocate (and shrink) a fresh n-byte object per call.
         self._rbuf = bytearray(RECV_SIZE)
         self._rview = memoryview(self._rbuf)
         self._pending: deque[_Slot] = deque()
