@@ -7,6 +7,8 @@ import struct
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from forkserver import ProcessBroken, ProcessClosed, ProcessState, RedoFailed, WalRedoProcess
 from walredo_child import fork_child
@@ -100,6 +102,36 @@ async def test_many_cancellations_keep_the_stream_in_step(spawn):
         else:
             assert r == expected_page(t)
     await proc.ping()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cancelled=st.sets(st.integers(0, 39)), yields=st.integers(0, 3))
+def test_any_set_of_cancellations_keeps_the_rest_correct(monkeypatch, cancelled, yields):
+    monkeypatch.setattr(worker, "apply_records", tag_engine)
+    child = fork_child(worker.main)
+
+    async def scenario():
+        proc = WalRedoProcess(child)
+        try:
+            tags = [TAG._replace(blknum=i) for i in range(40)]
+            tasks = [asyncio.create_task(proc.redo(t, 1, None, [(1, b"r")])) for t in tags]
+            for _ in range(yields):  # cancel at different points: queued, written, partly answered
+                await asyncio.sleep(0)
+            for i in cancelled:
+                tasks[i].cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for i, (t, r) in enumerate(zip(tags, results)):
+                # A cancel that lands after the response arrived is too late: the page is returned.
+                if not (i in cancelled and isinstance(r, asyncio.CancelledError)):
+                    assert r == expected_page(t)
+            await proc.ping()
+        finally:
+            await proc.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        child.cleanup()
 
 
 async def test_redo_error_does_not_break_the_stream(spawn):
