@@ -220,3 +220,33 @@ def test_real_engine_errors_are_typed(child):
     assert (r[0].code, r[0].id) == ("invalid-record", 1)
     assert r[1].code in ("invalid-page", "invalid-record") and r[1].id == 2
     assert r[2] == p.Pong(3)
+
+
+def test_early_answer_is_not_held_back_by_a_slow_request_behind_it(monkeypatch):
+    import os
+
+    gate_r, gate_w = os.pipe()
+
+    def engine(tag, base, records, **_):
+        if tag.blknum == 1:
+            import time
+
+            time.sleep(2 * worker.FLUSH_AFTER_SECONDS)  # longer than the batching window
+        else:
+            os.read(gate_r, 1)  # blocks until the test opens the gate
+        return bytes([tag.blknum]) * 8192
+
+    c = _child_with_engine(monkeypatch, engine)
+    try:
+        c.socket.sendall(
+            p.encode_redo(TAG._replace(blknum=1), 10, None, [(10, b"r")], id=1)
+            + p.encode_redo(TAG._replace(blknum=2), 10, None, [(10, b"r")], id=2)
+        )
+        # The second request is blocked in the engine; the first answer must arrive anyway.
+        assert read_responses(c.socket, 1) == [p.Page(b"\x01" * 8192, 1)]
+        os.write(gate_w, b"x")
+        assert read_responses(c.socket, 1) == [p.Page(b"\x02" * 8192, 2)]
+    finally:
+        os.close(gate_w)
+        c.cleanup()
+        os.close(gate_r)

@@ -7,13 +7,15 @@ serves the socket until it ends.
 
 The wire format is :mod:`walredo_template.protocol`. Responses are in request order. Everything decoded
 from one ``recv`` is answered with one ``sendall``, so a parent that pipelines requests gets its
-responses batched too.
+responses batched too — up to about a millisecond of work, so an answer computed early in a burst of
+slow redo requests is not held back behind the whole burst.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
 
 from walredo_template import protocol
 from walredo_template.pg import errors as pg_errors
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # One recv reads up to this much: big enough that a pipelined burst of requests arrives in one call.
 RECV_SIZE = 1 << 20
+# Answers computed from one recv are sent together (one syscall for a burst of pings), but not held back
+# longer than this: the parent can use the first page of a burst of slow redos while the rest are done.
+FLUSH_AFTER_SECONDS = 0.001
 
 # Most specific first: the code tells the parent which kind of deterministic failure it was.
 _REDO_ERROR_CODES: tuple[tuple[type[pg_errors.RedoError], str], ...] = (
@@ -93,7 +98,7 @@ def main(sock: socket.socket, tenant: str) -> None:
     """
     sock.setblocking(True)
     decoder = protocol.RequestDecoder()
-    # One reusable receive buffer: recv(1 MiB) would allocate (and shrink) a fresh 1 MiB object per call.
+    # One reusable receive buffer: recv(n) would allocate (and shrink) a fresh n-byte object per call.
     buf = bytearray(RECV_SIZE)
     view = memoryview(buf)
     try:
@@ -107,6 +112,7 @@ def main(sock: socket.socket, tenant: str) -> None:
             decoder.receive_data(view[:n])
             out: list[bytes] = []
             broken = False
+            since = time.perf_counter()
             try:
                 for request in decoder:
                     try:
@@ -114,20 +120,32 @@ def main(sock: socket.socket, tenant: str) -> None:
                     except Exception as e:  # a bug outside the engine: still one answer per request
                         log.exception("walredo %s: failed to answer %r", tenant, type(request).__name__)
                         out.append(protocol.encode_error("internal", f"{type(e).__name__}: {e}", request.id))
+                    if time.perf_counter() - since >= FLUSH_AFTER_SECONDS:
+                        if not _send(sock, out):
+                            return
+                        out.clear()
+                        since = time.perf_counter()
             except protocol.ProtocolError as e:
                 log.warning("walredo %s: closing after a malformed frame: %s", tenant, e)
                 out.append(protocol.encode_error("protocol", str(e)))
                 broken = True
-            try:
-                # MSG_NOSIGNAL: the template restores SIGPIPE's default action in the child, and a parent
-                # that went away must end this loop with EPIPE, not kill the child by signal.
-                sock.sendall(b"".join(out), socket.MSG_NOSIGNAL)
-            except (BrokenPipeError, ConnectionResetError):
+            if out and not _send(sock, out):
                 return
             if broken:
                 return
     finally:
         sock.close()
+
+
+def _send(sock: socket.socket, frames: list[bytes]) -> bool:
+    """Send ``frames`` in one call; False if the parent is gone."""
+    try:
+        # MSG_NOSIGNAL: the template restores SIGPIPE's default action in the child, and a parent that
+        # went away must end the loop with EPIPE, not kill the child by signal.
+        sock.sendall(b"".join(frames), socket.MSG_NOSIGNAL)
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
 
 
 __all__ = ["handle_request", "main", "redo_error_code"]
