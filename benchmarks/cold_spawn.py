@@ -141,17 +141,23 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
 
     stall_table = Table(
         "Loop stall: gaps of a 1 ms ticker in the parent during each spawn storm (ms)",
-        ["method", "parent heap", "gap p50", "gap p99", "gap max"],
+        ["method", "parent heap", "gap p50", "gap p99", "gap max", "loop-thread CPU in the max gap",
+         "max loop-thread CPU in one gap"],
         note="A gap is the time between two wake-ups of an `asyncio.sleep(0.001)` loop (≥ 1 ms by construction). "
-             "'idle floor' is the same ticker on an idle loop, measured in the same run.",
+             "'idle floor' is the same ticker on an idle loop, measured in the same run. 'CPU in the max gap' tells "
+             "blocking from starvation: a long gap with little CPU is the thread being descheduled (busy shared "
+             "machine) or asleep in a blocking call; with as much CPU, it was busy (e.g. `fork()` copying page "
+             "tables). The last column is the longest the loop thread was kept busy between two ticks.",
     )
     for gib in heaps:
         f = floors[gib]
-        stall_table.add("idle floor", f"{gib:g} GiB", fmt(f["p50"]), fmt(f["p99"]), fmt(f["max"]))
+        stall_table.add("idle floor", f"{gib:g} GiB", fmt(f["p50"]), fmt(f["p99"]), fmt(f["max"]),
+                        fmt(f.get("max_gap_cpu", float("nan"))), fmt(f.get("max_cpu", float("nan"))))
         for r in rows:
             if r["heap_gib"] == gib:
                 g = r["loop_gap_ms"]
-                stall_table.add(r["method"], f"{gib:g} GiB", fmt(g["p50"]), fmt(g["p99"]), fmt(g["max"]))
+                stall_table.add(r["method"], f"{gib:g} GiB", fmt(g["p50"]), fmt(g["p99"]), fmt(g["max"]),
+                                fmt(g.get("max_gap_cpu", float("nan"))), fmt(g.get("max_cpu", float("nan"))))
 
     plots = []
     if not args.no_plots:

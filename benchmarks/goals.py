@@ -52,15 +52,20 @@ def evaluate(results: dict[str, dict[str, Any]]) -> list[Goal]:
                                   min(ratios.values()) >= factor))
             else:
                 goals.append(Goal(f"cold spawn ≥ {factor}× faster than {method} (p50)", "not measured", None))
+        # The machine is shared: the ticker also misses its tick when the loop thread is merely descheduled.
+        # The stall attributed to spawning is the max gap beyond the idle floor's max of the same run.
         gaps = {h: r["loop_gap_ms"]["max"] for h, r in tmpl.items()}
         floors = (results.get("cold_spawn") or {}).get("idle_floor_ms") or {}
-        floor_txt = ", ".join(f"{h} GiB: {f['max']:.1f}" for h, f in floors.items() if f)
-        goals.append(Goal("loop stall ≤ 5 ms during template spawns (max 1 ms-ticker gap)",
-                          ", ".join(f"{h:g} GiB: {g:.1f} ms" for h, g in gaps.items())
-                          + (f" (idle floor max {floor_txt})" if floor_txt else ""),
-                          max(gaps.values()) <= 5.0))
-        spread = max(gaps.values()) - min(gaps.values())
-        goals.append(Goal("loop stall flat across heap sizes (max gap spread ≤ 2 ms)", f"spread {spread:.1f} ms",
+        floor_max = {h: (floors.get(f"{h:g}") or {}).get("max") for h in gaps}
+        excess = {h: max(0.0, g - (floor_max[h] or 0.0)) for h, g in gaps.items()}
+        goals.append(Goal("loop stall ≤ 5 ms during template spawns (max 1 ms-ticker gap beyond the idle floor's max)",
+                          ", ".join(f"{h:g} GiB: {gaps[h]:.1f} ms (floor {floor_max[h] or float('nan'):.1f}, "
+                                    f"excess {excess[h]:.1f}; loop busy ≤ {tmpl[h]['loop_gap_ms'].get('max_cpu', 0):.1f})"
+                                    for h in gaps),
+                          max(excess.values()) <= 5.0))
+        spread = max(excess.values()) - min(excess.values())
+        goals.append(Goal("loop stall flat across heap sizes (excess over the floor varies ≤ 2 ms)",
+                          f"spread {spread:.1f} ms over {', '.join(f'{h:g}' for h in gaps)} GiB",
                           spread <= 2.0 if len(gaps) > 1 else None))
     else:
         goals.append(Goal("cold spawn / loop stall goals", "not measured (template not run)", None))
