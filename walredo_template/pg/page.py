@@ -253,6 +253,17 @@ def add_item(page: bytearray, item, offnum: int, *, is_heap: bool = True) -> int
 
 # --- fragmentation and line pointer truncation ----------------------------------------------------
 
+_LP_ARRAYS: dict[int, struct.Struct] = {}
+
+
+def lp_array(nline: int) -> struct.Struct:
+    """A cached Struct for ``nline`` line pointer words: one unpack/pack per page instead of per item."""
+    st = _LP_ARRAYS.get(nline)
+    if st is None:
+        st = _LP_ARRAYS[nline] = struct.Struct(f"<{nline}I")
+    return st
+
+
 def repair_fragmentation(page: bytearray) -> None:
     """PageRepairFragmentation (PostgreSQL 15).
 
@@ -266,56 +277,37 @@ def repair_fragmentation(page: bytearray) -> None:
     if not (SIZE_OF_PAGE_HEADER <= lower <= upper <= special <= BLCKSZ) or special & 7:
         raise InvalidPage(f"corrupted page pointers: lower = {lower}, upper = {upper}, special = {special}")
     nline = (lower - SIZE_OF_PAGE_HEADER) >> 2
-    items = []  # (offnum, itemoff, alignedlen) in line pointer order
+    st = lp_array(nline)
+    words = list(st.unpack_from(page, SIZE_OF_PAGE_HEADER))
+    pieces = []  # the items' bytes, in line pointer order
     nunused = 0
     totallen = 0
     finalused = 0
-    unpack = U32.unpack_from
-    for i in range(1, nline + 1):
-        pos = SIZE_OF_PAGE_HEADER + (i - 1) * 4
-        w = unpack(page, pos)[0]
-        if (w >> 15) & 3:
+    new_upper = special
+    for idx in range(nline):
+        w = words[idx]
+        if w & 0x18000:  # lp_flags != LP_UNUSED
             length = w >> 17
             if length:
                 off = w & 0x7FFF
-                if off < upper or off >= special:
-                    raise InvalidPage(f"corrupted line pointer: {off}")
                 alen = (length + 7) & ~7
-                if off + alen > BLCKSZ:
+                if off < upper or off >= special or off + alen > BLCKSZ:
                     raise InvalidPage(f"corrupted line pointer: {off} length {length}")
-                items.append((i, off, alen))
+                new_upper -= alen
+                pieces.append(page[off:off + alen])
+                words[idx] = (w & ~0x7FFF) | (new_upper & 0x7FFF)
                 totallen += alen
-            finalused = i
+            finalused = idx + 1
         else:
-            if w:
-                U32.pack_into(page, pos, 0)
+            words[idx] = 0
             nunused += 1
-    if not items:
-        new_upper = special
-    else:
+    if pieces:
         if totallen > special - lower:
             raise InvalidPage(f"corrupted item lengths: total {totallen}, available space {special - lower}")
-        # Skip the prefix of items already packed against the special space, then move the rest from a
-        # snapshot (sources and destinations may overlap in any order when the items were not presorted).
-        new_upper = special
-        k = 0
-        n = len(items)
-        while k < n:
-            _i, off, alen = items[k]
-            if off + alen != new_upper:
-                break
-            new_upper -= alen
-            k += 1
-        if k < n:
-            snap = bytes(page)
-            pack = U32.pack_into
-            for idx in range(k, n):
-                i, off, alen = items[idx]
-                new_upper -= alen
-                page[new_upper:new_upper + alen] = snap[off:off + alen]
-                pos = SIZE_OF_PAGE_HEADER + (i - 1) * 4
-                w = unpack(page, pos)[0]
-                pack(page, pos, (w & ~0x7FFF) | new_upper)
+        # Item 1 ends at pd_special, each following item just below the previous one.
+        pieces.reverse()
+        page[new_upper:special] = b"".join(pieces)
+    st.pack_into(page, SIZE_OF_PAGE_HEADER, *words)
     U16.pack_into(page, OFF_UPPER, new_upper)
     if finalused != nline:
         nunusedend = nline - finalused
