@@ -23,6 +23,8 @@ import importlib
 import os
 import sys
 
+import setproctitle
+
 from forkserver import control
 from forkserver.template import Template, prepare_socket_dir
 
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(3, f"cannot set up {args.socket}: {e}")
 
     key_desc = key_file if key_file else f"fd:{args.parent_fd}"
+    # Our own title says what we serve; it also sets up setproctitle here once, instead of in every child.
+    setproctitle.setproctitle(f"walredo-template --socket {template.socket_path} --worker {args.worker}")
     print(f"walredo-template ready pid={os.getpid()} socket={template.socket_path} key={key_desc}", flush=True)
     if args.parent_fd is not None:
         # Launched by the library, which stops reading stdout after the readiness line.

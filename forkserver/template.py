@@ -27,6 +27,7 @@ import socket
 import stat
 import struct
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -163,6 +164,9 @@ class Template:
         # keep the collector from touching (and thereby copying) those pages.
         gc.collect()
         gc.freeze()
+        if threading.active_count() > 1:
+            # fork() copies only the calling thread; locks held by the others stay locked in every child.
+            self._log(f"warning: {threading.active_count()} threads at serve time; forking them is unsafe")
         try:
             while self._stopping is None:
                 for key, events in self._sel.select(timeout=1.0):
@@ -191,10 +195,14 @@ class Template:
                 self._stopping = "parent-gone"
         else:
             conn: _Conn = what
-            if events & selectors.EVENT_WRITE:
-                self._flush(conn)
-            if events & selectors.EVENT_READ and not conn.closed:
-                self._read(conn)
+            try:
+                if events & selectors.EVENT_WRITE:
+                    self._flush(conn)
+                if events & selectors.EVENT_READ and not conn.closed:
+                    self._read(conn)
+            except Exception as e:  # a bug of ours must cost one connection, never the template
+                self._log(f"internal error on a connection, dropping it: {type(e).__name__}: {e}")
+                self._close_conn(conn)
 
     def _on_signals(self) -> None:
         try:
@@ -217,8 +225,11 @@ class Template:
                 self._log(f"accept failed: {e}")
                 return
             sock.setblocking(False)
-            _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                                _PEERCRED.size))
+            try:
+                _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                    _PEERCRED.size))
+            except OSError:
+                uid = -1
             if uid != os.getuid():
                 # Dropped before anything is read from it; it never sees the challenge.
                 self._log(f"refused a peer with uid {uid}")

@@ -193,6 +193,7 @@ async def test_connect_to_launcher_template(tmp_path, proc_guard):  # noqa: F811
         c = await TemplateClient.connect(path, key=path + ".key")
         assert c.template_pid == proc.pid
         child = await c.spawn(tenant(7, 1))
+        assert (await ping(child)).startswith(b"pong")  # the title is set before the worker answers
         assert title(child.pid) == f"walredo {tenant(7, 1)}"
         child.close()
         assert await child.wait() == 0

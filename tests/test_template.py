@@ -72,7 +72,8 @@ class RawClient:
     def _flush(self):
         for frame, fds in self.proto.data_to_send():
             n = fdpass.send(self.sock, frame, fds)  # the fds ride on the first byte
-            self.sock.sendall(frame[n:])
+            if n < len(frame):
+                self.sock.sendall(frame[n:])
 
     def _read_once(self):
         data, fds = fdpass.recv(self.sock, 65536)
