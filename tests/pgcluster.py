@@ -299,6 +299,13 @@ DELETE FROM t WHERE id % 50 = 3;
 BEGIN; SELECT count(*) FROM (SELECT * FROM t WHERE id % 50 = 4 FOR SHARE) s; COMMIT;
 DELETE FROM nokey WHERE id > @N@ * 5 / 6;
 VACUUM nokey;
+-- relation truncation: VACUUM empties the tail pages and cuts them off (heap and visibility map)
+CREATE TABLE trunc (id int, v text);
+INSERT INTO trunc SELECT g, repeat('t', 200) FROM generate_series(1, @N@) g;
+VACUUM trunc;
+DELETE FROM trunc WHERE id > @N@ / 10;
+VACUUM trunc;
+INSERT INTO trunc SELECT g, 'again' FROM generate_series(1, 50) g;
 """
 
 
@@ -398,7 +405,7 @@ def capture(config: ClusterConfig, workload=None, *, waldump: bool = True) -> Wa
         workload(cluster)
         rels = cluster.heap_relations()
         tables = {}
-        for name in ("t", "nokey", "pgbench_accounts", "pgbench_branches", "pgbench_tellers",
+        for name in ("t", "nokey", "trunc", "pgbench_accounts", "pgbench_branches", "pgbench_tellers",
                      "pgbench_history"):
             try:
                 spc, dbn, rel, _path = cluster.relation(name)
