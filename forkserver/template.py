@@ -431,6 +431,12 @@ class Template:
                 pass
         for conn in list(self._conns.values()):
             self._close_conn(conn)
+        if self.parent_fd is not None:
+            # At EOF it is always readable: keep it out of the orphan-reaping select below.
+            try:
+                self._sel.unregister(self.parent_fd)
+            except (KeyError, ValueError):
+                pass
         if self._stopping == "parent-gone":
             self._reap_orphans()
         self._log(f"exiting ({self._stopping})")

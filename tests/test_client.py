@@ -173,6 +173,42 @@ async def test_closed_client_refuses_and_aclose_is_idempotent(proc_guard):  # no
     child.close()
 
 
+async def test_aclose_with_spawns_in_flight_fails_them_typed(proc_guard):  # noqa: F811
+    c = await TemplateClient.launch(worker=WORKER)
+    proc_guard.watch_dir(os.path.dirname(c.socket_path))
+    tasks = [asyncio.ensure_future(c.spawn(tenant(i))) for i in range(10)]
+    await asyncio.sleep(0)
+    await c.aclose()
+    for r in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(r, ChildHandle):
+            r.close()  # completed before the close; ends on EOF
+        else:
+            assert isinstance(r, TemplateUnavailable), r
+
+
+async def test_cancelled_launch_leaves_nothing(proc_guard):  # noqa: F811
+    for delay in (0, 0.05, 0.3):
+        task = asyncio.ensure_future(TemplateClient.launch(worker=WORKER))
+        await asyncio.sleep(delay)
+        task.cancel()
+        try:
+            c = await task
+        except asyncio.CancelledError:
+            continue
+        await c.aclose()  # it won the race
+
+
+async def test_parent_fds_return_to_baseline(client):
+    me = psutil.Process()
+    baseline = me.num_fds()
+    children = await asyncio.gather(*(client.spawn(tenant(i)) for i in range(20)))
+    assert me.num_fds() == baseline + 2 * 20  # each: its socket and its pidfd
+    for c in children:
+        c.close()
+    await asyncio.gather(*(c.wait() for c in children))
+    assert me.num_fds() == baseline
+
+
 async def test_launch_with_unimportable_worker_fails_typed(proc_guard):  # noqa: F811
     with pytest.raises(TemplateUnavailable):
         await TemplateClient.launch(worker="no_such_module_xyz:main")
