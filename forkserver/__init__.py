@@ -22,3 +22,8 @@ from .errors import InvalidTenantId, ProtocolError, SpawnRefused, TemplateError,
 
 __all__ += ["ChildHandle", "InvalidTenantId", "ProtocolError", "SpawnRefused", "TemplateClient", "TemplateError",
             "TemplateUnavailable"]
+
+from .errors import ManagerClosed, RedoProcessFailed, RedoTimeout, UsageError
+from .manager import ProcessInfo, WalRedoManager
+
+__all__ += ["ManagerClosed", "ProcessInfo", "RedoProcessFailed", "RedoTimeout", "UsageError", "WalRedoManager"]

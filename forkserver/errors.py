@@ -18,35 +18,6 @@ class InitAborted(ForkServerError):
     """The attempt this caller was waiting on ended cancelled (its factory raised CancelledError)."""
 
 
-# --- One walredo child connection (issue 5, child protocol): forkserver.process ---
-
-
-class ProcessBroken(ForkServerError):
-    """The walredo child's stream is unusable: the child died or closed it (EOF, reset), or it sent
-    something this side cannot parse or match to a request. Every request pending on that process fails
-    with this error and every later one too. Not the request's fault: retrying on a fresh process may
-    succeed."""
-
-
-class ProcessClosed(ProcessBroken):
-    """The walredo process was closed on purpose by this side (``close()``/``aclose()``, e.g. idle quiesce
-    or shutdown). A subclass of :class:`ProcessBroken` so a request that raced the close is retried."""
-
-
-class RedoFailed(ForkServerError):
-    """The walredo child answered a typed error for this request: deterministic, not to be retried, and
-    the process stays usable.
-
-    ``code`` is the child protocol's error code (``"unsupported-record"``, ``"invalid-record"``,
-    ``"block-not-referenced"``, ``"invalid-page"``, ``"missing-compression-library"``, ``"bad-request"``,
-    ``"unsupported-pg-version"``, ``"internal"``); ``message`` is for humans."""
-
-    def __init__(self, code: str, message: str = ""):
-        super().__init__(f"{code}: {message}" if message else code)
-        self.code = code
-        self.message = message
-
-
 # --- Template fork server (issue 3): forkserver.client / control / fdpass / template ---
 
 
@@ -88,3 +59,51 @@ class ProtocolError(TemplateError):
 
 class InvalidTenantId(ForkServerError, ValueError):
     """A tenant id is not 32 lowercase hex characters, optionally followed by ``-`` and 4 hex characters."""
+
+
+# --- WalRedoManager (issue 5): forkserver.manager ---
+
+
+class UsageError(ForkServerError):
+    """Our caller misused an object: e.g. a manager used before ``start()``/``async with``."""
+
+
+class ManagerClosed(ForkServerError):
+    """The WalRedoManager is closed (or closed while the request waited): no request will be served."""
+
+
+class RedoTimeout(ForkServerError, TimeoutError):
+    """A walredo request exceeded ``request_timeout``; its process was killed and is replaced on next use."""
+
+
+class RedoProcessFailed(ForkServerError):
+    """The tenant's walredo process broke on every try (``retries`` + 1), or none could be started."""
+
+
+# --- One walredo child connection (issue 5, child protocol): forkserver.process ---
+
+
+class ProcessBroken(ForkServerError):
+    """The walredo child's stream is unusable: the child died or closed it (EOF, reset), or it sent
+    something this side cannot parse or match to a request. Every request pending on that process fails
+    with this error and every later one too. Not the request's fault: retrying on a fresh process may
+    succeed."""
+
+
+class ProcessClosed(ProcessBroken):
+    """The walredo process was closed on purpose by this side (``close()``/``aclose()``, e.g. idle quiesce
+    or shutdown). A subclass of :class:`ProcessBroken` so a request that raced the close is retried."""
+
+
+class RedoFailed(ForkServerError):
+    """The walredo child answered a typed error for this request: deterministic, not to be retried, and
+    the process stays usable.
+
+    ``code`` is the child protocol's error code (``"unsupported-record"``, ``"invalid-record"``,
+    ``"block-not-referenced"``, ``"invalid-page"``, ``"missing-compression-library"``, ``"bad-request"``,
+    ``"unsupported-pg-version"``, ``"internal"``); ``message`` is for humans."""
+
+    def __init__(self, code: str, message: str = ""):
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message

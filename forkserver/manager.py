@@ -1,0 +1,414 @@
+"""``WalRedoManager``: the library API a storage server calls on its hot path.
+
+"Give me this page at this LSN for this tenant." One walredo process per tenant, held in a
+:class:`~forkserver.oncecell.OnceCell`, started by the template fork server
+(:class:`~forkserver.client.TemplateClient`), talked to through a pipelined
+:class:`~forkserver.process.WalRedoProcess`. Runs in the parent process on its asyncio loop and never
+forks, spawns, waits for a pid or makes a blocking socket call there.
+
+Per request (``request_redo``)::
+
+    validate arguments ──ValueError──▶ caller           (before any spawn or I/O)
+    for attempt in 0..retries:
+        process = cell.get_or_init(spawn)                 (cold tenant: one spawn, others wait)
+        page = process.redo(...) within request_timeout
+          ├─ page                        → return it
+          ├─ RedoFailed (engine refused) → raise, process kept (deterministic; a retry fails again)
+          ├─ timeout                     → take_if(process), kill it, raise RedoTimeout
+          └─ ProcessBroken (died, EOF)   → take_if(process), kill it, retry with a fresh one
+    raise RedoProcessFailed
+
+``take_if`` removes the process only if it is still the one this caller used, so a caller that saw an old
+process die never evicts the replacement another caller already started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from walredo_template import BufferTag
+from walredo_template.protocol import PAGE_SIZE, SUPPORTED_PG_VERSION
+
+from .client import TemplateClient, validate_tenant_id
+from .errors import (
+    CellClosed,
+    InitAborted,
+    ManagerClosed,
+    ProcessBroken,
+    RedoFailed,
+    RedoProcessFailed,
+    RedoTimeout,
+    TemplateError,
+    UsageError,
+)
+from .metrics import Outcome, RedoMetrics, StopCause
+from .oncecell import OnceCell
+from .process import WalRedoProcess
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKER = "walredo_template.worker:main"
+
+
+class ManagerState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A snapshot of one tenant's walredo process, as returned by :meth:`WalRedoManager.processes`."""
+
+    tenant_id: str
+    pid: int
+    started_at: float  # time.time() when it was spawned
+    requests_served: int
+    last_request_at: float | None  # time.time() of the last request sent, None if none yet
+    in_flight: int
+
+
+class WalRedoManager:
+    """Per-tenant walredo processes with coalesced cold starts, pipelining, retries, timeouts, idle quiesce.
+
+    Use as ``async with WalRedoManager(...) as mgr:``. With ``template=None`` the manager launches its own
+    template process (off the event loop) and stops it on exit; with a ``TemplateClient`` it uses that one
+    and leaves it running.
+
+    Arguments:
+        request_timeout: seconds one redo/ping may take on a process before it fails with ``RedoTimeout``
+            and the process is killed (Neon: 60 s).
+        idle_timeout: a process with no request for this long is stopped by the quiesce task (Neon: 180 s).
+        retries: how many times a request is retried on a fresh process after its process broke (Neon: 2).
+        quiesce_period: how often the quiesce task looks for idle processes (default 20 s).
+        worker: ``module:function`` the launched template runs in each child.
+        registry: a ``prometheus_client.CollectorRegistry`` for the metrics (default: a private one).
+    """
+
+    def __init__(
+        self,
+        template: TemplateClient | None = None,
+        *,
+        request_timeout: float = 60.0,
+        idle_timeout: float = 180.0,
+        retries: int = 2,
+        quiesce_period: float = 20.0,
+        worker: str = DEFAULT_WORKER,
+        registry=None,
+    ) -> None:
+        if not (request_timeout > 0 and idle_timeout > 0 and quiesce_period > 0):
+            raise ValueError("request_timeout, idle_timeout and quiesce_period must be positive")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError("retries must be a non-negative int")
+        self._template = template
+        self._owns_template = template is None
+        self._worker = worker
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.retries = retries
+        self.quiesce_period = quiesce_period
+        self.metrics = RedoMetrics(registry)
+        self._cells: dict[str, OnceCell[WalRedoProcess]] = {}
+        self._state = ManagerState.NEW
+        self._quiesce_task: asyncio.Task[None] | None = None
+        # Kills of timed-out or broken processes run here, so the request that triggered them can fail or
+        # retry at once; held strongly until done, and awaited on close.
+        self._reapers: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def state(self) -> ManagerState:
+        return self._state
+
+    @property
+    def template(self) -> TemplateClient:
+        self._check_running()
+        assert self._template is not None
+        return self._template
+
+    async def __aenter__(self) -> WalRedoManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Launch the template if none was given, and the idle-quiesce task.
+
+        Errors: ``UsageError`` if already started or closed; whatever ``TemplateClient.launch`` raises.
+        Cancellation: a cancelled start leaves the manager NEW with nothing running (a launched template is
+        stopped).
+        """
+        if self._state is not ManagerState.NEW:
+            raise UsageError(f"WalRedoManager cannot start: it is {self._state.value}")
+        if self._template is None:
+            self._template = await TemplateClient.launch(worker=self._worker)
+        self._state = ManagerState.RUNNING
+        self._quiesce_task = asyncio.get_running_loop().create_task(self._quiesce_loop(), name="walredo-quiesce")
+
+    async def aclose(self) -> None:
+        """Shut down: every cell closes for good, waiting requests fail with ``ManagerClosed``, every child is
+        killed and reaped, and a template this manager launched is stopped. Idempotent.
+
+        Cancellation: the shutdown itself is shielded: cancelling the caller does not leave processes
+        behind; the cancellation is re-raised after the shutdown completes.
+        """
+        if self._state in (ManagerState.CLOSING, ManagerState.CLOSED):
+            # A concurrent close is already doing the work; closing is idempotent, not a rendezvous.
+            return
+        if self._state is ManagerState.NEW:
+            self._state = ManagerState.CLOSED
+            return
+        self._state = ManagerState.CLOSING
+        await _shielded(self._shutdown())
+        self._state = ManagerState.CLOSED
+
+    async def _shutdown(self) -> None:
+        if self._quiesce_task is not None:
+            self._quiesce_task.cancel()
+            await asyncio.gather(self._quiesce_task, return_exceptions=True)
+        cells = list(self._cells.values())
+        # Closing a cell disposes its process (kill + reap); an attempt still spawning is awaited and its
+        # process disposed as well, so nothing started before shutdown survives it.
+        results = await asyncio.gather(*(cell.close() for cell in cells), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("error while stopping a walredo process: %r", result)
+        if self._reapers:
+            await asyncio.gather(*self._reapers, return_exceptions=True)
+        if self._owns_template and self._template is not None:
+            await self._template.aclose()
+
+    def _check_running(self) -> None:
+        if self._state is not ManagerState.RUNNING:
+            if self._state is ManagerState.NEW:
+                raise UsageError("WalRedoManager is not started: use 'async with WalRedoManager() as mgr'")
+            raise ManagerClosed("WalRedoManager is closed")
+
+    # ------------------------------------------------------------------ requests
+
+    async def request_redo(
+        self,
+        tenant_id: str,
+        tag: BufferTag,
+        lsn: int,
+        base_image: bytes | None,
+        records: Sequence[tuple[int, bytes]],
+        pg_version: int = SUPPORTED_PG_VERSION,
+        *,
+        wal_log_hints: bool = False,
+    ) -> bytes:
+        """Reconstruct the page ``tag`` at ``lsn`` from ``base_image`` and ``records`` in the tenant's process.
+
+        Returns the 8192-byte page. Starts the tenant's process if it has none (concurrent cold requests share
+        one spawn). ``wal_log_hints`` must be True when the cluster that wrote the WAL had data checksums or
+        ``wal_log_hints`` on: PostgreSQL's Heap2 VISIBLE redo then also sets the heap page's LSN.
+
+        Errors:
+            - ``ValueError`` for bad arguments, before any spawn or I/O: invalid tenant id, tag not 5 ints, lsn
+              not a non-negative int, base image not 8192 bytes, a record that is not ``(int, bytes)``, no
+              records and no base image;
+            - ``RedoFailed`` when the engine refuses the input (unsupported or malformed record, ...): not
+              retried, the process is kept;
+            - ``RedoTimeout`` after ``request_timeout``: the process is killed and replaced on the next request;
+            - ``RedoProcessFailed`` when the process broke on every try (``retries`` + 1), or the template
+              could not start one;
+            - ``ManagerClosed`` if the manager is (or gets) closed.
+
+        Cancellation: cancel-safe. The request's response, if the process still sends it, is read and
+        dropped, so other requests pipelined on the same process are unaffected; a spawn this call started
+        goes on and serves later requests.
+        """
+        validate_tenant_id(tenant_id)
+        tag, base_image, records = _validate_redo_args(tag, lsn, base_image, records, pg_version)
+        self._check_running()
+        started = time.perf_counter()
+        page = await self._call(
+            tenant_id, lambda process: process.redo(
+                tag, lsn, base_image, records, pg_version=pg_version, wal_log_hints=wal_log_hints
+            ),
+        )
+        self.metrics.redo_seconds.observe(time.perf_counter() - started)
+        self.metrics.records.observe(len(records))
+        return page
+
+    async def ping(self, tenant_id: str) -> None:
+        """Round-trip a ping through the tenant's process, starting it if needed.
+
+        Errors and cancellation: as :meth:`request_redo` (``ValueError`` for an invalid tenant id).
+        """
+        validate_tenant_id(tenant_id)
+        self._check_running()
+        await self._call(tenant_id, lambda process: process.ping())
+
+    def processes(self) -> dict[str, ProcessInfo]:
+        """A snapshot of the live processes, by tenant id. Never waits; tenants still spawning are absent."""
+        out = {}
+        for tenant_id, cell in self._cells.items():
+            process = cell.get()
+            if process is not None:
+                out[tenant_id] = ProcessInfo(
+                    tenant_id=tenant_id,
+                    pid=process.pid,
+                    started_at=process.started_at,
+                    requests_served=process.requests_served,
+                    last_request_at=process.last_request_at,
+                    in_flight=process.in_flight,
+                )
+        return out
+
+    async def _call(self, tenant_id: str, op):
+        cell = self._cells.get(tenant_id)
+        if cell is None:
+            cell = self._cells[tenant_id] = OnceCell(dispose=self._dispose_on_shutdown)
+        last_error: BaseException | None = None
+        try:
+            for _attempt in range(self.retries + 1):
+                try:
+                    process = await cell.get_or_init(lambda: self._launch(tenant_id))
+                except (CellClosed, InitAborted) as exc:
+                    if self._state is not ManagerState.RUNNING:
+                        raise ManagerClosed("WalRedoManager was closed while the request waited") from exc
+                    last_error = exc
+                    continue
+                except TemplateError as exc:
+                    last_error = exc
+                    continue
+                try:
+                    async with asyncio.timeout(self.request_timeout):
+                        result = await op(process)
+                except TimeoutError:
+                    self._retire(cell, process, StopCause.TIMEOUT)
+                    raise RedoTimeout(
+                        f"walredo request for tenant {tenant_id} took longer than {self.request_timeout} s; "
+                        f"process {process.pid} killed"
+                    ) from None
+                except ProcessBroken as exc:
+                    self._retire(cell, process, StopCause.BROKEN)
+                    if self._state is not ManagerState.RUNNING:
+                        raise ManagerClosed("WalRedoManager was closed during the request") from exc
+                    last_error = exc
+                    continue
+                self.metrics.count_request(Outcome.OK)
+                return result
+            raise RedoProcessFailed(
+                f"walredo for tenant {tenant_id} failed after {self.retries + 1} tries: {last_error}"
+            ) from last_error
+        except RedoFailed:
+            self.metrics.count_request(Outcome.REDO_ERROR)
+            raise
+        except RedoTimeout:
+            self.metrics.count_request(Outcome.TIMEOUT)
+            raise
+        except ManagerClosed:
+            self.metrics.count_request(Outcome.CLOSED)
+            raise
+        except RedoProcessFailed:
+            self.metrics.count_request(Outcome.FAILED)
+            raise
+        except asyncio.CancelledError:
+            self.metrics.count_request(Outcome.CANCELLED)
+            raise
+
+    async def _launch(self, tenant_id: str) -> WalRedoProcess:
+        # Runs in the cell's attempt task: callers' cancellations do not reach it.
+        assert self._template is not None
+        started = time.perf_counter()
+        handle = await self._template.spawn(tenant_id)
+        process = WalRedoProcess(handle)
+        self.metrics.launch_seconds.observe(time.perf_counter() - started)
+        self.metrics.started.inc()
+        return process
+
+    def _retire(self, cell: OnceCell[WalRedoProcess], process: WalRedoProcess, cause: StopCause) -> None:
+        """Remove ``process`` from its cell if it is still there, and kill it in the background."""
+        if cell.take_if(process):
+            self.metrics.count_stop(cause)
+            log.info("stopping walredo process %d: %s", process.pid, cause.value)
+        # Even if another caller already replaced it, this process is broken or stuck: make sure it dies.
+        # aclose() is idempotent, so several callers retiring the same process is harmless.
+        task = asyncio.get_running_loop().create_task(process.aclose())
+        self._reapers.add(task)
+        task.add_done_callback(self._reapers.discard)
+
+    async def _dispose_on_shutdown(self, process: WalRedoProcess) -> None:
+        self.metrics.count_stop(StopCause.SHUTDOWN)
+        await process.aclose()
+
+    # ------------------------------------------------------------------ idle quiesce
+
+    async def _quiesce_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.quiesce_period)
+            self.quiesce_idle()
+
+    def quiesce_idle(self, now: float | None = None) -> list[str]:
+        """Stop processes with no request in flight and none sent for ``idle_timeout``. Returns their tenants.
+
+        Called by the background task every ``quiesce_period``; public so a service can trigger it. The next
+        request for such a tenant spawns a new process.
+        """
+        now = time.time() if now is None else now
+        stopped = []
+        for tenant_id, cell in list(self._cells.items()):
+            process = cell.get()
+            if process is None or process.in_flight:
+                continue
+            last = process.last_request_at if process.last_request_at is not None else process.started_at
+            if now - last >= self.idle_timeout:
+                self._retire(cell, process, StopCause.IDLE)
+                stopped.append(tenant_id)
+        return stopped
+
+
+def _validate_redo_args(tag, lsn, base_image, records, pg_version):
+    if not (isinstance(tag, tuple) and len(tag) == 5 and all(_is_uint(v, 32) for v in tag)):
+        raise ValueError(f"tag must be a BufferTag of 5 unsigned 32-bit ints, got {tag!r}")
+    if not _is_uint(lsn, 64):
+        raise ValueError(f"lsn must be an unsigned 64-bit int, got {lsn!r}")
+    if base_image is not None:
+        if not isinstance(base_image, (bytes, bytearray, memoryview)):
+            raise ValueError(f"base_image must be bytes or None, got {type(base_image).__name__}")
+        base_image = bytes(base_image)
+        if len(base_image) != PAGE_SIZE:
+            raise ValueError(f"base_image must be {PAGE_SIZE} bytes, got {len(base_image)}")
+    checked = []
+    for i, item in enumerate(records):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise ValueError(f"records[{i}] must be an (end_lsn, bytes) pair")
+        end_lsn, raw = item
+        if not _is_uint(end_lsn, 64):
+            raise ValueError(f"records[{i}]: end_lsn must be an unsigned 64-bit int, got {end_lsn!r}")
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise ValueError(f"records[{i}]: record must be bytes, got {type(raw).__name__}")
+        checked.append((end_lsn, bytes(raw)))
+    if not checked and base_image is None:
+        raise ValueError("no records and no base image: there is nothing to reconstruct the page from")
+    if not _is_uint(pg_version, 32) or pg_version != SUPPORTED_PG_VERSION:
+        raise ValueError(f"pg_version {pg_version!r} is not supported (only {SUPPORTED_PG_VERSION})")
+    return BufferTag(*tag), base_image, checked
+
+
+def _is_uint(value, bits: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << bits)
+
+
+async def _shielded(coro) -> None:
+    """Run ``coro`` to completion even if the caller is cancelled; re-raise the cancellation afterwards."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+

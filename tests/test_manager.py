@@ -1,0 +1,310 @@
+"""WalRedoManager with real processes: a launched template, forked tenant children, the real worker."""
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from forkserver import BufferTag, WalRedoManager
+from forkserver.errors import ManagerClosed, RedoFailed, RedoProcessFailed, RedoTimeout, UsageError
+from forkserver.manager import ManagerState
+
+pytestmark = pytest.mark.timeout(120)
+
+_counter = iter(range(1, 1 << 30))
+
+
+def tenant(n: int | None = None) -> str:
+    """A fresh valid tenant id, unique within the test session (so leak checks can find our children)."""
+    return f"{os.getpid():08x}{n if n is not None else next(_counter):024x}"
+
+
+def tenant_children(tenant_ids):
+    """Live processes titled 'walredo <tenant>' for the given tenants (zombies count: they are leaks too)."""
+    wanted = {f"walredo {t}" for t in tenant_ids}
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if cmdline.strip() in wanted:
+            found.append(proc)
+    return found
+
+
+async def assert_gone(pids, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert not alive, f"processes still alive: {alive}"
+
+
+@pytest.fixture
+async def mgr():
+    used = []
+    async with WalRedoManager(request_timeout=10.0) as manager:
+        manager._test_tenants = used
+        yield manager
+        pids = [info.pid for info in manager.processes().values()]
+    await assert_gone(pids)
+    assert not psutil.Process().children(recursive=True), "template or children left behind"
+
+
+async def spawns(manager) -> int:
+    return (await manager.template.stats())["spawns"]
+
+
+def blank_page() -> bytes:
+    """An empty PostgreSQL 15 heap page (PageInit), as a base image."""
+    from walredo_template.pg import page as pg_page
+
+    buf = bytearray(8192)
+    pg_page.page_init(buf)
+    return bytes(buf)
+
+
+# ------------------------------------------------------------------ coalescing
+
+
+async def test_1000_concurrent_cold_requests_spawn_once(mgr):
+    t = tenant()
+    before = await spawns(mgr)
+    await asyncio.gather(*(mgr.ping(t) for _ in range(1000)))
+    assert await spawns(mgr) - before == 1
+    assert list(mgr.processes()) == [t]
+    assert mgr.metrics.started._value.get() == 1
+    assert len(tenant_children([t])) == 1
+
+
+async def test_processes_reports_each_tenant(mgr):
+    ts = [tenant() for _ in range(5)]
+    await asyncio.gather(*(mgr.ping(t) for t in ts for _ in range(3)))
+    infos = mgr.processes()
+    assert set(infos) == set(ts)
+    for t in ts:
+        info = infos[t]
+        assert info.requests_served == 3 and info.in_flight == 0
+        assert info.last_request_at is not None and info.started_at <= info.last_request_at
+        assert psutil.Process(info.pid).cmdline()[0].startswith(f"walredo {t}")
+
+
+# ------------------------------------------------------------------ failures
+
+
+async def test_child_killed_with_requests_in_flight_retries_on_a_new_process(mgr):
+    t = tenant()
+    await mgr.ping(t)
+    old = mgr.processes()[t].pid
+    os.kill(old, signal.SIGSTOP)  # hold the requests in flight
+    pending = [asyncio.create_task(mgr.ping(t)) for _ in range(20)]
+    while mgr.processes()[t].in_flight < 20:
+        await asyncio.sleep(0.005)
+    os.kill(old, signal.SIGKILL)
+    async with asyncio.timeout(30):
+        await asyncio.gather(*pending)
+    new = mgr.processes()[t].pid
+    assert new != old
+    await assert_gone([old])
+    assert mgr.metrics.stopped.labels("broken")._value.get() == 1
+
+
+async def test_retries_exhausted_gives_typed_error_and_never_hangs():
+    t = tenant()
+    async with WalRedoManager(retries=0) as mgr:
+        await mgr.ping(t)
+        pid = mgr.processes()[t].pid
+        os.kill(pid, signal.SIGSTOP)
+        pending = asyncio.create_task(mgr.ping(t))
+        while mgr.processes()[t].in_flight < 1:
+            await asyncio.sleep(0.005)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(RedoProcessFailed):
+            async with asyncio.timeout(30):
+                await pending
+        await mgr.ping(t)  # the next request gets a fresh process
+        assert mgr.processes()[t].pid != pid
+    await assert_gone([pid])
+
+
+async def test_stale_take_if_does_not_kill_the_replacement(mgr):
+    t = tenant()
+    await mgr.ping(t)
+    cell = mgr._cells[t]
+    stale = cell.get()
+    os.kill(stale.pid, signal.SIGKILL)
+    await mgr.ping(t)  # caller A: sees it broken, replaces it
+    fresh = cell.get()
+    assert fresh is not stale
+    # caller B, late, holding the stale process, retires it: the fresh one must survive and keep serving
+    mgr._retire(cell, stale, cause=__import__("forkserver.metrics").metrics.StopCause.BROKEN)
+    await asyncio.sleep(0.1)
+    assert cell.get() is fresh
+    await mgr.ping(t)
+    assert mgr.processes()[t].pid == fresh.pid
+
+
+async def test_sigstopped_child_times_out_is_killed_and_replaced():
+    t = tenant()
+    async with WalRedoManager(request_timeout=0.5) as mgr:
+        await mgr.ping(t)
+        pid = mgr.processes()[t].pid
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(RedoTimeout):
+            await mgr.ping(t)
+        assert t not in mgr.processes()
+        await assert_gone([pid])
+        await mgr.ping(t)
+        assert mgr.processes()[t].pid != pid
+        assert mgr.metrics.stopped.labels("timeout")._value.get() == 1
+
+
+async def test_deterministic_redo_error_is_not_retried_and_keeps_the_process(mgr):
+    t = tenant()
+    await mgr.ping(t)
+    pid = mgr.processes()[t].pid
+    before = await spawns(mgr)
+    with pytest.raises(RedoFailed) as info:
+        await mgr.request_redo(t, BufferTag(1663, 5, 16384, 0, 0), 0x1000, None, [(0x1000, b"\x00" * 30)])
+    assert info.value.code == "invalid-record"
+    assert mgr.processes()[t].pid == pid and await spawns(mgr) == before
+    await mgr.ping(t)
+
+
+async def test_idle_quiesce_stops_and_next_request_respawns():
+    t = tenant()
+    async with WalRedoManager(idle_timeout=0.2, quiesce_period=0.05) as mgr:
+        await mgr.ping(t)
+        pid = mgr.processes()[t].pid
+        deadline = time.monotonic() + 10
+        while t in mgr.processes() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert t not in mgr.processes()
+        await assert_gone([pid])
+        await mgr.ping(t)
+        assert mgr.processes()[t].pid != pid
+        assert mgr.metrics.stopped.labels("idle")._value.get() == 1
+
+
+# ------------------------------------------------------------------ pipelining
+
+
+async def test_cancelling_one_of_100_pipelined_requests_leaves_the_others_correct(mgr):
+    t = tenant()
+    await mgr.ping(t)
+    pid = mgr.processes()[t].pid
+    tag = BufferTag(1663, 5, 16384, 0, 0)
+    pages = []
+    for i in range(100):
+        page = bytearray(blank_page())
+        page[8000:8004] = i.to_bytes(4, "little")  # free space: distinct, still a valid page
+        pages.append(bytes(page))
+    os.kill(pid, signal.SIGSTOP)  # queue all 100 on the stream before any answer
+    tasks = [asyncio.create_task(mgr.request_redo(t, tag, 0, p, [])) for p in pages]
+    while mgr.processes()[t].in_flight < 100:
+        await asyncio.sleep(0.005)
+    tasks[37].cancel()
+    os.kill(pid, signal.SIGCONT)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[37], asyncio.CancelledError)
+    for i, result in enumerate(results):
+        if i != 37:
+            assert result == pages[i], f"request {i} got another request's page"
+    assert mgr.processes()[t].pid == pid and mgr.processes()[t].in_flight == 0
+    await mgr.ping(t)
+
+
+# ------------------------------------------------------------------ input validation and lifecycle
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("not-a-tenant", BufferTag(1, 2, 3, 0, 0), 0, None, [(1, b"x")]),
+        (None, BufferTag(1, 2, 3, 0, 0), 0, b"short", []),
+        (None, BufferTag(1, 2, 3, 0, 0), 0, None, [(1, "not bytes")]),
+        (None, BufferTag(1, 2, 3, 0, 0), 0, None, []),
+        (None, (1, 2, 3), 0, None, [(1, b"x")]),
+        (None, BufferTag(1, 2, 3, 0, 0), -1, None, [(1, b"x")]),
+    ],
+)
+async def test_bad_input_is_value_error_before_any_spawn(mgr, args):
+    t = args[0] if args[0] is not None else tenant()
+    before = await spawns(mgr)
+    with pytest.raises(ValueError):
+        await mgr.request_redo(t, *args[1:])
+    assert await spawns(mgr) == before and not mgr.processes()
+
+
+async def test_shutdown_fails_waiters_and_leaves_no_process():
+    ts = [tenant() for _ in range(4)]
+    mgr = WalRedoManager()
+    with pytest.raises(UsageError):
+        await mgr.ping(ts[0])
+    await mgr.start()
+    await asyncio.gather(*(mgr.ping(t) for t in ts))
+    pids = [info.pid for info in mgr.processes().values()]
+    template_pid = mgr.template.template_pid
+    os.kill(pids[0], signal.SIGSTOP)
+    stuck = [asyncio.create_task(mgr.ping(ts[0])) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    await mgr.aclose()
+    results = await asyncio.gather(*stuck, return_exceptions=True)
+    assert all(isinstance(r, ManagerClosed) for r in results), results
+    assert mgr.state is ManagerState.CLOSED
+    await assert_gone(pids + [template_pid])
+    assert not tenant_children(ts)
+    with pytest.raises(ManagerClosed):
+        await mgr.ping(ts[1])
+    await mgr.aclose()  # idempotent
+
+
+async def test_event_loop_never_forks_spawns_or_waits_during_200_cold_spawns(mgr):
+    """The loop thread makes no fork/exec/spawn/wait call (audited), and its lag is reported."""
+    loop_thread = threading.get_ident()
+    offending = []
+
+    def audit(event, args):
+        if threading.get_ident() == loop_thread and event in (
+            "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "subprocess.Popen", "os.system",
+        ):
+            offending.append(event)
+
+    sys.addaudithook(audit)  # cannot be removed: it only records while `offending` is watched
+    gaps = []
+
+    async def ticker(stop):
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    stop = asyncio.Event()
+    probe = asyncio.create_task(ticker(stop))
+    await asyncio.sleep(0.3)
+    idle = sorted(gaps)
+    gaps.clear()
+    ts = [tenant() for _ in range(200)]
+    for chunk in range(0, 200, 20):
+        await asyncio.gather(*(mgr.ping(t) for t in ts[chunk : chunk + 20]))
+    stop.set()
+    await probe
+    offending_now = list(offending)
+    offending.clear()
+    busy = sorted(gaps)
+    assert len(mgr.processes()) == 200
+    assert offending_now == []
+    print(
+        f"\nloop lag: idle max {idle[-1] * 1e3:.2f} ms p99 {idle[int(len(idle) * 0.99)] * 1e3:.2f} ms; "
+        f"during 200 spawns max {busy[-1] * 1e3:.2f} ms p99 {busy[int(len(busy) * 0.99)] * 1e3:.2f} ms"
+    )
