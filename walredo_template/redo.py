@@ -73,11 +73,14 @@ def apply_records(
         if len(base_image) != P.BLCKSZ:
             raise InvalidPage(f"base image has {len(base_image)} bytes, expected {P.BLCKSZ}")
         page = bytearray(base_image)
+        checked = False
         if not P.is_new(page) or any(page):
             P.check_page(page)
+            checked = True
     else:
         page = None
-    ctx = RedoContext(tag, page, wal_log_hints)
+        checked = False
+    ctx = RedoContext(tag, page, wal_log_hints, checked)
     for end_lsn, raw in records:
         if not isinstance(end_lsn, int) or not 0 <= end_lsn < 1 << 64:
             raise InvalidRecord(f"invalid end LSN {end_lsn!r}")

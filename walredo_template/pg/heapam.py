@@ -132,8 +132,6 @@ _VISIBLE = struct.Struct("<IB")
 _MULTI_INSERT = struct.Struct("<BxH")
 _XL_HEAP_HEADER = struct.Struct("<HHB")
 _MULTI_TUPLE = struct.Struct("<HHHB")
-# A whole HeapTupleHeaderData: xmin, xmax, cid, ctid(bi_hi, bi_lo, posid), infomask2, infomask, hoff
-_TUPLE_HEADER = struct.Struct("<IIIHHHHHB")
 # t_infomask2, t_infomask at offset 18
 _INFOMASKS = struct.Struct("<HH")
 _XMAX_CID = struct.Struct("<II")
@@ -147,12 +145,16 @@ class RedoContext:
     wal_log_hints on (PostgreSQL's XLogHintBitIsNeeded): only then does VISIBLE stamp the heap page's LSN.
     """
 
-    __slots__ = ("tag", "page", "wal_log_hints")
+    __slots__ = ("tag", "page", "wal_log_hints", "checked")
 
-    def __init__(self, tag: BufferTag, page: bytearray | None, wal_log_hints: bool = False):
+    def __init__(self, tag: BufferTag, page: bytearray | None, wal_log_hints: bool = False,
+                 checked: bool = False):
         self.tag = tag
         self.page = page
         self.wal_log_hints = wal_log_hints
+        # True while ``page`` is known to pass P.check_page: our own redo keeps the bounds valid, so only
+        # a base image or a restored image needs checking, once, before the first redo touches it.
+        self.checked = checked
 
 
 def record_name(rmid: int, info: int) -> str:
@@ -190,6 +192,7 @@ def find_block(rec: DecodedRecord, tag: BufferTag) -> int | None:
 def restore_image(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
     """Restore a block image into the buffer as RestoreBlockImage + PageSetLSN (unless the page is new)."""
     img = blk.image()
+    ctx.checked = False
     if ctx.page is None:
         ctx.page = bytearray(img)
     else:
@@ -218,12 +221,15 @@ def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = Fal
     if zero:
         if page is None:
             ctx.page = bytearray(P.BLCKSZ)
+        ctx.checked = True  # the caller PageInits it
         return BLK_NEEDS_REDO
     if page is None:
         raise InvalidPage("no base image, and the first record for the page neither initializes it nor carries an image")
     if P.get_lsn(page) >= lsn:
         return BLK_DONE
-    P.check_page(page)
+    if not ctx.checked:
+        P.check_page(page)
+        ctx.checked = True
     return BLK_NEEDS_REDO
 
 
@@ -254,14 +260,6 @@ def _main(rec: DecodedRecord, st: struct.Struct, what: str) -> tuple:
     if len(rec.main_data) < st.size:
         raise InvalidRecord(f"{what}: main data has {len(rec.main_data)} bytes, expected {st.size}")
     return st.unpack_from(rec.main_data)
-
-
-def _new_tuple(xid: int, xmax: int, blkno: int, offnum: int, infomask2: int, infomask: int, hoff: int,
-               body) -> bytes:
-    """A heap tuple as redo builds it: header from the record (cid = FirstCommandId = 0), then the body."""
-    return _TUPLE_HEADER.pack(
-        xid, xmax, 0, (blkno >> 16) & 0xFFFF, blkno & 0xFFFF, offnum, infomask2, infomask, hoff
-    ) + body
 
 
 def _clear_all_visible(page: bytearray) -> None:
@@ -409,11 +407,8 @@ def redo_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
     if len(data) <= _XL_HEAP_HEADER.size:
         raise InvalidRecord(f"INSERT: tuple data of {len(data)} bytes")
     infomask2, infomask, hoff = _XL_HEAP_HEADER.unpack_from(data)
-    tup = _new_tuple(rec.xid, 0, blk.blkno, offnum, infomask2, infomask, hoff,
+    P.add_heap_tuple(page, offnum, rec.xid, 0, blk.blkno, infomask2, infomask, hoff,
                      memoryview(data)[_XL_HEAP_HEADER.size:])
-    if len(tup) > P.MAX_HEAP_TUPLE_SIZE:
-        raise InvalidRecord(f"INSERT: tuple of {len(tup)} bytes exceeds MaxHeapTupleSize")
-    P.add_item(page, tup, offnum)
     P.set_lsn(page, lsn)
     if flags & XLH_INSERT_ALL_VISIBLE_CLEARED:
         _clear_all_visible(page)
@@ -449,11 +444,8 @@ def redo_multi_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
         pos += _MULTI_TUPLE.size
         if pos + datalen > end:
             raise InvalidRecord(f"MULTI_INSERT: tuple {i} data beyond the block data")
-        if datalen + P.SIZEOF_HEAP_TUPLE_HEADER > P.MAX_HEAP_TUPLE_SIZE:
-            raise InvalidRecord(f"MULTI_INSERT: tuple {i} exceeds MaxHeapTupleSize")
-        tup = _new_tuple(xid, 0, blkno, offnum, infomask2, infomask, hoff, mv[pos:pos + datalen])
+        P.add_heap_tuple(page, offnum, xid, 0, blkno, infomask2, infomask, hoff, mv[pos:pos + datalen])
         pos += datalen
-        P.add_item(page, tup, offnum)
     if pos != end:
         raise InvalidRecord("MULTI_INSERT: total tuple length mismatch")
     P.set_lsn(page, lsn)
@@ -583,12 +575,8 @@ def redo_update(ctx: RedoContext, rec: DecodedRecord, block_id: int, lsn: int, h
         ))
     else:
         body = mv[pos:]
-    if suffixlen:
-        body = b"".join((body, page[old_off + old_len - suffixlen:old_off + old_len]))
-    tup = _new_tuple(rec.xid, new_xmax, newblk_no, new_offnum, infomask2, infomask, hoff, body)
-    if len(tup) > P.MAX_HEAP_TUPLE_SIZE:
-        raise InvalidRecord(f"UPDATE: tuple of {len(tup)} bytes exceeds MaxHeapTupleSize")
-    P.add_item(page, tup, new_offnum)
+    suffix = page[old_off + old_len - suffixlen:old_off + old_len] if suffixlen else None
+    P.add_heap_tuple(page, new_offnum, rec.xid, new_xmax, newblk_no, infomask2, infomask, hoff, body, suffix)
     if flags & XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED:
         _clear_all_visible(page)
     P.set_lsn(page, lsn)

@@ -73,6 +73,7 @@ LSN = struct.Struct("<II")
 _BOUNDS = struct.Struct("<HHHHH")
 # pd_lower, pd_upper, pd_special (bytes 12..18)
 _LUS = struct.Struct("<HHH")
+_LU = struct.Struct("<HH")
 CTID = struct.Struct("<HHH")
 INFOMASKS = struct.Struct("<HH")  # t_infomask2, t_infomask
 
@@ -201,14 +202,16 @@ def normal_item(page, offnum: int) -> tuple[int, int]:
     The redo routines' ``elog(PANIC, "invalid lp")`` becomes :class:`InvalidRecord` here: the record names
     an item the page does not have (the record and the page disagree).
     """
-    if offnum < 1 or offnum > max_offset(page):
-        raise InvalidRecord(f"item {offnum} beyond the line pointer array ({max_offset(page)} items)")
+    lower, upper, special = _LUS.unpack_from(page, OFF_LOWER)
+    maxoff = (lower - SIZE_OF_PAGE_HEADER) >> 2 if lower > SIZE_OF_PAGE_HEADER else 0
+    if offnum < 1 or offnum > maxoff:
+        raise InvalidRecord(f"item {offnum} beyond the line pointer array ({maxoff} items)")
     w = U32.unpack_from(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4)[0]
     if (w >> 15) & 3 != LP_NORMAL:
         raise InvalidRecord(f"item {offnum} is not a normal line pointer (flags {(w >> 15) & 3})")
     off = w & 0x7FFF
     length = w >> 17
-    if length < SIZEOF_HEAP_TUPLE_HEADER or off < get_upper(page) or off + length > get_special(page):
+    if length < SIZEOF_HEAP_TUPLE_HEADER or off < upper or off + length > special:
         raise InvalidPage(f"item {offnum} at {off} length {length} lies outside the tuple space")
     return off, length
 
@@ -249,6 +252,50 @@ def add_item(page: bytearray, item, offnum: int, *, is_heap: bool = True) -> int
     U16.pack_into(page, OFF_LOWER, lower)
     U16.pack_into(page, OFF_UPPER, upper)
     return offnum
+
+
+# t_xmin, t_xmax, t_cid, t_ctid (bi_hi, bi_lo, posid), t_infomask2, t_infomask, t_hoff
+TUPLE_HEADER = struct.Struct("<IIIHHHHHB")
+
+
+def add_heap_tuple(page: bytearray, offnum: int, xmin: int, xmax: int, blkno: int, infomask2: int,
+                   infomask: int, hoff: int, body, suffix=None) -> None:
+    """Build a heap tuple as redo does (t_cid = FirstCommandId, t_ctid = (blkno, offnum)) directly in
+    the page at ``offnum``: the header, then ``body`` (and ``suffix``, for UPDATE's suffix compression).
+
+    Same placement rules and errors as :func:`add_item`; saves assembling the tuple in a separate buffer.
+    """
+    size = SIZEOF_HEAP_TUPLE_HEADER + len(body) + (len(suffix) if suffix is not None else 0)
+    if size > MAX_HEAP_TUPLE_SIZE:
+        raise InvalidRecord(f"tuple of {size} bytes exceeds MaxHeapTupleSize")
+    flags, lower, upper, special, _psv = _BOUNDS.unpack_from(page, OFF_FLAGS)
+    if not (SIZE_OF_PAGE_HEADER <= lower <= upper <= special <= BLCKSZ):
+        raise InvalidPage(f"corrupted page pointers: lower = {lower}, upper = {upper}, special = {special}")
+    limit = ((lower - SIZE_OF_PAGE_HEADER) >> 2) + 1
+    if offnum < 1:
+        raise InvalidRecord(f"invalid item offset {offnum}")
+    if offnum < limit:
+        w = U32.unpack_from(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4)[0]
+        if w & 0xFFFF8000:  # lp_flags or lp_len set: the slot is in use
+            raise InvalidRecord(f"will not overwrite used item {offnum}")
+    else:
+        if offnum > limit:
+            raise InvalidRecord(f"item offset {offnum} is too large (max {limit})")
+        lower += SIZEOF_ITEMID
+    if offnum > MAX_HEAP_TUPLES_PER_PAGE:
+        raise InvalidRecord(f"can't put more than {MAX_HEAP_TUPLES_PER_PAGE} items in a heap page")
+    upper -= (size + 7) & ~7
+    if lower > upper:
+        raise InvalidRecord(f"item of {size} bytes does not fit on the page")
+    U32.pack_into(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4, upper | (LP_NORMAL << 15) | (size << 17))
+    TUPLE_HEADER.pack_into(page, upper, xmin, xmax, 0, (blkno >> 16) & 0xFFFF, blkno & 0xFFFF, offnum,
+                           infomask2, infomask, hoff)
+    pos = upper + SIZEOF_HEAP_TUPLE_HEADER
+    end = pos + len(body)
+    page[pos:end] = body
+    if suffix is not None:
+        page[end:upper + size] = suffix
+    _LU.pack_into(page, OFF_LOWER, lower, upper)
 
 
 # --- fragmentation and line pointer truncation ----------------------------------------------------
