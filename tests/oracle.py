@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from walredo_template import BufferTag
 from walredo_template.pg.errors import RedoError
 from walredo_template.pg.mask import mask_heap_page, mask_vm_page
-from walredo_template.pg.walreader import group_by_page
+from walredo_template.pg.walreader import HEAPBLOCKS_PER_VM_PAGE, group_by_page
 from walredo_template.pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, RM_XLOG_ID, decode_record
 from walredo_template.redo import apply_records
 
@@ -114,6 +114,20 @@ def replay(records, *, wal_log_hints: bool, keep_check_images: bool = False,
         if state is not None:
             res.pages[tag] = state
     return res
+
+
+def mask_vm_beyond(page: bytes, vm_blkno: int, heap_nblocks: int) -> bytes:
+    """Mask the VM bits of heap blocks at or past the relation's end: a truncation clears them on disk
+    without WAL unless hint bits are WAL-logged, and they describe no page."""
+    first = vm_blkno * HEAPBLOCKS_PER_VM_PAGE
+    keep = max(0, min(HEAPBLOCKS_PER_VM_PAGE, heap_nblocks - first))
+    buf = bytearray(mask_vm_page(page))
+    start = 24 + (keep + 3) // 4  # whole bytes of kept blocks stay; mask from the next byte
+    if keep % 4:
+        byte = 24 + keep // 4
+        buf[byte] &= (1 << (2 * (keep % 4))) - 1
+    buf[start:] = bytes(len(buf) - start)
+    return bytes(buf)
 
 
 def first_difference(a: bytes, b: bytes) -> str:

@@ -11,27 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from oracle import VM_FORK, first_difference, mask_page, replay
+from oracle import VM_FORK, first_difference, mask_page, mask_vm_beyond, replay
 from walredo_template import BufferTag
-from walredo_template.pg.mask import mask_vm_page
 from walredo_template.pg.walreader import HEAPBLOCKS_PER_VM_PAGE, format_lsn
 
 CONFIG_NAMES = ["default", "checksums", "pglz", "lz4", "zstd"]
 TOTALS: dict[str, int] = {}
-
-
-def _mask_vm_beyond(page: bytes, vm_blkno: int, heap_nblocks: int) -> bytes:
-    """Mask the VM bits of heap blocks at or past the relation's end: a truncation clears them on disk
-    without WAL unless hint bits are WAL-logged, and they describe no page."""
-    first = vm_blkno * HEAPBLOCKS_PER_VM_PAGE
-    keep = max(0, min(HEAPBLOCKS_PER_VM_PAGE, heap_nblocks - first))
-    buf = bytearray(mask_vm_page(page))
-    start = 24 + (keep + 3) // 4  # whole bytes of kept blocks stay; mask from the next byte
-    if keep % 4:
-        byte = 24 + keep // 4
-        buf[byte] &= (1 << (2 * (keep % 4))) - 1
-    buf[start:] = bytes(len(buf) - start)
-    return bytes(buf)
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
@@ -69,7 +54,7 @@ def test_oracle(wal_captures, name):
             continue
         if tag.forknum == VM_FORK:
             n = nblocks.get((tag.spcnode, tag.dbnode, tag.relnode), 0)
-            ok = _mask_vm_beyond(page, tag.blknum, n) == _mask_vm_beyond(disk, tag.blknum, n)
+            ok = mask_vm_beyond(page, tag.blknum, n) == mask_vm_beyond(disk, tag.blknum, n)
         else:
             ok = mask_page(tag, page) == mask_page(tag, disk)
         compared += 1
@@ -104,7 +89,7 @@ def test_vm_mask_beyond_keeps_live_bits():
     page[18:20] = (0x2004).to_bytes(2, "little")
     page[24] = 0b11_10_01_11  # heap blocks 0..3
     page[25] = 0xFF
-    masked = _mask_vm_beyond(bytes(page), 0, 3)
+    masked = mask_vm_beyond(bytes(page), 0, 3)
     assert masked[24] == 0b00_10_01_11 and masked[25] == 0
-    assert _mask_vm_beyond(bytes(page), 0, 8)[24:26] == bytes(page[24:26])
+    assert mask_vm_beyond(bytes(page), 0, 8)[24:26] == bytes(page[24:26])
     assert BufferTag(1, 2, 3, VM_FORK, 0).forknum == 2
