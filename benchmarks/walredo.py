@@ -4,8 +4,9 @@ Each point is a closed loop (:mod:`benchmarks.closed_loop`) of N clients on one 
 process through the library API (``WalRedoManager.ping`` / ``request_redo``), for ``--seconds``. The raw
 asyncio unix-socket echo (:mod:`benchmarks.echo_floor`) is measured at each N in the same run, interleaved
 with the others, as the floor. ``short`` (2 records) and ``medium`` (~200 records) come from the real
-PostgreSQL 15 WAL capture in ``tests/data/`` (:mod:`benchmarks.wal_inputs`); every redo answer is checked
-to be a page once before its point is timed.
+PostgreSQL 15 WAL capture in ``tests/data/`` (:mod:`benchmarks.wal_inputs`; its consistency-check images
+are cut out, as production WAL has none, unless ``--keep-check-images``); every redo answer is checked to be
+a page once before its point is timed.
 
 Run: ``scripts/bench_walredo [--quick] [--clients 1,2,4,...] [--seconds S] [--inputs ping,short,medium]``
 """
@@ -30,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=None, help="seconds per point (default 1.0; quick 0.1)")
     p.add_argument("--inputs", default="ping,short,medium", help="subset of ping,short,medium")
     p.add_argument("--medium-records", type=int, default=200, help="records in the medium redo")
+    p.add_argument("--keep-check-images", action="store_true",
+                   help="send the records as captured, with their wal_consistency_checking images")
 
 
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
@@ -39,7 +42,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
     clients = [int(c) for c in (args.clients or ("1,4" if args.quick else "1,2,4,8,16,32,64")).split(",")]
     seconds = args.seconds or (0.1 if args.quick else 1.0)
     wanted = [i.strip() for i in args.inputs.split(",") if i.strip()]
-    redo_inputs, source = load_inputs(medium_records=args.medium_records)
+    redo_inputs, source = load_inputs(medium_records=args.medium_records, keep_check_images=args.keep_check_images)
     notes = [f"WAL inputs: {source}"]
     for name in ("short", "medium"):
         if name in wanted and name not in redo_inputs:
