@@ -18,6 +18,7 @@ Order matters and each step says why:
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import signal
 import socket
@@ -87,19 +88,16 @@ def _default_signals() -> None:
 
 
 def _close_fds_except(sock_fd: int) -> int:
-    """Close everything but stderr and the socket; 0/1 become /dev/null. Returns the socket's fd."""
+    """Close everything but stderr and the socket; 0/1 become /dev/null. Returns the socket's (new) fd."""
+    if sock_fd < 3:
+        # Only possible if the template ran with std fds closed: move the socket above them first.
+        low, sock_fd = sock_fd, fcntl.fcntl(sock_fd, fcntl.F_DUPFD, 3)
+        os.close(low)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1):
-        if fd == sock_fd:
-            # Move the socket out of the way before we point 0/1 at /dev/null.
-            sock_fd = os.dup(sock_fd)
         if fd != devnull:
             os.dup2(devnull, fd, inheritable=True)
-    # Now only {0, 1, 2, sock_fd} survive (close_range under the hood).
-    lo = 3
-    for keep in sorted({sock_fd}):
-        if keep >= lo:
-            os.closerange(lo, keep)
-            lo = keep + 1
-    os.closerange(lo, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 1 << 20)
+    # Only {0, 1, 2, sock_fd} survive (os.closerange uses close_range(2) where the kernel has it).
+    os.closerange(3, sock_fd)
+    os.closerange(sock_fd + 1, max(os.sysconf("SC_OPEN_MAX"), sock_fd + 1))
     return sock_fd

@@ -18,7 +18,6 @@ so nothing is left behind.
 
 from __future__ import annotations
 
-import errno
 import gc
 import os
 import selectors

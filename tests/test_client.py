@@ -11,8 +11,7 @@ import time
 import psutil
 import pytest
 
-from forkserver import (ChildHandle, InvalidTenantId, ProtocolError, SpawnRefused, TemplateClient,
-                        TemplateUnavailable)
+from forkserver import ChildHandle, InvalidTenantId, ProtocolError, TemplateClient, TemplateUnavailable
 from forkserver.client import ChildState
 from proc_guard import proc_guard  # noqa: F401  (fixture)
 
