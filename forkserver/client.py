@@ -616,11 +616,15 @@ class TemplateClient:
                 return s
             if self._launched is None:
                 raise TemplateUnavailable("the template connection was lost")
+            # A lost session is not "up" (the event may still be set if it was lost just now): wait for the
+            # restart to install a live one, or for aclose. The caller's timeout bounds this.
+            self._session_up.clear()
             await self._session_up.wait()
 
     def _install(self, session: _Session) -> None:
         self._session = session
-        self._session_up.set()
+        if not session.lost:  # it may have died between the handshake and now; _restart checks
+            self._session_up.set()
 
     def _on_session_lost(self, session: _Session) -> None:
         if session is not self._session:
@@ -635,7 +639,16 @@ class TemplateClient:
         self._starting = loop.run_in_executor(
             None, _start_template, opts["python"], opts["worker"], self.socket_path, self._key,
             opts["start_timeout"])
-        proc, pipe_w = await asyncio.shield(self._starting)
+        try:
+            proc, pipe_w = await asyncio.shield(self._starting)
+        except asyncio.CancelledError:
+            raise  # the thread still runs: _shutdown collects its template and stops it
+        except (OSError, subprocess.SubprocessError) as e:
+            self._starting = None
+            raise TemplateUnavailable(f"cannot start the template: {type(e).__name__}: {e}") from e
+        except BaseException:
+            self._starting = None
+            raise
         self._starting = None
         self._proc, self._pipe_w = proc, pipe_w
         session = await _open_session(loop, self.socket_path, self._key, self._on_session_lost,
@@ -652,10 +665,12 @@ class TemplateClient:
                     await self._loop.run_in_executor(None, _stop_template, proc, pipe_w, 2.0)
                 try:
                     await self._start_and_connect()
-                    self.restarts += 1
-                    log.warning("template restarted (pid %s)", self.template_pid)
-                    return
-                except (TemplateUnavailable, ProtocolError, OSError) as e:
+                    if not self._session.lost:
+                        self.restarts += 1
+                        log.warning("template restarted (pid %s)", self.template_pid)
+                        return
+                    log.warning("restarted template went away at once; retrying in %.2f s", delay)
+                except Exception as e:
                     log.warning("template restart failed: %s; retrying in %.2f s", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
