@@ -24,6 +24,7 @@ from typing import Any
 from benchmarks import runner
 from benchmarks.heap import touched_heap
 from benchmarks.loopstall import LoopStallProbe, idle_floor
+from benchmarks.profiling import PySpy, py_spy_path, top_frames
 from benchmarks.report import Table, plot_bars
 from benchmarks.runner import log
 from benchmarks.spawn_methods import (
@@ -50,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heaps", default=None, help="parent heap sizes in GiB, comma-separated (default 0,1,4)")
     p.add_argument("--methods", default="template,fresh,mp,fork", help="subset of: " + ",".join(METHODS))
     p.add_argument("--floor-seconds", type=float, default=None, help="idle ticker duration (default 1; quick 0.3)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the measurements, one more template storm under py-spy (template and parent)")
 
 
 async def storm(method: SpawnMethod, spawns: int) -> tuple[list[float], list[float], LoopStallProbe]:
@@ -79,6 +82,27 @@ async def storm(method: SpawnMethod, spawns: int) -> tuple[list[float], list[flo
             finally:
                 await child.close()
     return latencies, returned, probe
+
+
+async def _profile(args: argparse.Namespace, methods: list[SpawnMethod], spawns: int) -> list[Table]:
+    """One extra template storm (not in the numbers above) with py-spy on the template and on this parent."""
+    tmpl = next((m for m in methods if isinstance(m, TemplateSpawn)), None)
+    if tmpl is None or py_spy_path() is None:
+        log("cold_spawn: --profile needs the template and py-spy (the bench extra); skipped")
+        return []
+    import os
+
+    out_t = args.out / "profile-cold_spawn-template.txt"
+    out_p = args.out / "profile-cold_spawn-parent.txt"
+    log(f"cold_spawn: profiling {spawns} template spawns with py-spy")
+    async with PySpy(tmpl.client.template_pid, out_t, native=True) as spy_t, PySpy(os.getpid(), out_p) as spy_p:
+        await storm(tmpl, spawns)
+    tables = []
+    if spy_t.ok:
+        tables.append(top_frames(out_t, "Where the template's time goes during a spawn storm (py-spy --native)"))
+    if spy_p.ok:
+        tables.append(top_frames(out_p, "Where the parent's time goes during a template spawn storm (py-spy)"))
+    return tables
 
 
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
@@ -119,6 +143,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
             finally:
                 del heap
                 gc.collect()
+        profile_tables = await _profile(args, methods, spawns) if args.profile else []
     finally:
         for m in reversed(started):
             await m.aclose()
@@ -176,7 +201,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
             if p:
                 plots.append(str(p))
     data = {"rows": rows, "idle_floor_ms": {f"{g:g}": floors[g] for g in heaps}, "notes": notes, "plots": plots}
-    return data, [spawn_table, stall_table]
+    return data, [spawn_table, stall_table, *profile_tables]
 
 
 def main(argv: list[str] | None = None) -> int:
