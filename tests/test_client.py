@@ -156,6 +156,36 @@ async def test_template_sigkilled_while_spawns_in_flight(client):
     assert await fresh.wait() == 0
 
 
+async def test_spawns_during_a_failing_restart_fail_typed_then_recover(tmp_path, proc_guard, monkeypatch):  # noqa: F811
+    """The template dies and cannot come back for a while (its worker module vanished): spawns waiting for
+    the restart fail with TemplateUnavailable, never hang; once it can start again, spawns work."""
+    mod = tmp_path / "vanishing_worker.py"
+    mod.write_text("from tests.echo_worker import main\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    c = await TemplateClient.launch(worker="vanishing_worker:main", spawn_timeout=2.0)
+    proc_guard.watch_dir(os.path.dirname(c.socket_path))
+    try:
+        old = c.template_pid
+        mod.unlink()
+        os.kill(old, signal.SIGKILL)
+        with pytest.raises(TemplateUnavailable):
+            await c.spawn(tenant(1))
+        assert c.template_pid is None
+        mod.write_text("from tests.echo_worker import main\n")
+        for _ in range(20):  # the restart loop backs off to at most 2 s between attempts
+            try:
+                child = await c.spawn(tenant(2))
+                break
+            except TemplateUnavailable:
+                continue
+        assert (await ping(child)).startswith(b"pong")
+        assert c.template_pid not in (None, old)
+        child.close()
+        assert await child.wait() == 0
+    finally:
+        await c.aclose()
+
+
 async def test_closed_client_refuses_and_aclose_is_idempotent(proc_guard):  # noqa: F811
     c = await TemplateClient.launch(worker=WORKER)
     proc_guard.watch_dir(os.path.dirname(c.socket_path))
