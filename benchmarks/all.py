@@ -5,7 +5,7 @@ children cannot colour the next) with ``--quick`` / ``--out`` passed through. Af
 ``<out>/summary.md`` holds the machine, the goals table (:mod:`benchmarks.goals`) and every benchmark's
 tables; ``<out>/summary.json`` the goals and the machine.
 
-Run: ``scripts/bench [--quick] [--only cold_spawn,walredo,...] [--out DIR]``
+Run: ``scripts/bench [--quick] [--profile] [--only cold_spawn,walredo,...] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from benchmarks.report import machine
 from benchmarks.runner import DEFAULT_OUT, REPO_ROOT, log
 
 BENCHMARKS = ["cold_spawn", "coalescing", "walredo", "memory", "scale"]
+PROFILED = {"cold_spawn", "walredo"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results directory (default: %(default)s)")
     p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset, in this order")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--profile", action="store_true",
+                   help="add py-spy profiling passes (cold_spawn, walredo): where the time goes, as tables")
     args = p.parse_args(argv)
     names = [n for n in BENCHMARKS if n in args.only.split(",")]
     failed = []
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd.append("--quick")
         if args.no_plots:
             cmd.append("--no-plots")
+        if args.profile and name in PROFILED:
+            cmd.append("--profile")
         log(f"bench: {' '.join(cmd[1:])}")
         rc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL).returncode
         if rc != 0:

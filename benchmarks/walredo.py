@@ -20,6 +20,7 @@ from typing import Any
 from benchmarks import runner
 from benchmarks.closed_loop import closed_loop
 from benchmarks.echo_floor import EchoServer
+from benchmarks.profiling import PySpy, py_spy_path, top_frames
 from benchmarks.report import Table, plot_lines
 from benchmarks.runner import log
 from benchmarks.stats import fmt
@@ -31,8 +32,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=None, help="seconds per point (default 1.0; quick 0.1)")
     p.add_argument("--inputs", default="ping,short,medium", help="subset of ping,short,medium")
     p.add_argument("--medium-records", type=int, default=200, help="records in the medium redo")
+    p.add_argument("--profile", action="store_true",
+                   help="after the measurements, py-spy the parent and the child during 1-client ping and medium")
     p.add_argument("--keep-check-images", action="store_true",
                    help="send the records as captured, with their wal_consistency_checking images")
+
+
+async def _profile(args: argparse.Namespace, mgr: Any, tenant: str, calls: dict[str, Any]) -> list[Table]:
+    """1-client ping and medium loops (not in the numbers above) under py-spy, on this parent and the child."""
+    if py_spy_path() is None:
+        log("walredo: --profile needs py-spy (the bench extra); skipped")
+        return []
+    import os
+
+    child_pid = mgr.processes()[tenant].pid
+    tables = []
+    for name in ("ping", "medium"):
+        if name not in calls:
+            continue
+        out_p = args.out / f"profile-walredo-{name}-parent.txt"
+        out_c = args.out / f"profile-walredo-{name}-child.txt"
+        log(f"walredo: profiling 1-client {name} with py-spy")
+        async with PySpy(os.getpid(), out_p) as spy_p, PySpy(child_pid, out_c) as spy_c:
+            await closed_loop(calls[name], 1, max(2.0, args.seconds or 0))
+        if spy_p.ok:
+            tables.append(top_frames(out_p, f"Where the parent's time goes: 1-client {name} (py-spy)"))
+        if spy_c.ok:
+            tables.append(top_frames(out_c, f"Where the child's time goes: 1-client {name} (py-spy)"))
+    return tables
 
 
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
@@ -54,6 +81,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
         log(f"walredo: {n}")
 
     rows: list[dict[str, Any]] = []
+    profile_tables: list[Table] = []
     echo = await EchoServer.start()
     try:
         async with WalRedoManager(request_timeout=60.0) as mgr:
@@ -86,6 +114,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
                 for name in wanted:
                     if name in calls:
                         rows.append({"input": name, **await closed_loop(calls[name], n, seconds)})
+            if args.profile:
+                profile_tables = await _profile(args, mgr, tenant, calls)
     finally:
         await echo.aclose()
 
@@ -120,7 +150,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
         ):
             if p:
                 plots.append(str(p))
-    return {"rows": rows, "notes": notes, "plots": plots}, [table]
+    return {"rows": rows, "notes": notes, "plots": plots}, [table, *profile_tables]
 
 
 def main(argv: list[str] | None = None) -> int:
