@@ -14,6 +14,7 @@ first touched by a record without one is seeded from its consistency image (coun
 from __future__ import annotations
 
 import collections
+import struct
 from dataclasses import dataclass, field
 
 from walredo_template.pg.errors import RedoError
@@ -24,6 +25,8 @@ from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import apply_records
 
 VM_FORKNUM = 2
+RM_SMGR_ID = 2
+XLOG_SMGR_TRUNCATE = 0x20
 
 
 @dataclass
@@ -59,6 +62,9 @@ def replay_capture(cap) -> ChainResult:
     state = res.states
     for start, end, raw in cap.records:
         rec = decode_record(raw)
+        if rec.rmid == RM_SMGR_ID and rec.info & 0xF0 == XLOG_SMGR_TRUNCATE:
+            _forget_truncated(state, rec.main_data)
+            continue
         if rec.rmid not in (0, 9, 10):
             continue
         if rec.rmid == 0 and rec.info & 0xF0 not in (0xA0, 0xB0):
@@ -100,5 +106,15 @@ def replay_capture(cap) -> ChainResult:
         if _masked(tag, ours) == _masked(tag, page):
             res.disk_equal += 1
         else:
-            res.disk_mismatches.append(tag)
+            a, b = _masked(tag, ours), _masked(tag, page)
+            res.disk_mismatches.append((tag, [i for i in range(len(a)) if a[i] != b[i]][:16]))
     return res
+
+
+def _forget_truncated(state: dict, main_data: bytes) -> None:
+    """SMGR TRUNCATE (not a heap record, not redone by the engine) cuts the heap and clears VM bits past
+    the new end: stop following the pages it changes rather than compare them."""
+    blkno, spc, db, rel, _flags = struct.unpack_from("<IIIIi", main_data)
+    for tag in list(state):
+        if (tag.spcnode, tag.dbnode, tag.relnode) == (spc, db, rel) and (tag.forknum != 0 or tag.blknum >= blkno):
+            del state[tag]

@@ -39,7 +39,7 @@ def test_every_heap_record_matches_postgres_consistency_image(default_chain):
         assert res.compared[kind] > 0, f"no {kind} compared: {dict(res.compared)}"
     total = sum(res.compared.values())
     print(f"\ncompared {total} images, 0 mismatches: {dict(sorted(res.compared.items()))}")
-    assert total > 20_000
+    assert total > 10_000
 
 
 def test_pages_on_disk_equal_the_replayed_pages(default_chain):
@@ -72,7 +72,8 @@ def test_checksums_cluster_matches_too(wal_captures):
     assert res.errors == []
     assert res.mismatches == []
     assert res.disk_mismatches == []
-    assert sum(res.compared.values()) > 20_000
+    print(f"\nchecksums: compared {sum(res.compared.values())} images, 0 mismatches")
+    assert sum(res.compared.values()) > 10_000
     assert res.applied["XLOG/FPI_FOR_HINT"] + res.applied["XLOG/FPI"] > 0
 
 
