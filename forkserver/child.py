@@ -5,7 +5,8 @@ Order matters and each step says why:
 1. forget the template's Python socket objects (``detach``), so that a late garbage collection of one of
    them can never close an fd number the worker has reused;
 2. signal handlers back to the defaults (the template's no-op handlers and its wake-up fd are its own
-   business; a child that kept them would swallow SIGTERM);
+   business; a child that kept them would swallow SIGTERM); SIGPIPE/SIGXFSZ stay ignored as in any Python
+   process, and the signal mask is emptied;
 3. a new process group, so a terminal's Ctrl-C or a ``killpg`` aimed at the template's group misses it;
 4. ``atexit`` cleared: the template's exit hooks must never run in a child;
 5. title ``walredo <tenant>`` (visible in ``ps``/psutil);
@@ -29,7 +30,7 @@ from typing import NoReturn
 
 import setproctitle
 
-__all__ = ["run_child"]
+__all__ = ["run_child", "plan_signal_reset"]
 
 Worker = Callable[[socket.socket, str], object]
 
@@ -72,16 +73,39 @@ def run_child(sock_fd: int, tenant: str, worker: Worker, forget: Iterable[socket
         os._exit(code)
 
 
-def _default_signals() -> None:
-    signal.set_wakeup_fd(-1)
+# Python's own start-up convention, kept in the child: these raise OSError (BrokenPipeError, EFBIG) in the
+# worker instead of killing it silently.
+_PYTHON_IGNORED = {signal.SIGPIPE, signal.SIGXFSZ}
+
+# (signal, wanted handler) pairs to reset in each child, computed once in the template by
+# plan_signal_reset(): signal.valid_signals() and getsignal() build enum members and cost ~0.6 ms per child.
+_reset_plan: list[tuple[int, object]] | None = None
+
+
+def plan_signal_reset() -> None:
+    """Template side: record which signal dispositions differ from what a child wants. Call after the
+    template installed its own handlers; children forked afterwards reset exactly those."""
+    global _reset_plan
+    _reset_plan = _compute_plan()
+
+
+def _compute_plan() -> list[tuple[int, object]]:
+    plan = []
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        # SIGPIPE stays ignored as in any Python process: a write to a closed socket should raise
-        # BrokenPipeError in the worker, not kill it silently.
-        handler = signal.SIG_IGN if sig == signal.SIGPIPE else signal.SIG_DFL
+        want = signal.SIG_IGN if sig in _PYTHON_IGNORED else signal.SIG_DFL
+        # getsignal() is None for a handler installed outside Python: reset that one too.
+        if signal.getsignal(sig) is not want:
+            plan.append((int(sig), want))
+    return plan
+
+
+def _default_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for sig, want in _reset_plan if _reset_plan is not None else _compute_plan():
         try:
-            signal.signal(sig, handler)
+            signal.signal(sig, want)
         except (OSError, ValueError):
             pass  # signals Python may not touch (e.g. reserved real-time ones)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])

@@ -147,6 +147,7 @@ class Template:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _noop_handler)
+        child.plan_signal_reset()
 
     # ------------------------------------------------------------------ loop
 
