@@ -129,6 +129,11 @@ def test_spawn_ping_exit_event_and_no_zombie(template):
         assert fds[0] == fds[1] == "/dev/null" and 2 in fds, fds
         others = [t for fd, t in fds.items() if fd > 2]
         assert len(others) == 1 and others[0].startswith("socket:"), fds
+        # default signal dispositions: nothing caught or blocked; only Python's SIGPIPE/SIGXFSZ ignored
+        status = dict(line.split(":\t", 1) for line in open(f"/proc/{ev.pid}/status").read().splitlines()
+                      if ":\t" in line)
+        assert int(status["SigCgt"], 16) == 0 and int(status["SigBlk"], 16) == 0, status
+        assert int(status["SigIgn"], 16) == (1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGXFSZ - 1))
         signal.pidfd_send_signal(ev.pidfd, signal.SIGKILL)
         exited = c.next(control.Exited)
         assert exited == control.Exited(ev.pid, -signal.SIGKILL)
