@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import itertools
 import logging
 import os
@@ -370,6 +371,18 @@ async def _open_session(loop, path: str, key: bytes, on_lost, timeout: float) ->
 # ------------------------------------------------------------------------------------- template process
 
 
+def _remove_dir_later(fut: asyncio.Future) -> None:
+    # A launch cancelled while its directory was being made: remove it once made (still off the loop).
+    if not fut.cancelled() and fut.exception() is None:
+        asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(shutil.rmtree, fut.result(), ignore_errors=True))
+
+
+def _read_key_file(path) -> bytes:
+    with open(path) as f:
+        return bytes.fromhex(f.read().strip())
+
+
 def _template_env() -> dict:
     # The template must import what we can (the worker module may live beside the caller's code, e.g.
     # tests/): hand it our sys.path.
@@ -486,7 +499,12 @@ class TemplateClient:
         """
         loop = asyncio.get_running_loop()
         key = os.urandom(control.KEY_SIZE)
-        sockdir = tempfile.mkdtemp(prefix="walredo-template-")
+        mkdir = loop.run_in_executor(None, functools.partial(tempfile.mkdtemp, prefix="walredo-template-"))
+        try:
+            sockdir = await asyncio.shield(mkdir)
+        except asyncio.CancelledError:
+            mkdir.add_done_callback(_remove_dir_later)
+            raise
         self = cls(_loop=loop, _key=key, _socket_path=os.path.join(sockdir, "control.sock"),
                    spawn_timeout=spawn_timeout,
                    launched={"worker": worker, "python": python or sys.executable, "dir": sockdir,
@@ -510,12 +528,11 @@ class TemplateClient:
         :class:`ProtocolError` (``auth-failed``: wrong key; ``peer-uid``: served by another user),
         ``ValueError`` for a malformed key. Cancel-safe (nothing is left open).
         """
+        loop = asyncio.get_running_loop()
         if isinstance(key, (str, os.PathLike)):
-            with open(key) as f:
-                key = bytes.fromhex(f.read().strip())
+            key = await loop.run_in_executor(None, _read_key_file, key)  # file I/O stays off the loop
         if len(key) != control.KEY_SIZE:
             raise ValueError(f"key must be {control.KEY_SIZE} bytes")
-        loop = asyncio.get_running_loop()
         self = cls(_loop=loop, _key=bytes(key), _socket_path=os.fspath(socket_path), spawn_timeout=spawn_timeout)
         session = await _open_session(loop, self.socket_path, self._key, self._on_session_lost, timeout)
         self._install(session)
@@ -699,4 +716,5 @@ class TemplateClient:
             self._proc = self._pipe_w = None
             if proc is not None:
                 await self._loop.run_in_executor(None, _stop_template, proc, pipe_w, 5.0)
-            shutil.rmtree(self._launched["dir"], ignore_errors=True)
+            await self._loop.run_in_executor(
+                None, functools.partial(shutil.rmtree, self._launched["dir"], ignore_errors=True))
