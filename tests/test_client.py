@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -306,3 +307,39 @@ def test_parent_sigkilled_takes_template_and_children_down(proc_guard):  # noqa:
     # whose parent is not us as alive; any survivor after 1 s fails the test.
     alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, (alive, time.monotonic() - killed_at)
+
+
+_PROCESS_EVENTS = {"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.system"}
+_audit_log: list | None = None
+
+
+def _audit(event, args):
+    if _audit_log is not None and event in _PROCESS_EVENTS:
+        _audit_log.append((event, threading.get_ident()))
+
+
+async def test_loop_thread_never_starts_a_process(proc_guard):  # noqa: F811
+    """Launch, spawn, restart after a SIGKILL and close: every process start happens off the loop thread
+    (audit hooks see Popen/fork/exec wherever they happen)."""
+    global _audit_log
+    if not getattr(sys, "_walredo_audit_installed", False):
+        sys.addaudithook(_audit)  # cannot be removed; inert while _audit_log is None
+        sys._walredo_audit_installed = True
+    _audit_log = []
+    try:
+        c = await TemplateClient.launch(worker=WORKER)
+        proc_guard.watch_dir(os.path.dirname(c.socket_path))
+        child = await c.spawn(tenant(1))
+        os.kill(c.template_pid, signal.SIGKILL)
+        child.close()  # it exits on EOF; its status is lost with the template
+        with pytest.raises(TemplateUnavailable):
+            await child.wait()
+        child2 = await c.spawn(tenant(2))
+        child2.close()
+        await child2.wait()
+        await c.aclose()
+    finally:
+        events, _audit_log = _audit_log, None
+    loop_thread = threading.get_ident()
+    assert any(e == "subprocess.Popen" for e, _ in events)  # the hook does see the launches
+    assert [(e, t) for e, t in events if t == loop_thread] == []
