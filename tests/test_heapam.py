@@ -122,3 +122,37 @@ def test_vm_block_is_derived_from_the_heap_block():
     assert vm.clear_bits(page, 32672 + 5, vm.VISIBILITYMAP_ALL_FROZEN)
     assert vm.get_bits(page, 5) == vm.VISIBILITYMAP_ALL_VISIBLE
     assert not vm.clear_bits(page, 6, 3)
+
+
+EXTRA_SQL = r"""
+CREATE TABLE p (id int, v text) PARTITION BY RANGE (id);
+CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (1000);
+CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (1000) TO (2000);
+INSERT INTO p SELECT g, 'x' || g FROM generate_series(1, 600) g;
+UPDATE p SET id = id + 1000 WHERE id % 10 = 0;
+CREATE TABLE big (id int, v text);
+ALTER TABLE big ALTER v SET STORAGE EXTERNAL;
+INSERT INTO big SELECT g, repeat(md5(g::text), 100 + g) FROM generate_series(1, 60) g;
+UPDATE big SET v = v || 'z' WHERE id % 3 = 0;
+CHECKPOINT;
+VACUUM (FREEZE) p1, big;
+UPDATE p1 SET v = 'after' WHERE id < 40;
+DELETE FROM big WHERE id % 4 = 0;
+VACUUM p1, big;
+"""
+
+
+def test_partition_move_toast_and_vm_workload(wal_captures):
+    """DELETE with XLH_DELETE_IS_PARTITION_MOVE (a row moving partitions), TOAST tables, VM clears after
+    VACUUM (FREEZE): replayed and compared like the main workload."""
+    import pgcluster
+
+    cap = pgcluster.capture(pgcluster.CONFIGS["default"], workload=lambda c: c.psql(EXTRA_SQL), waldump=False)
+    res = replay_capture(cap)
+    assert res.errors == [] and res.mismatches == [] and res.disk_mismatches == []
+    moves = [r for _s, _e, r in cap.records
+             if decode_record(r).rmid == 10 and decode_record(r).info & 0x70 == heapam.XLOG_HEAP_DELETE
+             and decode_record(r).main_data[7] & heapam.XLH_DELETE_IS_PARTITION_MOVE]
+    assert len(moves) >= 60
+    assert res.compared["Heap/DELETE"] >= 60
+    assert sum(res.compared.values()) > 500
