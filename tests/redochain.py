@@ -38,6 +38,8 @@ class ChainResult:
     seeded: int = 0
     disk_equal: int = 0
     disk_mismatches: list = field(default_factory=list)
+    lsn_equal: int = 0  # pages whose pd_lsn equals the on-disk page's exactly (no mask)
+    lsn_mismatches: list = field(default_factory=list)
     states: dict = field(default_factory=dict)
 
 
@@ -103,6 +105,10 @@ def replay_capture(cap) -> ChainResult:
         ours = state.get(tag)
         if ours is None:
             continue
+        if ours[:8] == page[:8]:
+            res.lsn_equal += 1
+        else:
+            res.lsn_mismatches.append(tag)
         if _masked(tag, ours) == _masked(tag, page):
             res.disk_equal += 1
         else:

@@ -46,6 +46,8 @@ def test_pages_on_disk_equal_the_replayed_pages(default_chain):
     res = default_chain
     assert res.disk_mismatches == []
     assert res.disk_equal > 1000
+    # pd_lsn is not masked here: each page's LSN is exactly the one PostgreSQL wrote
+    assert res.lsn_mismatches == [] and res.lsn_equal == res.disk_equal
     vm_pages = sum(1 for tag in res.states if tag.forknum == 2)
     assert vm_pages > 0
 
@@ -72,6 +74,7 @@ def test_checksums_cluster_matches_too(wal_captures):
     assert res.errors == []
     assert res.mismatches == []
     assert res.disk_mismatches == []
+    assert res.lsn_mismatches == []  # VISIBLE stamps the heap page's LSN here (wal_log_hints)
     print(f"\nchecksums: compared {sum(res.compared.values())} images, 0 mismatches")
     assert sum(res.compared.values()) > 10_000
     assert res.applied["XLOG/FPI_FOR_HINT"] + res.applied["XLOG/FPI"] > 0
