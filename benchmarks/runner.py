@@ -37,7 +37,12 @@ def main(name: str, description: str, add_arguments: Callable[[argparse.Argument
     add_arguments(parser)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    data, tables = asyncio.run(run(args))
+    try:
+        data, tables = asyncio.run(run(args))
+    except KeyboardInterrupt:
+        # asyncio.run cancelled the benchmark, whose finally blocks closed and reaped what it started.
+        log(f"{name}: interrupted; nothing written")
+        return 130
     data.setdefault("params", {})
     data["params"].update({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
     data["wall_seconds"] = round(time.perf_counter() - started, 2)
