@@ -111,14 +111,12 @@ class ChildHandle:
         status (the child has exited when this is raised, unless the client was closed).
         Cancel-safe: cancelling a wait changes nothing; other waiters are unaffected.
         """
-        if not self._status.done():
-            if self._pidfd is not None:
-                if self._pidfd_ready is None:
-                    self._pidfd_ready = self._loop.create_future()
-                    self._loop.add_reader(self._pidfd, self._on_pidfd_readable)
-                await asyncio.shield(self._pidfd_ready)
-            await asyncio.shield(self._status)
-        return self._status.result()
+        if self._pidfd is not None:  # not known to have exited yet (RUNNING, or UNKNOWN and maybe running)
+            if self._pidfd_ready is None:
+                self._pidfd_ready = self._loop.create_future()
+                self._loop.add_reader(self._pidfd, self._on_pidfd_readable)
+            await asyncio.shield(self._pidfd_ready)
+        return await asyncio.shield(self._status)
 
     def close(self) -> None:
         """Close the parent's end of the socket (the child sees EOF and exits). Idempotent; ``wait`` still
@@ -154,15 +152,13 @@ class ChildHandle:
         self._status.set_result(status)
         self._close_pidfd()
 
-    def _set_unknown(self, why: str, *, close_pidfd: bool) -> None:
+    def _set_unknown(self, why: str) -> None:
         if self.state is not ChildState.RUNNING:
             return
         self.state = ChildState.UNKNOWN
         self._status.set_exception(TemplateUnavailable(f"exit status of child {self.pid} unknown: {why}"))
         self._status.exception()  # retrieved: no "never retrieved" warning if nobody waits
-        if close_pidfd:
-            self._close_pidfd()
-        elif self._pidfd is not None and self._pidfd_ready is None:
+        if self._pidfd is not None and self._pidfd_ready is None:
             # Nobody will report its exit any more: watch the pidfd ourselves so that it is closed (and
             # kill() stops) as soon as the child is gone, whether or not anyone waits.
             self._pidfd_ready = self._loop.create_future()
@@ -332,8 +328,9 @@ class _Session:
         self.pending.clear()
         why = "the client was closed" if closing else "the template connection was lost"
         for handle in self.children.values():
-            # Keep the pidfd while the child runs so wait() still observes its exit (then raises).
-            handle._set_unknown(why, close_pidfd=closing)
+            # Keep the pidfd while the child runs so that kill() still works and wait() still observes the
+            # exit (then raises); it is closed as soon as the child is gone.
+            handle._set_unknown(why)
         self.children.clear()
         self._on_lost(self)
 
@@ -609,7 +606,8 @@ class TemplateClient:
 
     async def aclose(self) -> None:
         """Close the connection and, if we launched the template, stop it (SIGTERM, reaped in an executor)
-        and remove its directory. Children keep running until their socket is closed. Idempotent.
+        and remove its directory. Children keep running until their socket is closed; their handles still
+        ``kill()``, and ``wait()`` observes the exit but raises :class:`TemplateUnavailable` (no status). Idempotent.
         Pending requests fail with :class:`TemplateUnavailable`. Cancellation does not interrupt the
         shutdown (it is shielded and completes in the background)."""
         if self._close_task is None:

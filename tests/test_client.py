@@ -18,6 +18,10 @@ from proc_guard import proc_guard  # noqa: F401  (fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = "tests.echo_worker:main"
+# The launched template imports the worker with our sys.path: make sure `tests.echo_worker` resolves even when
+# pytest was not started from the repository root.
+if REPO not in sys.path:
+    sys.path.append(REPO)
 
 
 def tenant(i: int, shard: int | None = None) -> str:
@@ -34,6 +38,14 @@ async def ping(child: ChildHandle) -> bytes:
         assert data, "child closed its socket"
         buf += data
     return buf
+
+
+def exited(pid: int) -> bool:
+    """Gone, or a zombie waiting for its (sub)reaper: either way it no longer runs."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def title(pid: int) -> str:
@@ -152,7 +164,7 @@ async def test_template_sigkilled_while_spawns_in_flight(client):
     for c in before:
         with pytest.raises(TemplateUnavailable):
             await c.wait()
-        assert c.state is ChildState.UNKNOWN
+        assert c.state is ChildState.UNKNOWN and exited(c.pid)
     fresh.close()
     assert await fresh.wait() == 0
 
@@ -198,8 +210,12 @@ async def test_closed_client_refuses_and_aclose_is_idempotent(proc_guard):  # no
     with pytest.raises(TemplateUnavailable):
         await c.stats()
     assert not os.path.exists(os.path.dirname(c.socket_path))
-    # the child outlives the template's clean stop and keeps serving until EOF
+    # the child outlives the template's clean stop and keeps serving until EOF; its handle can still kill it
     assert (await ping(child)).startswith(b"pong")
+    child.kill(signal.SIGKILL)
+    with pytest.raises(TemplateUnavailable):
+        await child.wait()  # observed through the pidfd; the status died with the connection
+    assert exited(child.pid)
     child.close()
 
 
