@@ -18,6 +18,7 @@ so nothing is left behind.
 
 from __future__ import annotations
 
+import enum
 import gc
 import os
 import selectors
@@ -35,13 +36,24 @@ from forkserver import child, control, fdpass
 from forkserver.control import BadRequest, ControlConnection, Role, Spawn, StatsRequest
 from forkserver.errors import InvalidTenantId, ProtocolError
 
-__all__ = ["Template", "prepare_socket_dir"]
+__all__ = ["Template", "TemplateState", "prepare_socket_dir"]
 
 _PEERCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _RECV_SIZE = 64 * 1024
 _MAX_OUTPUT = 1 << 20  # bytes queued to a peer that does not read; beyond this we drop it
 _AUTH_DEADLINE = 10.0  # seconds an unauthenticated connection may idle before we drop it
 _ORPHAN_GRACE = 0.5  # seconds children get to exit on their own after the parent died
+
+
+_MAX_CONNECTIONS = 1024  # beyond this new connections are closed at once (a same-uid peer flooding us)
+
+
+class TemplateState(enum.Enum):
+    NEW = "new"
+    SERVING = "serving"
+    STOPPING = "stopping on SIGTERM/SIGINT"  # children keep serving their parent
+    PARENT_GONE = "stopping: the launching parent is gone"  # children are reaped (or killed) first
+    STOPPED = "stopped"
 
 
 def _noop_handler(signum, frame):
@@ -107,7 +119,7 @@ class Template:
         self._listener: socket.socket | None = None
         self._socket_ino: tuple[int, int] | None = None
         self._wake_r = self._wake_w = -1
-        self._stopping: str | None = None
+        self.state = TemplateState.NEW
 
     # ------------------------------------------------------------------ setup
 
@@ -153,8 +165,11 @@ class Template:
 
     def serve(self) -> int:
         """Run until stopped; clean up; return the exit code (0)."""
+        if self.state is not TemplateState.NEW:
+            raise RuntimeError(f"serve() on a template that is {self.state.value}")
         if self._listener is None:
             self.bind()
+        self.state = TemplateState.SERVING
         self._install_signals()
         self._sel.register(self._listener, selectors.EVENT_READ, "accept")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "signal")
@@ -168,10 +183,10 @@ class Template:
             # fork() copies only the calling thread; locks held by the others stay locked in every child.
             self._log(f"warning: {threading.active_count()} threads at serve time; forking them is unsafe")
         try:
-            while self._stopping is None:
+            while self.state is TemplateState.SERVING:
                 for key, events in self._sel.select(timeout=1.0):
                     self._dispatch(key, events)
-                    if self._stopping is not None:
+                    if self.state is not TemplateState.SERVING:
                         break
                 self._drop_idle_unauthenticated()
         finally:
@@ -192,7 +207,7 @@ class Template:
             except OSError:
                 data = b""
             if not data:
-                self._stopping = "parent-gone"
+                self.state = TemplateState.PARENT_GONE
         else:
             conn: _Conn = what
             try:
@@ -213,7 +228,7 @@ class Template:
         if signal.SIGCHLD in data:
             self._reap()
         if signal.SIGTERM in data or signal.SIGINT in data:
-            self._stopping = "signal"
+            self.state = TemplateState.STOPPING
 
     def _accept(self) -> None:
         while True:
@@ -233,6 +248,10 @@ class Template:
             if uid != os.getuid():
                 # Dropped before anything is read from it; it never sees the challenge.
                 self._log(f"refused a peer with uid {uid}")
+                sock.close()
+                continue
+            if len(self._conns) >= _MAX_CONNECTIONS:
+                self._log("refused a connection: too many open")
                 sock.close()
                 continue
             conn = _Conn(sock, ControlConnection(Role.TEMPLATE, self._key), time.monotonic())
@@ -437,9 +456,10 @@ class Template:
                 self._sel.unregister(self.parent_fd)
             except (KeyError, ValueError):
                 pass
-        if self._stopping == "parent-gone":
+        if self.state is TemplateState.PARENT_GONE:
             self._reap_orphans()
-        self._log(f"exiting ({self._stopping})")
+        self._log(f"exiting ({self.state.value})")
+        self.state = TemplateState.STOPPED
 
     def _unlink_own_socket(self) -> None:
         # Only remove the path if it is still the socket we bound (a successor may have replaced it).
