@@ -5,7 +5,8 @@ a threaded process is unsafe) and no asyncio loop: one ``selectors`` loop over
 
 - the listening control socket (filesystem path in a 0700 directory, socket mode 0600),
 - each accepted control connection (``SO_PEERCRED`` uid check, then the HMAC handshake of
-  :mod:`forkserver.control`, then spawn / stats requests),
+  :mod:`forkserver.control`, then spawn / stats requests; a connection still unauthenticated after 10 s is
+  dropped, and at most 1024 are open at once),
 - a signal wake-up pipe (``signal.set_wakeup_fd``): SIGCHLD → reap with ``waitpid(-1, WNOHANG)`` in a loop
   and send ``exited`` to the connection that asked for the child; SIGTERM/SIGINT → clean exit,
 - optionally the *parent pipe* (library launch): EOF means the launching parent is gone.
