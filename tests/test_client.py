@@ -122,6 +122,16 @@ async def test_bad_arguments_are_refused_before_io(client):
     assert await child.wait() == 0
 
 
+async def test_children_exiting_at_once_race_the_spawn_reply(client):
+    """The `exited` event can arrive in the same read as (or right after) `spawned`, before spawn() resumes:
+    the handle is registered synchronously, so wait() still gets the status and nothing hangs."""
+    children = await asyncio.gather(*(client.spawn(tenant(i, 0xDEAD)) for i in range(30)))
+    assert await asyncio.gather(*(c.wait() for c in children)) == [0] * 30
+    for c in children:
+        c.close()
+    assert (await client.stats())["live"] == 0
+
+
 async def test_cancelled_spawns_leave_nothing_behind(client):
     tasks = [asyncio.ensure_future(client.spawn(tenant(i))) for i in range(20)]
     await asyncio.sleep(0)
