@@ -116,3 +116,23 @@ def test_close_fds_ignores_closed():
     fdpass.close_fds([r, w])
     with pytest.raises(OSError):
         os.fstat(w)
+
+
+def test_kernel_stops_a_read_after_a_segment_carrying_fds(pair):
+    """The control protocol's fd attribution rests on this Linux behaviour (see forkserver.fdpass): plain bytes
+    may be glued before a segment with fds, but one read never goes past a segment that carried fds."""
+    a, b = pair
+    fd1, fd2 = os.open(os.devnull, os.O_RDONLY), os.open(os.devnull, os.O_RDONLY)
+    try:
+        fdpass.send(a, b"plain-")
+        fdpass.send(a, b"first", [fd1])
+        fdpass.send(a, b"second", [fd2])
+        fdpass.send(a, b"-tail")
+        data, fds = fdpass.recv(b, 1000)
+        assert data == b"plain-first" and len(fds) == 1
+        data2, fds2 = fdpass.recv(b, 1000)
+        assert data2 == b"second" and len(fds2) == 1
+        assert fdpass.recv(b, 1000) == (b"-tail", [])
+        fdpass.close_fds(fds + fds2)
+    finally:
+        fdpass.close_fds([fd1, fd2])
