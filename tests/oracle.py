@@ -6,9 +6,17 @@ at its first record that initializes it or carries an image to apply, and from t
 applied to the engine's own previous result. Whenever a record also carries PostgreSQL's consistency
 image of the page (``wal_consistency_checking``; an image not to be applied), the engine's page and that
 image are compared after masking (:mod:`walredo_template.pg.mask`).
+
+Relation truncation (``Storage/TRUNCATE``, e.g. by VACUUM) is handled here, on the harness side, as
+Neon's pageserver does at WAL ingest rather than in walredo: it references no block, yet on a standby its
+redo clears the visibility-map bits of the cut-off heap blocks in the last remaining VM page
+(``visibilitymap_prepare_truncate``; logged as an FPI only when hint bits are WAL-logged) and drops the
+pages past the end. :func:`replay` applies that to its VM pages at the record's LSN.
 """
 
 from __future__ import annotations
+
+import struct
 
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +29,10 @@ from walredo_template.pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, RM_XLOG_ID, 
 from walredo_template.redo import apply_records
 
 VM_FORK = 2
+RM_SMGR_ID = 2
+XLOG_SMGR_TRUNCATE = 0x20
+SMGR_TRUNCATE_VM = 0x0002
+_SMGR_TRUNCATE = struct.Struct("<IIIIi")  # blkno, spcNode, dbNode, relNode, flags
 HEAP_OPS = {0x00: "INSERT", 0x10: "DELETE", 0x20: "UPDATE", 0x30: "TRUNCATE", 0x40: "HOT_UPDATE",
             0x50: "CONFIRM", 0x60: "LOCK", 0x70: "INPLACE"}
 HEAP2_OPS = {0x00: "REWRITE", 0x10: "PRUNE", 0x20: "VACUUM", 0x30: "FREEZE_PAGE", 0x40: "VISIBLE",
@@ -69,17 +81,52 @@ def heap_tags(records) -> set[BufferTag]:
     return tags
 
 
+def vm_truncations(records) -> dict[tuple[int, int, int], list[tuple[int, int]]]:
+    """(spc, db, rel) -> [(end_lsn, new heap nblocks), ...] of the Storage/TRUNCATE records that cut a
+    relation's visibility map."""
+    out: dict = {}
+    for _s, end, raw in records:
+        if raw[17] == RM_SMGR_ID and raw[16] & 0xF0 == XLOG_SMGR_TRUNCATE:
+            rec = decode_record(raw, verify_crc=False)
+            if len(rec.main_data) >= _SMGR_TRUNCATE.size:
+                blkno, spc, db, rel, flags = _SMGR_TRUNCATE.unpack_from(rec.main_data)
+                if flags & SMGR_TRUNCATE_VM:
+                    out.setdefault((spc, db, rel), []).append((end, blkno))
+    return out
+
+
+def truncate_vm_page(tag: BufferTag, page: bytes | None, nheapblocks: int) -> bytes | None:
+    """The VM page ``tag`` after its relation's heap was cut to ``nheapblocks``: None when the page is
+    past the new end of the map, else the page with the bits of the cut-off blocks cleared (exactly
+    ``visibilitymap_prepare_truncate``'s rule; the page LSN is left alone, as in recovery)."""
+    first = tag.blknum * HEAPBLOCKS_PER_VM_PAGE
+    if nheapblocks <= first:
+        return None
+    if page is None or nheapblocks >= first + HEAPBLOCKS_PER_VM_PAGE:
+        return page
+    keep = nheapblocks - first
+    byte, offset = 24 + keep // 4, (keep % 4) * 2
+    buf = bytearray(page)
+    buf[byte] &= (1 << offset) - 1
+    buf[byte + 1 :] = bytes(len(buf) - byte - 1)
+    return bytes(buf)
+
+
 def replay(records, *, wal_log_hints: bool, keep_check_images: bool = False,
            max_mismatches: int = 50) -> OracleResult:
     """Replay ``(start_lsn, end_lsn, raw)`` records page by page; see the module docstring."""
     res = OracleResult()
     groups = group_by_page(records)
     wanted = heap_tags(records)
+    truncs = vm_truncations(records)
     for tag, recs in groups.items():
         if tag not in wanted and tag.forknum != VM_FORK:
             continue  # index pages and the like (VM pages are here through implicit clears)
         state = None
+        pending = list(truncs.get(tag[:3], ())) if tag.forknum == VM_FORK else []
         for end, raw in recs:
+            while pending and pending[0][0] <= end:
+                state = truncate_vm_page(tag, state, pending.pop(0)[1])
             rec = decode_record(raw, verify_crc=False)
             blk = None
             for b in rec.blocks.values():
@@ -111,23 +158,11 @@ def replay(records, *, wal_log_hints: bool, keep_check_images: bool = False,
                     state = want  # go on from PostgreSQL's page so one bug is reported once
                     if len(res.mismatches) >= max_mismatches:
                         return res
+        for _lsn, nblocks in pending:
+            state = truncate_vm_page(tag, state, nblocks)
         if state is not None:
             res.pages[tag] = state
     return res
-
-
-def mask_vm_beyond(page: bytes, vm_blkno: int, heap_nblocks: int) -> bytes:
-    """Mask the VM bits of heap blocks at or past the relation's end: a truncation clears them on disk
-    without WAL unless hint bits are WAL-logged, and they describe no page."""
-    first = vm_blkno * HEAPBLOCKS_PER_VM_PAGE
-    keep = max(0, min(HEAPBLOCKS_PER_VM_PAGE, heap_nblocks - first))
-    buf = bytearray(mask_vm_page(page))
-    start = 24 + (keep + 3) // 4  # whole bytes of kept blocks stay; mask from the next byte
-    if keep % 4:
-        byte = 24 + keep // 4
-        buf[byte] &= (1 << (2 * (keep % 4))) - 1
-    buf[start:] = bytes(len(buf) - start)
-    return bytes(buf)
 
 
 def first_difference(a: bytes, b: bytes) -> str:

@@ -15,9 +15,11 @@ A record's end LSN is PostgreSQL's ``EndRecPtr``: just past its last byte, round
 
 End of WAL, as PostgreSQL's reader decides it: a zeroed page or record header, a page whose address is not
 its own (a recycled segment), a record header that is not plausible, a bad CRC, or the last segment file.
-:attr:`WalReader.end_reason` says which. With ``strict=True`` everything but a zero record length / zeroed
-page / missing next segment raises :class:`InvalidWal` instead. A page magic of another PostgreSQL version
-always raises :class:`InvalidWal` naming that version.
+:attr:`WalReader.end_reason` says which. With ``strict=True`` the ways WAL normally ends (a zero record
+length, a zeroed page, a page with another address or timeline, no next segment file) still end it, and
+everything else (bad CRC, implausible header, broken continuation) raises :class:`InvalidWal`. A page magic
+of another PostgreSQL version always raises :class:`InvalidWal` naming that version; so does a segment file
+whose size is not the segment size.
 """
 
 from __future__ import annotations
@@ -167,7 +169,6 @@ class WalReader:
 
     # -- iteration -----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
-        ps = self.page_size
         pos = self.start_lsn
         try:
             if pos is None:
@@ -181,7 +182,6 @@ class WalReader:
         except _EndOfWal as e:
             self.end_reason = str(e.args[0])
             self.end_lsn = pos
-        del ps
 
     def _first_record_lsn(self) -> int:
         base = self.first_segno * self.segment_size

@@ -217,9 +217,11 @@ def decode_record(raw: bytes, *, verify_crc: bool = True) -> DecodedRecord:
     not the length of ``raw``, CRC mismatch (when ``verify_crc``), an unknown fragment id, block ids out of
     order, a same-relation block without a previous relation, a fork number out of range, inconsistent
     data/image flags and lengths, an image longer than a page or with its hole out of range, or fragment
-    lengths that do not add up to the record.
+    lengths that do not add up to the record. ``TypeError`` if ``raw`` is not bytes-like (a caller bug).
     """
     if not isinstance(raw, bytes):
+        if not isinstance(raw, (bytearray, memoryview)):
+            raise TypeError(f"record must be bytes-like, not {type(raw).__name__}")
         raw = bytes(raw)
     n = len(raw)
     if n < SIZE_OF_XLOG_RECORD:
