@@ -308,3 +308,38 @@ async def test_event_loop_never_forks_spawns_or_waits_during_200_cold_spawns(mgr
         f"\nloop lag: idle max {idle[-1] * 1e3:.2f} ms p99 {idle[int(len(idle) * 0.99)] * 1e3:.2f} ms; "
         f"during 200 spawns max {busy[-1] * 1e3:.2f} ms p99 {busy[int(len(busy) * 0.99)] * 1e3:.2f} ms"
     )
+
+
+# ------------------------------------------------------------------ real WAL
+
+
+async def test_50_tenants_mixed_requests_against_the_wal_capture(mgr):
+    """Every tenant gets a different slice of the capture's requests plus pings, all concurrently."""
+    from walredo_template.pg.capture import load_capture, page_requests, pages_match
+
+    capture = os.path.join(os.path.dirname(__file__), "data", "wal-small", "capture.msgpack")
+    doc = load_capture(capture)
+    requests = page_requests(doc)
+    assert len(requests) > 1000 and {r.source for r in requests} == {"consistency-image", "disk"}
+    ts = [tenant() for _ in range(50)]
+    checked = 0
+
+    async def tenant_work(i, t):
+        nonlocal checked
+        mine = requests[i::50] + [r for r in requests if r.source == "disk"][i % 3 :: 3]
+        jobs = []
+        for j, req in enumerate(mine):
+            if j % 5 == 0:
+                jobs.append(mgr.ping(t))
+            jobs.append(mgr.request_redo(t, req.tag, req.lsn, req.base_image, req.records,
+                                         wal_log_hints=doc["checksums"]))
+        results = await asyncio.gather(*jobs)
+        pages = [r for r in results if r is not None]
+        assert len(pages) == len(mine)
+        for req, page in zip(mine, pages):
+            assert pages_match(req.tag, page, req.expected), (t, req.tag, req.lsn, req.source)
+            checked += 1
+
+    await asyncio.gather(*(tenant_work(i, t) for i, t in enumerate(ts)))
+    assert checked >= len(requests)
+    assert set(mgr.processes()) == set(ts)
