@@ -42,11 +42,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     _crc32c_native = None
 
 if _crc32c_native is not None:
-
-    def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
-        """CRC-32C of ``data``, continuing from the finished value ``crc`` (native implementation)."""
-        return _crc32c_native(data, crc)
-
+    # The C function itself (same signature, same continuation semantics): no Python frame per call.
+    crc32c = _crc32c_native
     NATIVE = True
 else:  # pragma: no cover
     crc32c = crc32c_pure

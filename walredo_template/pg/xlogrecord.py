@@ -230,8 +230,11 @@ def decode_record(raw: bytes, *, verify_crc: bool = True) -> DecodedRecord:
     if tot_len != n:
         raise InvalidRecord(f"xl_tot_len is {tot_len} but the record has {n} bytes")
     if verify_crc:
-        mv = memoryview(raw)  # no copies of the payload for the CRC
-        got = crc32c(mv[:20], crc32c(mv[SIZE_OF_XLOG_RECORD:]))
+        if n > 2048:
+            mv = memoryview(raw)  # no copy of a large payload (images) for the CRC
+            got = crc32c(mv[:20], crc32c(mv[SIZE_OF_XLOG_RECORD:]))
+        else:
+            got = crc32c(raw[SIZE_OF_XLOG_RECORD:] + raw[:20])  # one call is cheaper for small records
         if got != crc:
             raise InvalidRecord(f"incorrect resource manager data checksum: {got:08X} != {crc:08X}")
 
@@ -249,25 +252,25 @@ def decode_record(raw: bytes, *, verify_crc: bool = True) -> DecodedRecord:
         while n - pos > datatotal:
             block_id = raw[pos]
             pos += 1
-            if block_id == XLR_BLOCK_ID_DATA_SHORT:
-                main_len = raw[pos]
-                pos += 1
-                datatotal += main_len
-                break
-            if block_id == XLR_BLOCK_ID_DATA_LONG:
-                (main_len,) = _U32.unpack_from(raw, pos)
-                pos += 4
-                datatotal += main_len
-                break
-            if block_id == XLR_BLOCK_ID_ORIGIN:
-                (origin,) = _U16.unpack_from(raw, pos)
-                pos += 2
-                continue
-            if block_id == XLR_BLOCK_ID_TOPLEVEL_XID:
-                (toplevel_xid,) = _U32.unpack_from(raw, pos)
-                pos += 4
-                continue
-            if block_id > XLR_MAX_BLOCK_ID:
+            if block_id > XLR_MAX_BLOCK_ID:  # the special fragments (block references are the common case)
+                if block_id == XLR_BLOCK_ID_DATA_SHORT:
+                    main_len = raw[pos]
+                    pos += 1
+                    datatotal += main_len
+                    break
+                if block_id == XLR_BLOCK_ID_DATA_LONG:
+                    (main_len,) = _U32.unpack_from(raw, pos)
+                    pos += 4
+                    datatotal += main_len
+                    break
+                if block_id == XLR_BLOCK_ID_ORIGIN:
+                    (origin,) = _U16.unpack_from(raw, pos)
+                    pos += 2
+                    continue
+                if block_id == XLR_BLOCK_ID_TOPLEVEL_XID:
+                    (toplevel_xid,) = _U32.unpack_from(raw, pos)
+                    pos += 4
+                    continue
                 raise InvalidRecord(f"invalid block_id {block_id}")
             if block_id <= max_block_id:
                 raise InvalidRecord(f"out-of-order block_id {block_id} after {max_block_id}")
@@ -349,9 +352,9 @@ def decode_record(raw: bytes, *, verify_crc: bool = True) -> DecodedRecord:
             rel,
             blkno,
             fork_flags,
-            bool(fork_flags & BKPBLOCK_WILL_INIT),
-            bool(fork_flags & BKPBLOCK_HAS_IMAGE),
-            bool(bimg_info & BKPIMAGE_APPLY),
+            fork_flags & BKPBLOCK_WILL_INIT != 0,
+            fork_flags & BKPBLOCK_HAS_IMAGE != 0,
+            bimg_info & BKPIMAGE_APPLY != 0,
             data,
             bimg,
             hole_off,
