@@ -141,8 +141,9 @@ class WalReader:
         self._seg_cache = (segno, data)
         return data
 
-    def _page(self, page_lsn: int) -> tuple[bytes, int, int, int]:
-        """(segment bytes, offset of page in it, header size, xlp_info / rem_len packed) for a page start."""
+    def _page(self, page_lsn: int) -> tuple[bytes, int, int, int, int]:
+        """(segment bytes, offset of the page in it, header size, xlp_info, xlp_rem_len) of a valid page;
+        raises _EndOfWal where WAL ends, InvalidWal (or _EndOfWal unless strict) for a broken header."""
         seg = self._segment(page_lsn // self.segment_size)
         off = page_lsn % self.segment_size
         magic, info, tli, pageaddr, rem_len = _PHD.unpack_from(seg, off)
@@ -160,7 +161,7 @@ class WalReader:
         if is_long != (off == 0):
             self._bad(f"page at {format_lsn(page_lsn)}: long header flag {is_long} at segment offset {off}")
         hdr = SIZE_OF_LONG_PHD if is_long else SIZE_OF_SHORT_PHD
-        return seg, off, hdr, (info << 32) | rem_len
+        return seg, off, hdr, info, rem_len
 
     def _bad(self, reason: str) -> None:
         if self.strict:
@@ -185,8 +186,7 @@ class WalReader:
 
     def _first_record_lsn(self) -> int:
         base = self.first_segno * self.segment_size
-        seg, off, hdr, packed = self._page(base)
-        info, rem_len = packed >> 32, packed & 0xFFFFFFFF
+        _seg, _off, hdr, info, rem_len = self._page(base)
         pos = base + hdr
         if info & XLP_FIRST_IS_CONTRECORD and rem_len:
             # Skip the tail of a record that began in an older (removed) segment.
@@ -201,15 +201,15 @@ class WalReader:
                 return _maxalign(pos + nbytes)
             nbytes -= room
             pos += room
-            _seg, _off, hdr, _packed = self._page(pos)
+            hdr = self._page(pos)[2]
             pos += hdr
 
     def _read_record(self, pos: int, prev: int | None) -> tuple[int, int, bytes]:
         ps = self.page_size
         ss = self.segment_size
         if pos % ps == 0:
-            _seg, _off, hdr, packed = self._page(pos)
-            if (packed >> 32) & XLP_FIRST_IS_CONTRECORD and packed & 0xFFFFFFFF:
+            _seg, _off, hdr, info, rem_len = self._page(pos)
+            if info & XLP_FIRST_IS_CONTRECORD and rem_len:
                 self._bad(f"record expected at {format_lsn(pos)} but the page starts with a continuation")
             pos += hdr
         else:
@@ -235,8 +235,7 @@ class WalReader:
             got = room
             p = pos + room
             while got < tot_len:
-                seg2, off2, hdr, packed = self._page(p)
-                info, rem_len = packed >> 32, packed & 0xFFFFFFFF
+                seg2, off2, hdr, info, rem_len = self._page(p)
                 if not info & XLP_FIRST_IS_CONTRECORD:
                     self._bad(f"there is no contrecord flag at {format_lsn(p)}")
                 if rem_len == 0 or rem_len != tot_len - got:
