@@ -225,7 +225,8 @@ def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = Fal
         return BLK_NEEDS_REDO
     if page is None:
         raise InvalidPage("no base image, and the first record for the page neither initializes it nor carries an image")
-    if P.get_lsn(page) >= lsn:
+    hi, lo = P.LSN.unpack_from(page)
+    if (hi << 32 | lo) >= lsn:
         return BLK_DONE
     if not ctx.checked:
         P.check_page(page)
@@ -482,6 +483,11 @@ def redo_delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
     P.set_lsn(page, lsn)
 
 
+# t_xmax, t_cid, t_ctid (bi_hi, bi_lo, posid), t_infomask2, t_infomask: bytes 4..22 of a tuple header,
+# rewritten in one go by UPDATE's old-tuple half
+_XMAX_TO_INFOMASK = struct.Struct("<IIHHHHH")
+
+
 def _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk_old) -> tuple[int, int, int]:
     """The old-tuple half of UPDATE on the old page; returns (action, old tuple offset, old tuple length)."""
     old_xmax, old_offnum, old_infobits, flags, _new_xmax, new_offnum = fields
@@ -491,17 +497,16 @@ def _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk_old) -> tuple[int, in
     page = ctx.page
     off, length = P.normal_item(page, old_offnum)
     infomask2, infomask = _INFOMASKS.unpack_from(page, off + P.T_INFOMASK2)
-    infomask &= ~(HEAP_XMAX_BITS | HEAP_MOVED)
-    infomask2 &= ~HEAP_KEYS_UPDATED
+    infomask &= ~(HEAP_XMAX_BITS | HEAP_MOVED | HEAP_COMBOCID)
     if hot:
-        infomask2 |= HEAP_HOT_UPDATED
+        infomask2 = (infomask2 & ~HEAP_KEYS_UPDATED) | HEAP_HOT_UPDATED
     else:
-        infomask2 &= ~HEAP_HOT_UPDATED
-    infomask, infomask2 = _fix_infomask_from_infobits(old_infobits, infomask, infomask2)
-    _XMAX_CID.pack_into(page, off + P.T_XMAX, old_xmax, 0)
-    infomask &= ~HEAP_COMBOCID
-    _INFOMASKS.pack_into(page, off + P.T_INFOMASK2, infomask2, infomask)
-    _set_ctid(page, off, newblk_no, new_offnum)
+        infomask2 &= ~(HEAP_KEYS_UPDATED | HEAP_HOT_UPDATED)
+    if old_infobits:
+        infomask, infomask2 = _fix_infomask_from_infobits(old_infobits, infomask, infomask2)
+    # xmax, cid = FirstCommandId (HEAP_COMBOCID cleared above), ctid -> the new tuple
+    _XMAX_TO_INFOMASK.pack_into(page, off + P.T_XMAX, old_xmax, 0, (newblk_no >> 16) & 0xFFFF,
+                                newblk_no & 0xFFFF, new_offnum, infomask2, infomask)
     P.set_prunable(page, rec.xid)
     if flags & XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED:
         _clear_all_visible(page)
@@ -750,6 +755,50 @@ def _unsupported(rec: DecodedRecord) -> UnsupportedRecord:
     )
 
 
+def _redo_update(ctx, rec, blk, block_id, lsn):
+    if block_id > 1:
+        raise BlockNotReferenced(f"UPDATE references page {tuple(ctx.tag)} as block {block_id}")
+    redo_update(ctx, rec, block_id, lsn, False)
+
+
+def _redo_hot_update(ctx, rec, blk, block_id, lsn):
+    if block_id > 1:
+        raise BlockNotReferenced(f"HOT_UPDATE references page {tuple(ctx.tag)} as block {block_id}")
+    redo_update(ctx, rec, block_id, lsn, True)
+
+
+def _redo_visible(ctx, rec, blk, block_id, lsn):
+    # block 0 (the VM page) is in the VM fork and handled by redo_vm_page
+    if block_id != 1:
+        raise BlockNotReferenced(f"VISIBLE references page {tuple(ctx.tag)} as block {block_id}")
+    redo_visible_heap(ctx, rec, blk, lsn)
+
+
+def _block0(fn):
+    def run(ctx, rec, blk, block_id, lsn):
+        if block_id != 0:
+            raise BlockNotReferenced(
+                f"{record_name(rec.rmid, rec.info)} references page {tuple(ctx.tag)} as block {block_id}, not 0"
+            )
+        fn(ctx, rec, blk, lsn)
+    return run
+
+
+# (rmid << 8) | (info & 0xF0) -> handler(ctx, rec, blk, block_id, lsn); INIT_PAGE variants only where
+# PostgreSQL writes them. A key not here is an unsupported record.
+_DISPATCH = {}
+for _op, _fn in _HEAP_SIMPLE.items():
+    _DISPATCH[RM_HEAP_ID << 8 | _op] = _block0(_fn)
+for _op, _fn in _HEAP2_SIMPLE.items():
+    _DISPATCH[RM_HEAP2_ID << 8 | _op] = _block0(_fn)
+_DISPATCH[RM_HEAP_ID << 8 | XLOG_HEAP_UPDATE] = _redo_update
+_DISPATCH[RM_HEAP_ID << 8 | XLOG_HEAP_HOT_UPDATE] = _redo_hot_update
+_DISPATCH[RM_HEAP2_ID << 8 | XLOG_HEAP2_VISIBLE] = _redo_visible
+for _key in (RM_HEAP_ID << 8 | XLOG_HEAP_INSERT, RM_HEAP_ID << 8 | XLOG_HEAP_UPDATE,
+             RM_HEAP_ID << 8 | XLOG_HEAP_HOT_UPDATE, RM_HEAP2_ID << 8 | XLOG_HEAP2_MULTI_INSERT):
+    _DISPATCH[_key | XLOG_HEAP_INIT_PAGE] = _DISPATCH[_key]
+
+
 def redo_heap_record(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     """Replay a Heap or Heap2 record onto ``ctx.page``.
 
@@ -757,46 +806,22 @@ def redo_heap_record(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     NEW_CID touch no page), :class:`BlockNotReferenced` when the record does not touch the page, and
     :class:`InvalidRecord` / :class:`InvalidPage` for a record that does not fit the page.
     """
-    rmid = rec.rmid
-    op = rec.info & XLOG_HEAP_OPMASK
-    if rmid == RM_HEAP_ID:
-        fn = _HEAP_SIMPLE.get(op)
-        if fn is None and op not in (XLOG_HEAP_UPDATE, XLOG_HEAP_HOT_UPDATE):
-            raise _unsupported(rec)
-    elif rmid == RM_HEAP2_ID:
-        fn = _HEAP2_SIMPLE.get(op)
-        if fn is None and op != XLOG_HEAP2_VISIBLE:
-            raise _unsupported(rec)
-    else:
+    handler = _DISPATCH.get(rec.rmid << 8 | (rec.info & 0xF0))
+    if handler is None:
         raise _unsupported(rec)
-    if rec.info & XLOG_HEAP_INIT_PAGE and not (
-        (rmid == RM_HEAP_ID and op in (XLOG_HEAP_INSERT, XLOG_HEAP_UPDATE, XLOG_HEAP_HOT_UPDATE))
-        or (rmid == RM_HEAP2_ID and op == XLOG_HEAP2_MULTI_INSERT)
-    ):
-        raise _unsupported(rec)
-
     tag = ctx.tag
     if tag.forknum == VISIBILITYMAP_FORKNUM:
         if redo_vm_page(ctx, rec, lsn):
             return
         raise BlockNotReferenced(
-            f"{record_name(rmid, rec.info)} does not reference or clear visibility map page {tuple(tag)}"
+            f"{record_name(rec.rmid, rec.info)} does not reference or clear visibility map page {tuple(tag)}"
         )
-    block_id = find_block(rec, tag)
-    if block_id is None:
-        raise BlockNotReferenced(f"{record_name(rmid, rec.info)} does not reference page {tuple(tag)}")
-    blk = rec.blocks[block_id]
-    if fn is not None:
-        if block_id != 0:
-            raise BlockNotReferenced(
-                f"{record_name(rmid, rec.info)} references page {tuple(tag)} as block {block_id}, not 0"
-            )
-        fn(ctx, rec, blk, lsn)
-    elif rmid == RM_HEAP_ID:
-        if block_id > 1:
-            raise BlockNotReferenced(f"UPDATE references page {tuple(tag)} as block {block_id}")
-        redo_update(ctx, rec, block_id, lsn, op == XLOG_HEAP_HOT_UPDATE)
-    else:  # VISIBLE; block 0 (the VM page) was handled above since it is in the VM fork
-        if block_id != 1:
-            raise BlockNotReferenced(f"VISIBLE references page {tuple(tag)} as block {block_id}")
-        redo_visible_heap(ctx, rec, blk, lsn)
+    blknum = tag.blknum
+    relnode = tag.relnode
+    for block_id, blk in rec.blocks.items():
+        if (blk.blkno == blknum and blk.relnode == relnode and blk.forknum == tag.forknum
+                and blk.dbnode == tag.dbnode and blk.spcnode == tag.spcnode):
+            break
+    else:
+        raise BlockNotReferenced(f"{record_name(rec.rmid, rec.info)} does not reference page {tuple(tag)}")
+    handler(ctx, rec, blk, block_id, lsn)

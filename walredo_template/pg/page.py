@@ -326,14 +326,15 @@ def repair_fragmentation(page: bytearray) -> None:
     nline = (lower - SIZE_OF_PAGE_HEADER) >> 2
     st = lp_array(nline)
     words = list(st.unpack_from(page, SIZE_OF_PAGE_HEADER))
-    pieces = []  # the items' bytes, in line pointer order
+    pieces = []  # bytes of the items that move, in line pointer order
     nunused = 0
-    totallen = 0
     finalused = 0
     new_upper = special
+    moving = False  # False while every item so far already sits where compaction would put it
     for idx in range(nline):
         w = words[idx]
         if w & 0x18000:  # lp_flags != LP_UNUSED
+            finalused = idx + 1
             length = w >> 17
             if length:
                 off = w & 0x7FFF
@@ -341,19 +342,21 @@ def repair_fragmentation(page: bytearray) -> None:
                 if off < upper or off >= special or off + alen > BLCKSZ:
                     raise InvalidPage(f"corrupted line pointer: {off} length {length}")
                 new_upper -= alen
-                pieces.append(page[off:off + alen])
-                words[idx] = (w & ~0x7FFF) | (new_upper & 0x7FFF)
-                totallen += alen
-            finalused = idx + 1
+                if moving or off != new_upper:
+                    moving = True
+                    pieces.append(page[off:off + alen])
+                    words[idx] = (w & 0xFFFF8000) | new_upper
         else:
-            words[idx] = 0
+            words[idx] = 0  # ItemIdSetUnused
             nunused += 1
+    if special - new_upper > special - lower:
+        raise InvalidPage(f"corrupted item lengths: total {special - new_upper}, available space {special - lower}")
     if pieces:
-        if totallen > special - lower:
-            raise InvalidPage(f"corrupted item lengths: total {totallen}, available space {special - lower}")
-        # Item 1 ends at pd_special, each following item just below the previous one.
+        # Item 1 ends at pd_special, each following item just below the previous one; the moved items
+        # form one contiguous run from new_upper up to the last item that stayed in place.
         pieces.reverse()
-        page[new_upper:special] = b"".join(pieces)
+        joined = b"".join(pieces)
+        page[new_upper:new_upper + len(joined)] = joined
     st.pack_into(page, SIZE_OF_PAGE_HEADER, *words)
     U16.pack_into(page, OFF_UPPER, new_upper)
     if finalused != nline:
