@@ -62,8 +62,9 @@ def small_wal(tmp_path_factory):
         cluster.psql(
             "CREATE TABLE s (id int, v text);"
             "INSERT INTO s SELECT g, repeat('s', 100 + g % 300) FROM generate_series(1, 4000) g;"
-            "CHECKPOINT; UPDATE s SET v = v || 'u' WHERE id % 3 = 0; DELETE FROM s WHERE id % 5 = 0;"
-            "VACUUM s;"
+            "CHECKPOINT; UPDATE s SET v = v || 'u' WHERE id % 3 = 0;"
+            "SELECT pg_switch_wal();"  # an XLOG_SWITCH record: the rest of its segment is skipped
+            "DELETE FROM s WHERE id % 5 = 0; VACUUM s;"
         )
         cluster.stop()
         shutil.copytree(cluster.wal_dir, dest, ignore=shutil.ignore_patterns("archive_status", "*.partial"))

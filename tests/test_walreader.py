@@ -129,7 +129,9 @@ def test_other_version_magic_is_named(small_wal, tmp_path):
 def test_corrupt_record_ends_wal_or_raises_when_strict(small_wal, tmp_path):
     wal_dir, start, _ = _copy(small_wal, tmp_path)
     good = list(WalReader(wal_dir, start_lsn=start))
-    victim_start, _e, raw = good[len(good) // 2]
+    victim = next(i for i in range(len(good) // 2, len(good)) if len(good[i][2]) > 40
+                  and good[i][0] // 8192 == (good[i][0] + 31) // 8192)  # byte 30 on the record's first page
+    victim_start, _e, raw = good[victim]
     path, off = _segment_of(wal_dir, victim_start)
     with open(path, "r+b") as f:
         f.seek(off + 30)
@@ -138,7 +140,7 @@ def test_corrupt_record_ends_wal_or_raises_when_strict(small_wal, tmp_path):
         f.write(bytes([b[0] ^ 0xFF]))
     reader = WalReader(wal_dir, start_lsn=start)
     got = list(reader)
-    assert got == good[: len(good) // 2]
+    assert got == good[:victim]
     assert "checksum" in reader.end_reason and reader.end_lsn == victim_start
     with pytest.raises(InvalidWal, match="checksum"):
         list(WalReader(wal_dir, start_lsn=start, strict=True))
@@ -234,3 +236,14 @@ def test_random_corruption_yields_a_prefix_or_invalid_wal(small_wal, tmp_path):
                     f.write(old)
 
     check()
+
+
+def test_xlog_switch_ends_at_the_segment_boundary(small_wal):
+    wal_dir, start, _ = small_wal
+    recs = list(WalReader(wal_dir, start_lsn=start))
+    switches = [i for i, (_s, _e, raw) in enumerate(recs) if raw[17] == 0 and raw[16] & 0xF0 == 0x40]
+    assert len(switches) == 1
+    i = switches[0]
+    s, e, _raw = recs[i]
+    assert e % (1 << 20) == 0 and e > s
+    assert recs[i + 1][0] == e + 40  # first record of the next segment, after its long page header
