@@ -47,7 +47,7 @@ def cases(default_capture):
                         state[tag] = blk.image()
                     continue
             after = apply_records(tag, base, [(end, raw)])
-            kind = (rec.rmid, rec.info & 0xF0, tag.forknum, blk.block_id if blk else None)
+            kind = (rec.rmid, rec.info & 0xF0, tag.forknum, blk.block_id if blk else None, len(rec.blocks))
             n = per_kind.get(kind, 0)
             if n < 25:
                 per_kind[kind] = n + 1
@@ -71,7 +71,7 @@ def test_lsn_is_the_record_end(cases):
 
 
 def test_visible_stamps_heap_lsn_only_with_hint_logging(cases):
-    tag, base, end, raw, _k = _first(cases, lambda c: c[4] == (9, 0x40, 0, 1) and c[1] is not None
+    tag, base, end, raw, _k = _first(cases, lambda c: c[4][:4] == (9, 0x40, 0, 1) and c[1] is not None
                                      and not decode_record(c[3]).blocks[1].apply_image)
     out = apply_records(tag, base, [(end, raw)])
     assert P.get_lsn(out) == P.get_lsn(base) and P.get_flags(out) & P.PD_ALL_VISIBLE
@@ -226,3 +226,68 @@ def test_unmutated_cases_match_postgres(cases):
             assert mask_heap_page(out, tag.blknum) == mask_heap_page(blk.image(), tag.blknum)
             n += 1
     assert n > 100
+
+
+def _with_main(raw: bytes, main: bytes) -> bytes:
+    """The record with its main data (the last bytes) replaced by ``main`` of the same length, CRC redone."""
+    rec = decode_record(raw)
+    assert len(main) == len(rec.main_data)
+    buf = bytearray(raw)
+    buf[len(buf) - len(main):] = main
+    return _recrc(buf)
+
+
+def _case(cases, rmid, op, pred=lambda c, rec: True):
+    for c in cases:
+        rec = decode_record(c[3])
+        blk = next((b for b in rec.blocks.values() if b.tag == c[0]), None)
+        if (c[1] is not None and rec.rmid == rmid and rec.info & 0x70 == op and blk is not None
+                and not blk.apply_image and pred(c, rec)):
+            return c, rec
+    raise AssertionError(f"no case {rmid}/{op:#x}")
+
+
+def test_super_delete_clears_xmin_not_xmax(cases):
+    (tag, base, end, raw, _k), rec = _case(cases, 10, 0x10)
+    md = bytearray(rec.main_data)
+    md[7] |= 0x08  # XLH_DELETE_IS_SUPER: a speculative insertion killed by its own inserter
+    xmax, offnum = struct.unpack_from("<IH", md)
+    out = apply_records(tag, base, [(end, _with_main(raw, bytes(md)))])
+    off = P.lp_off(P.get_itemid(out, offnum))
+    old_xmax = struct.unpack_from("<I", base, P.lp_off(P.get_itemid(base, offnum)) + 4)[0]
+    assert struct.unpack_from("<II", out, off) == (0, old_xmax)
+
+
+def test_records_that_do_not_fit_the_page_are_invalid(cases):
+    # VACUUM announcing more offsets than it carries
+    (tag, base, end, raw, _k), rec = _case(cases, 9, 0x20)
+    with pytest.raises(InvalidRecord, match="VACUUM"):
+        apply_records(tag, base, [(end, _with_main(raw, struct.pack("<H", 60000)))])
+    # PRUNE naming a redirect count beyond its offsets
+    (tag, base, end, raw, _k), rec = _case(cases, 9, 0x10)
+    md = bytearray(rec.main_data)
+    struct.pack_into("<H", md, 4, 5000)
+    with pytest.raises(InvalidRecord, match="PRUNE"):
+        apply_records(tag, base, [(end, _with_main(raw, bytes(md)))])
+    # INSERT at an offset past the end of the line pointer array
+    (tag, base, end, raw, _k), rec = _case(cases, 10, 0x00, lambda c, r: not r.info & 0x80)
+    with pytest.raises(InvalidRecord, match="too large"):
+        apply_records(tag, base, [(end, _with_main(raw, struct.pack("<HB", 400, rec.main_data[2])))])
+    # DELETE of an item that does not exist
+    (tag, base, end, raw, _k), rec = _case(cases, 10, 0x10)
+    md = bytearray(rec.main_data)
+    struct.pack_into("<H", md, 4, P.max_offset(base) + 1)
+    with pytest.raises(InvalidRecord, match="beyond the line pointer array"):
+        apply_records(tag, base, [(end, _with_main(raw, bytes(md)))])
+    # cross-page UPDATE claiming prefix compression (the old tuple is on another page)
+    (tag, base, end, raw, _k), rec = _case(cases, 10, 0x20, lambda c, r: 1 in r.blocks and c[4][3] == 0)
+    md = bytearray(rec.main_data)
+    md[7] |= 0x20
+    with pytest.raises(InvalidRecord, match="across pages"):
+        apply_records(tag, base, [(end, _with_main(raw, bytes(md)))])
+    # INIT_PAGE on a record type PostgreSQL never initializes with
+    (tag, base, end, raw, _k), rec = _case(cases, 10, 0x10)
+    buf = bytearray(raw)
+    buf[16] |= 0x80
+    with pytest.raises(UnsupportedRecord):
+        apply_records(tag, base, [(end, _recrc(buf))])
