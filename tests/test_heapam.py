@@ -11,7 +11,6 @@ import pytest
 
 from redochain import replay_capture
 
-from walredo_template import BufferTag
 from walredo_template.pg import heapam
 from walredo_template.pg.mask import mask_heap_page
 from walredo_template.pg.xlogrecord import decode_record
