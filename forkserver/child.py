@@ -12,6 +12,7 @@ Order matters and each step says why:
 5. title ``walredo <tenant>`` (visible in ``ps``/psutil);
 6. stdin/stdout pointed at /dev/null and every other fd closed except the child's socket and stderr, so no
    control socket, pidfd, wake-up pipe or other tenant's socket stays reachable from this tenant's code;
+   ``sys.std*`` rebound to fds 0/1/2 if they wrapped something else;
 7. run ``worker(sock, tenant)``; it returns when its socket reaches EOF;
 8. leave only through ``os._exit``: never unwind into the template's selector loop.
 """
@@ -53,6 +54,7 @@ def run_child(sock_fd: int, tenant: str, worker: Worker, forget: Iterable[socket
         atexit._clear()
         setproctitle.setproctitle(f"walredo {tenant}")
         sock_fd = _close_fds_except(sock_fd)
+        _rebind_stdio()
         sock = socket.socket(fileno=sock_fd)
         sock.setblocking(True)
         code = 1
@@ -109,6 +111,26 @@ def _default_signals() -> None:
         except (OSError, ValueError):
             pass  # signals Python may not touch (e.g. reserved real-time ones)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+# Python objects that wrapped fds we closed: kept alive forever so that no later garbage collection closes
+# an fd number the worker has reused meanwhile.
+_kept_alive: list = []
+
+
+def _rebind_stdio() -> None:
+    """Make sys.stdin/stdout/stderr use fds 0/1/2 (e.g. a test runner's capture file is gone now), so that a
+    worker's traceback reaches the inherited stderr."""
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        current = getattr(sys, name)
+        try:
+            if current is not None and current.fileno() == fd:
+                continue
+        except (OSError, ValueError, AttributeError):
+            pass
+        _kept_alive.append(current)
+        setattr(sys, name, open(fd, mode, buffering=1 if mode == "w" else -1, closefd=False,
+                                errors="backslashreplace"))
 
 
 def _close_fds_except(sock_fd: int) -> int:
