@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from .errors import InvalidRecord
 
+# Number of low zero bits of a control byte (8 for 0): how many literal items come next.
+_TRAILING_ZEROS = tuple(8 if c == 0 else (c & -c).bit_length() - 1 for c in range(256))
+
 
 def pglz_decompress(src: bytes | bytearray | memoryview, rawsize: int, *, check_complete: bool = True) -> bytes:
     """Decompress ``src`` into exactly ``rawsize`` bytes.
@@ -35,49 +38,48 @@ def pglz_decompress(src: bytes | bytearray | memoryview, rawsize: int, *, check_
     out = bytearray()
     sp = 0
     dlen = 0
+    tz = _TRAILING_ZEROS
     while sp < srcend and dlen < rawsize:
         ctrl = src[sp]
         sp += 1
-        if ctrl == 0 and sp + 8 <= srcend and dlen + 8 <= rawsize:
-            # Eight literals in a row (common in tuple data): one slice instead of eight steps.
-            out += src[sp : sp + 8]
-            sp += 8
-            dlen += 8
-            continue
-        bit = 0
-        while bit < 8 and sp < srcend and dlen < rawsize:
-            if ctrl & 1:
-                if sp + 2 > srcend:
-                    raise InvalidRecord("pglz: back-reference tag truncated at end of input")
-                b0 = src[sp]
-                length = (b0 & 0x0F) + 3
-                off = ((b0 & 0xF0) << 4) | src[sp + 1]
-                sp += 2
-                if length == 18:
-                    if sp >= srcend:
-                        raise InvalidRecord("pglz: extended length byte missing at end of input")
-                    length += src[sp]
-                    sp += 1
-                if off == 0 or off > dlen:
-                    raise InvalidRecord(f"pglz: back-reference offset {off} outside the {dlen} bytes produced")
-                # PostgreSQL clamps the copy to the room left in the destination.
-                if length > rawsize - dlen:
-                    length = rawsize - dlen
-                start = dlen - off
-                if off >= length:
-                    out += out[start : start + length]
-                else:
-                    # Overlapping copy == repeating the last `off` bytes.
-                    pattern = out[start:dlen]
-                    reps, rest = divmod(length, off)
-                    out += pattern * reps + pattern[:rest]
-                dlen += length
-            else:
-                out.append(src[sp])
+        bits = 8
+        while bits and sp < srcend and dlen < rawsize:
+            if ctrl & 1 == 0:
+                # A run of literal items (the low zero bits of the control byte): one slice for all.
+                k = min(tz[ctrl], bits, srcend - sp, rawsize - dlen)
+                out += src[sp : sp + k]
+                sp += k
+                dlen += k
+                ctrl >>= k
+                bits -= k
+                continue
+            if sp + 2 > srcend:
+                raise InvalidRecord("pglz: back-reference tag truncated at end of input")
+            b0 = src[sp]
+            length = (b0 & 0x0F) + 3
+            off = ((b0 & 0xF0) << 4) | src[sp + 1]
+            sp += 2
+            if length == 18:
+                if sp >= srcend:
+                    raise InvalidRecord("pglz: extended length byte missing at end of input")
+                length += src[sp]
                 sp += 1
-                dlen += 1
+            if off == 0 or off > dlen:
+                raise InvalidRecord(f"pglz: back-reference offset {off} outside the {dlen} bytes produced")
+            # PostgreSQL clamps the copy to the room left in the destination.
+            if length > rawsize - dlen:
+                length = rawsize - dlen
+            start = dlen - off
+            if off >= length:
+                out += out[start : start + length]
+            else:
+                # Overlapping copy == repeating the last `off` bytes.
+                pattern = out[start:dlen]
+                reps, rest = divmod(length, off)
+                out += pattern * reps + pattern[:rest]
+            dlen += length
             ctrl >>= 1
-            bit += 1
+            bits -= 1
     if check_complete and (dlen != rawsize or sp != srcend):
         raise InvalidRecord(
             f"pglz: stream produced {dlen} of {rawsize} bytes and consumed {sp} of {srcend} input bytes"
