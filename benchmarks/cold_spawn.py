@@ -24,6 +24,7 @@ from typing import Any
 from benchmarks import runner
 from benchmarks.heap import touched_heap
 from benchmarks.loopstall import LoopStallProbe, idle_floor
+from benchmarks.pagefaults import fault_cost_us, minor_faults
 from benchmarks.profiling import PySpy, py_spy_path, top_frames
 from benchmarks.report import Table, plot_bars
 from benchmarks.runner import log
@@ -55,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="after the measurements, one more template storm under py-spy (template and parent)")
 
 
-async def storm(method: SpawnMethod, spawns: int) -> tuple[list[float], list[float], LoopStallProbe]:
+async def storm(method: SpawnMethod, spawns: int,
+                faults: list[int] | None = None) -> tuple[list[float], list[float], LoopStallProbe]:
     """``spawns`` sequential spawn → first pong → close cycles under the loop-stall probe.
 
     Returns the ready latencies (request → first pong), the spawn-call latencies (request → the method
@@ -79,6 +81,11 @@ async def storm(method: SpawnMethod, spawns: int) -> tuple[list[float], list[flo
                 await child.ping()
                 latencies.append(time.perf_counter() - t0)
                 returned.append(t1 - t0)
+                if faults is not None:
+                    try:
+                        faults.append(minor_faults(child.pid))
+                    except OSError:
+                        pass
             finally:
                 await child.close()
     return latencies, returned, probe
@@ -122,6 +129,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
 
     rows: list[dict[str, Any]] = []
     floors: dict[float, dict[str, float]] = {}
+    fault_cost = fault_cost_us()
+    log(f"cold_spawn: a page fault costs {fault_cost['cow']:.2f} µs (copy-on-write) on this machine")
     started: list[SpawnMethod] = []
     try:
         for m in methods:
@@ -134,8 +143,11 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
                 floors[gib] = await idle_floor(floor_seconds)
                 for m in methods:
                     log(f"cold_spawn: {m.name}, heap {gib} GiB, {spawns} spawns")
-                    latencies, returned, probe = await storm(m, spawns)
+                    faults: list[int] = []
+                    latencies, returned, probe = await storm(m, spawns, faults)
+                    faults.sort()
                     rows.append({
+                        "child_minor_faults_p50": faults[len(faults) // 2] if faults else None,
                         "method": m.name, "heap_gib": gib, "spawn_ms": summarize(latencies),
                         "spawn_call_ms": summarize(returned),
                         "loop_gap_ms": probe.summary(),
@@ -150,19 +162,24 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
 
     spawn_table = Table(
         "Cold spawn: request → child answered its first ping (ms)",
-        ["method", "parent heap", "p50", "p99", "max", "p50 vs template", "spawn call p50"],
+        ["method", "parent heap", "p50", "p99", "max", "p50 vs template", "spawn call p50",
+         "child page faults at ready (p50)", "≈ fault time"],
         note=f"{spawns} sequential spawns per cell after {WARMUP} warm-up spawns; each child is closed and reaped "
              "before the next spawn. 'spawn call' is the part until the method returned a pid and a socket "
              "(template: the template's reply; fresh: the exec; mp: `Process.start()`; os.fork: the fork); "
-             "the rest is the child coming up and answering its first ping.",
+             "the rest is the child coming up and answering its first ping. Page faults: the child's minor faults "
+             f"when it answered; one costs ≈ {fault_cost['cow']:.1f} µs (copy-on-write, measured in this run; "
+             f"first touch {fault_cost['first_touch']:.1f} µs), hence the estimate.",
     )
     template_p50 = {r["heap_gib"]: r["spawn_ms"]["p50"] for r in rows if r["method"] == "template"}
     for r in rows:
         s = r["spawn_ms"]
         base = template_p50.get(r["heap_gib"])
         ratio = f"{s['p50'] / base:.1f}×" if base else "–"
+        nf = r["child_minor_faults_p50"]
         spawn_table.add(r["method"], f"{r['heap_gib']:g} GiB", fmt(s["p50"]), fmt(s["p99"]), fmt(s["max"]), ratio,
-                        fmt(r["spawn_call_ms"]["p50"]))
+                        fmt(r["spawn_call_ms"]["p50"]), nf if nf is not None else "–",
+                        f"{nf * fault_cost['cow'] / 1e3:.2f} ms" if nf is not None else "–")
 
     stall_table = Table(
         "Loop stall: gaps of a 1 ms ticker in the parent during each spawn storm (ms)",
@@ -200,7 +217,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
         ):
             if p:
                 plots.append(str(p))
-    data = {"rows": rows, "idle_floor_ms": {f"{g:g}": floors[g] for g in heaps}, "notes": notes, "plots": plots}
+    data = {"rows": rows, "idle_floor_ms": {f"{g:g}": floors[g] for g in heaps}, "fault_cost_us": fault_cost,
+            "notes": notes, "plots": plots}
     return data, [spawn_table, stall_table, *profile_tables]
 
 
