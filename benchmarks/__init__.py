@@ -1,8 +1,9 @@
 """Benchmarks for the walredo fork server (issue 6), with the baselines measured in the same run.
 
 Each benchmark is a module with a ``main(argv)`` (``python -m benchmarks.<name>``; ``scripts/bench_<name>``
-are thin entry points; ``scripts/bench_loop_stall`` runs cold_spawn, which measures both) that writes ``bench-results/<name>.json`` and ``<name>.md``. ``scripts/bench`` runs
-them all (:mod:`benchmarks.all`) and adds a summary checked against the issue's goals.
+are thin entry points; ``scripts/bench_loop_stall`` runs cold_spawn, which measures both) that writes
+``bench-results/<name>.json`` and ``<name>.md``. ``scripts/bench`` runs them all (:mod:`benchmarks.all`) and
+adds a summary checked against the issue's goals.
 
 Modules, by what they do:
 
