@@ -520,10 +520,14 @@ def redo_update(ctx: RedoContext, rec: DecodedRecord, block_id: int, lsn: int, h
     Only the half of the record that concerns the requested page is replayed. With prefix/suffix
     compression the new tuple borrows bytes from the old one, which is then on the same page.
     """
-    fields = _main(rec, _UPDATE, "UPDATE")
+    try:
+        fields = _UPDATE.unpack_from(rec.main_data)
+    except struct.error:
+        raise InvalidRecord(f"UPDATE: main data has {len(rec.main_data)} bytes, expected {_UPDATE.size}") from None
     _old_xmax, _old_offnum, _old_infobits, flags, new_xmax, new_offnum = fields
-    blk0 = rec.blocks.get(0)
-    blk1 = rec.blocks.get(1)
+    blocks = rec.blocks
+    blk0 = blocks.get(0)
+    blk1 = blocks.get(1)
     if blk0 is None:
         raise InvalidRecord("UPDATE: no block 0")
     if blk1 is not None and _matches(blk1, blk0.tag):
@@ -545,7 +549,9 @@ def redo_update(ctx: RedoContext, rec: DecodedRecord, block_id: int, lsn: int, h
     if newaction != BLK_NEEDS_REDO:
         return
     page = ctx.page
-    data = _block_data(blk0, "UPDATE")
+    data = blk0.data
+    if data is None:
+        raise InvalidRecord("UPDATE: block 0 carries no data")
     pos = 0
     prefixlen = suffixlen = 0
     if flags & (XLH_UPDATE_PREFIX_FROM_OLD | XLH_UPDATE_SUFFIX_FROM_OLD) and blk1 is not None:
