@@ -14,6 +14,7 @@ Run: ``scripts/bench_walredo [--quick] [--clients 1,2,4,...] [--seconds S] [--in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import uuid
 from typing import Any
 
@@ -30,7 +31,9 @@ from benchmarks.wal_inputs import load_inputs
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", default=None, help="client counts (default 1,2,4,8,16,32,64; quick 1,4)")
     p.add_argument("--seconds", type=float, default=None, help="seconds per point (default 1.0; quick 0.1)")
-    p.add_argument("--inputs", default="ping,short,medium", help="subset of ping,short,medium")
+    p.add_argument("--inputs", default="process-ping,ping,short,medium",
+                   help="subset of process-ping,ping,short,medium (process-ping: WalRedoProcess.ping on its own "
+                        "child, no manager: where the manager's share of the time shows)")
     p.add_argument("--medium-records", type=int, default=200, help="records in the medium redo")
     p.add_argument("--profile", action="store_true",
                    help="after the measurements, py-spy the parent and the child during 1-client ping and medium")
@@ -84,10 +87,18 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
     profile_tables: list[Table] = []
     echo = await EchoServer.start()
     try:
-        async with WalRedoManager(request_timeout=60.0) as mgr:
+        # The exit stack closes the bare process (kill + reap) before the manager stops the template.
+        async with WalRedoManager(request_timeout=60.0) as mgr, contextlib.AsyncExitStack() as stack:
             tenant = uuid.uuid4().hex
             await mgr.ping(tenant)  # the spawn is not part of any point
-            calls = {"ping": lambda: mgr.ping(tenant)}
+            calls = {}
+            if "process-ping" in wanted:
+                from forkserver.process import WalRedoProcess
+
+                bare = WalRedoProcess(await mgr.template.spawn(uuid.uuid4().hex))
+                stack.push_async_callback(bare.aclose)
+                calls["process-ping"] = bare.ping
+            calls["ping"] = lambda: mgr.ping(tenant)
             for name in ("short", "medium"):
                 if name not in wanted:
                     continue
@@ -123,10 +134,11 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
         "bench_walredo: one tenant, N concurrent clients (latency per request in µs)",
         ["input", "clients", "p50 µs", "p99 µs", "req/s", "p50 vs echo"],
         note=f"Closed loop, {seconds:g} s per point, through `WalRedoManager` (ping / request_redo). "
-             "'echo floor' is a raw asyncio unix-socket echo of the same ping frame, measured in the same run.",
+             "'echo floor' is a raw asyncio unix-socket echo of the same ping frame, measured in the same run; "
+             "'process-ping' is `WalRedoProcess.ping` on a child of its own, without the manager.",
     )
     echo_p50 = {r["clients"]: r["latency_us"]["p50"] for r in rows if r["input"] == "echo floor"}
-    order = ["echo floor", "ping", "short", "medium"]
+    order = ["echo floor", "process-ping", "ping", "short", "medium"]
     for r in sorted(rows, key=lambda r: (order.index(r["input"]), r["clients"])):
         lat = r["latency_us"]
         base = echo_p50.get(r["clients"])
