@@ -82,11 +82,16 @@ def evaluate(results: dict[str, dict[str, Any]]) -> list[Goal]:
     wr = _rows(results, "walredo")
     echo1 = next((r for r in wr if r["input"] == "echo floor" and r["clients"] == 1), None)
     ping1 = next((r for r in wr if r["input"] == "ping" and r["clients"] == 1), None)
+    proc1 = next((r for r in wr if r["input"] == "process-ping" and r["clients"] == 1), None)
     if echo1 and ping1:
         ratio = ping1["latency_us"]["p50"] / echo1["latency_us"]["p50"]
-        goals.append(Goal("ping p50 at 1 client ≤ 1.5× the raw echo",
-                          f"{ping1['latency_us']['p50']:.0f} µs vs {echo1['latency_us']['p50']:.0f} µs = {ratio:.2f}×",
-                          ratio <= 1.5))
+        extra = ""
+        if proc1:
+            extra = (f"; WalRedoProcess alone {proc1['latency_us']['p50']:.0f} µs = "
+                     f"{proc1['latency_us']['p50'] / echo1['latency_us']['p50']:.2f}×")
+        goals.append(Goal("ping p50 at 1 client ≤ 1.5× the raw echo (through WalRedoManager)",
+                          f"{ping1['latency_us']['p50']:.0f} µs vs {echo1['latency_us']['p50']:.0f} µs = {ratio:.2f}×"
+                          + extra, ratio <= 1.5))
     else:
         goals.append(Goal("ping p50 at 1 client ≤ 1.5× the raw echo", "not measured", None))
     ping64 = max((r for r in wr if r["input"] == "ping"), key=lambda r: r["clients"], default=None)
