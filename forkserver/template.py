@@ -13,8 +13,8 @@ a threaded process is unsafe) and no asyncio loop: one ``selectors`` loop over
 
 On SIGTERM/SIGINT the template removes its socket (and key file if it wrote one) and exits; children keep
 serving their parent. When the parent pipe reports the parent's death the children are useless (their sockets
-hit EOF and they exit); the template reaps them for a short grace period, SIGKILLs any straggler, then exits,
-so nothing is left behind.
+hit EOF and they exit); the template reaps them for a short grace period, SIGKILLs any straggler, removes its
+socket directory if empty (the parent's private directory), then exits, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -459,6 +459,12 @@ class Template:
                 pass
         if self.state is TemplateState.PARENT_GONE:
             self._reap_orphans()
+            # A library launch puts the socket in a private mkdtemp directory that the (dead) parent would
+            # have removed; rmdir only succeeds if it is empty, so nothing else is ever deleted.
+            try:
+                os.rmdir(os.path.dirname(self.socket_path))
+            except OSError:
+                pass
         self._log(f"exiting ({self.state.value})")
         self.state = TemplateState.STOPPED
 

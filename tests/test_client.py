@@ -310,7 +310,7 @@ _PARENT = textwrap.dedent("""
     async def main():
         c = await TemplateClient.launch(worker=sys.argv[1])
         kids = [await c.spawn(f"{i:032x}") for i in range(5)]
-        print(c.template_pid, *[k.pid for k in kids], flush=True)
+        print(c.socket_path, c.template_pid, *[k.pid for k in kids], flush=True)
         await asyncio.sleep(3600)
     asyncio.run(main())
 """)
@@ -319,8 +319,10 @@ _PARENT = textwrap.dedent("""
 def test_parent_sigkilled_takes_template_and_children_down(proc_guard):  # noqa: F811
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, WORKER], stdout=subprocess.PIPE, cwd=REPO)
     try:
-        pids = [int(x) for x in parent.stdout.readline().split()]
+        path, *pids = parent.stdout.readline().split()
+        pids = [int(x) for x in pids]
         assert len(pids) == 6
+        sockdir = proc_guard.watch_dir(os.path.dirname(path.decode()))
         procs = [psutil.Process(p) for p in pids]
         proc_guard.pids.update(pids)
     finally:
@@ -333,6 +335,7 @@ def test_parent_sigkilled_takes_template_and_children_down(proc_guard):  # noqa:
     # whose parent is not us as alive; any survivor after 1 s fails the test.
     alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, (alive, time.monotonic() - killed_at)
+    assert not os.path.exists(sockdir)  # the template removed the dead parent's private directory
 
 
 _PROCESS_EVENTS = {"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.system"}
