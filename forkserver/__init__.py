@@ -1,29 +1,56 @@
 """Parent side of the walredo fork server, and the template machinery.
 
-The public API is re-exported here; each name lives in the module named for what it does.
+The public API is re-exported here; each name lives in the module named for what it does. The exports
+are resolved lazily (PEP 562): the template process imports ``forkserver.template`` and must not drag in
+asyncio, prometheus_client and the manager, which would add ~8 MiB to the template and to every fork.
 """
+
+import importlib
 
 from walredo_template import BufferTag
 
-__all__ = ["BufferTag"]
+_EXPORTS = {
+    # once-cell
+    "OnceCell": "oncecell",
+    # errors
+    "CellClosed": "errors",
+    "ForkServerError": "errors",
+    "InitAborted": "errors",
+    "InvalidTenantId": "errors",
+    "ManagerClosed": "errors",
+    "ProcessBroken": "errors",
+    "ProcessClosed": "errors",
+    "ProtocolError": "errors",
+    "RedoFailed": "errors",
+    "RedoProcessFailed": "errors",
+    "RedoTimeout": "errors",
+    "SpawnRefused": "errors",
+    "TemplateError": "errors",
+    "TemplateUnavailable": "errors",
+    "UsageError": "errors",
+    # one child connection
+    "ProcessState": "process",
+    "ProcessStats": "process",
+    "WalRedoProcess": "process",
+    # template client
+    "ChildHandle": "client",
+    "TemplateClient": "client",
+    # manager
+    "ProcessInfo": "manager",
+    "WalRedoManager": "manager",
+}
 
-from .errors import CellClosed, ForkServerError, InitAborted
-from .oncecell import OnceCell
+__all__ = ["BufferTag", *sorted(_EXPORTS)]
 
-__all__ += ["CellClosed", "ForkServerError", "InitAborted", "OnceCell"]
 
-from .errors import ProcessBroken, ProcessClosed, RedoFailed
-from .process import ProcessState, ProcessStats, WalRedoProcess
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'forkserver' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # resolve once
+    return value
 
-__all__ += ["ProcessBroken", "ProcessClosed", "ProcessState", "ProcessStats", "RedoFailed", "WalRedoProcess"]
 
-from .client import ChildHandle, TemplateClient
-from .errors import InvalidTenantId, ProtocolError, SpawnRefused, TemplateError, TemplateUnavailable
-
-__all__ += ["ChildHandle", "InvalidTenantId", "ProtocolError", "SpawnRefused", "TemplateClient", "TemplateError",
-            "TemplateUnavailable"]
-
-from .errors import ManagerClosed, RedoProcessFailed, RedoTimeout, UsageError
-from .manager import ProcessInfo, WalRedoManager
-
-__all__ += ["ManagerClosed", "ProcessInfo", "RedoProcessFailed", "RedoTimeout", "UsageError", "WalRedoManager"]
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
