@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from walredo_template import BufferTag
-from walredo_template.protocol import PAGE_SIZE, SUPPORTED_PG_VERSION
+from walredo_template.protocol import SUPPORTED_PG_VERSION, validate_redo
 
 from .client import TemplateClient, validate_tenant_id
 from .errors import (
@@ -371,35 +371,14 @@ class WalRedoManager:
 
 
 def _validate_redo_args(tag, lsn, base_image, records, pg_version):
-    if not (isinstance(tag, tuple) and len(tag) == 5 and all(_is_uint(v, 32) for v in tag)):
-        raise ValueError(f"tag must be a BufferTag of 5 unsigned 32-bit ints, got {tag!r}")
-    if not _is_uint(lsn, 64):
-        raise ValueError(f"lsn must be an unsigned 64-bit int, got {lsn!r}")
-    if base_image is not None:
-        if not isinstance(base_image, (bytes, bytearray, memoryview)):
-            raise ValueError(f"base_image must be bytes or None, got {type(base_image).__name__}")
-        base_image = bytes(base_image)
-        if len(base_image) != PAGE_SIZE:
-            raise ValueError(f"base_image must be {PAGE_SIZE} bytes, got {len(base_image)}")
-    checked = []
-    for i, item in enumerate(records):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise ValueError(f"records[{i}] must be an (end_lsn, bytes) pair")
-        end_lsn, raw = item
-        if not _is_uint(end_lsn, 64):
-            raise ValueError(f"records[{i}]: end_lsn must be an unsigned 64-bit int, got {end_lsn!r}")
-        if not isinstance(raw, (bytes, bytearray, memoryview)):
-            raise ValueError(f"records[{i}]: record must be bytes, got {type(raw).__name__}")
-        checked.append((end_lsn, bytes(raw)))
-    if not checked and base_image is None:
-        raise ValueError("no records and no base image: there is nothing to reconstruct the page from")
-    if not _is_uint(pg_version, 32) or pg_version != SUPPORTED_PG_VERSION:
+    """The child protocol's own checks, run here before any spawn or I/O, all reported as ``ValueError``."""
+    try:
+        validate_redo(tag, lsn, base_image, records, pg_version)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+    if pg_version != SUPPORTED_PG_VERSION:
         raise ValueError(f"pg_version {pg_version!r} is not supported (only {SUPPORTED_PG_VERSION})")
-    return BufferTag(*tag), base_image, checked
-
-
-def _is_uint(value, bits: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << bits)
+    return BufferTag(*tag), base_image, records
 
 
 async def _shielded(coro) -> None:
