@@ -38,7 +38,8 @@ def test_reads_every_record_pg_waldump_sees(default_capture):
     starts = [s for s, _e, _r in cap.records]
     assert starts == _waldump_lsns(cap.waldump)
     assert len(starts) > 10_000
-    assert cap.end_reason.startswith("zero record length")
+    # WAL ends at zeros: a zero record length, or a zeroed page if the last record filled its page.
+    assert cap.end_reason.startswith(("zero record length", "zeroed page")), cap.end_reason
 
 
 def test_end_lsns_chain_and_are_aligned(default_capture):
