@@ -118,6 +118,10 @@ class WalRedoManager:
         self._cells: dict[str, OnceCell[WalRedoProcess]] = {}
         self._state = ManagerState.NEW
         self._quiesce_task: asyncio.Task[None] | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
+        # How often the watchdog looks for timed-out requests: a request fails between request_timeout and
+        # request_timeout + watchdog_period after it was sent.
+        self.watchdog_period = min(max(request_timeout / 8, 0.005), 1.0)
         # Kills of timed-out or broken processes run here, so the request that triggered them can fail or
         # retry at once; held strongly until done, and awaited on close.
         self._reapers: set[asyncio.Task[None]] = set()
@@ -153,7 +157,9 @@ class WalRedoManager:
         if self._template is None:
             self._template = await TemplateClient.launch(worker=self._worker)
         self._state = ManagerState.RUNNING
-        self._quiesce_task = asyncio.get_running_loop().create_task(self._quiesce_loop(), name="walredo-quiesce")
+        loop = asyncio.get_running_loop()
+        self._quiesce_task = loop.create_task(self._quiesce_loop(), name="walredo-quiesce")
+        self._watchdog_task = loop.create_task(self._watchdog_loop(), name="walredo-watchdog")
 
     async def aclose(self) -> None:
         """Shut down: every cell closes for good, waiting requests fail with ``ManagerClosed``, every child is
@@ -173,9 +179,10 @@ class WalRedoManager:
         self._state = ManagerState.CLOSED
 
     async def _shutdown(self) -> None:
-        if self._quiesce_task is not None:
-            self._quiesce_task.cancel()
-            await asyncio.gather(self._quiesce_task, return_exceptions=True)
+        background = [t for t in (self._quiesce_task, self._watchdog_task) if t is not None]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         cells = list(self._cells.values())
         # Closing a cell disposes its process (kill + reap); an attempt still spawning is awaited and its
         # process disposed as well, so nothing started before shutdown survives it.
@@ -284,14 +291,10 @@ class WalRedoManager:
                     last_error = exc
                     continue
                 try:
-                    async with asyncio.timeout(self.request_timeout):
-                        result = await op(process)
-                except TimeoutError:
-                    self._retire(cell, process, StopCause.TIMEOUT)
-                    raise RedoTimeout(
-                        f"walredo request for tenant {tenant_id} took longer than {self.request_timeout} s; "
-                        f"process {process.pid} killed"
-                    ) from None
+                    # No timer per request: the watchdog task expires requests older than request_timeout
+                    # (see _watchdog_loop); the one that timed out gets RedoTimeout, younger ones on the
+                    # same process get ProcessClosed and are retried below.
+                    result = await op(process)
                 except ProcessBroken as exc:
                     self._retire(cell, process, StopCause.BROKEN)
                     if self._state is not ManagerState.RUNNING:
@@ -330,12 +333,16 @@ class WalRedoManager:
         return process
 
     def _retire(self, cell: OnceCell[WalRedoProcess], process: WalRedoProcess, cause: StopCause) -> None:
-        """Remove ``process`` from its cell if it is still there, and kill it in the background."""
-        if cell.take_if(process):
-            self.metrics.count_stop(cause)
-            log.info("stopping walredo process %d: %s", process.pid, cause.value)
-        # Even if another caller already replaced it, this process is broken or stuck: make sure it dies.
-        # aclose() is idempotent, so several callers retiring the same process is harmless.
+        """Remove ``process`` from its cell if it is still there, kill it and reap it in the background.
+
+        Only the caller whose ``take_if`` succeeds owns the reap (awaited on shutdown); a late caller holding
+        the same stale process just makes sure it is dead, and never touches the cell's newer process.
+        """
+        if not cell.take_if(process):
+            process.close()  # idempotent: already closed by whoever retired it
+            return
+        self.metrics.count_stop(cause)
+        log.info("stopping walredo process %d: %s", process.pid, cause.value)
         task = asyncio.get_running_loop().create_task(process.aclose())
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
@@ -343,6 +350,36 @@ class WalRedoManager:
     async def _dispose_on_shutdown(self, process: WalRedoProcess) -> None:
         self.metrics.count_stop(StopCause.SHUTDOWN)
         await process.aclose()
+
+    # ------------------------------------------------------------------ request timeouts
+
+    async def _watchdog_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.watchdog_period)
+            self.expire_requests()
+
+    def expire_requests(self, now: float | None = None) -> int:
+        """Fail requests sent more than ``request_timeout`` ago with ``RedoTimeout`` and kill their processes.
+
+        Called by the watchdog task every ``watchdog_period``. Returns the number of requests timed out.
+        """
+        now = time.monotonic() if now is None else now
+        sent_before = now - self.request_timeout
+        total = 0
+        for tenant_id, cell in list(self._cells.items()):
+            process = cell.get()
+            if process is None or not process.in_flight:
+                continue
+            expired = process.expire(sent_before, lambda: self._timeout_error(tenant_id, process.pid))
+            if expired:
+                total += expired
+                self._retire(cell, process, StopCause.TIMEOUT)
+        return total
+
+    def _timeout_error(self, tenant_id: str, pid: int) -> RedoTimeout:
+        return RedoTimeout(
+            f"walredo request for tenant {tenant_id} took longer than {self.request_timeout} s; process {pid} killed"
+        )
 
     # ------------------------------------------------------------------ idle quiesce
 

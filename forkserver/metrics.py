@@ -74,13 +74,12 @@ class RedoMetrics:
         self.requests = Counter(
             "pageserver_wal_redo_requests", "Redo and ping requests, by outcome", ["outcome"], registry=r
         )
-        for cause in StopCause:
-            self.stopped.labels(cause.value)
-        for outcome in Outcome:
-            self.requests.labels(outcome.value)
+        # Label children resolved once: labels() takes a lock and a dict lookup, too much for every request.
+        self._stopped = {cause: self.stopped.labels(cause.value) for cause in StopCause}
+        self._requests = {outcome: self.requests.labels(outcome.value) for outcome in Outcome}
 
     def count_stop(self, cause: StopCause) -> None:
-        self.stopped.labels(cause.value).inc()
+        self._stopped[cause].inc()
 
     def count_request(self, outcome: Outcome) -> None:
-        self.requests.labels(outcome.value).inc()
+        self._requests[outcome].inc()

@@ -33,7 +33,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -74,12 +74,13 @@ class _Kind(enum.Enum):
 class _Slot:
     """One request in flight. Stays queued until its response arrives, even if its caller is gone."""
 
-    __slots__ = ("kind", "id", "future")
+    __slots__ = ("kind", "id", "future", "sent_at")
 
-    def __init__(self, kind: _Kind, id: int, future: asyncio.Future[Any]) -> None:
+    def __init__(self, kind: _Kind, id: int, future: asyncio.Future[Any], sent_at: float) -> None:
         self.kind = kind
         self.id = id
         self.future = future
+        self.sent_at = sent_at  # time.monotonic(): what expire() judges a request's age by
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,28 @@ class WalRedoProcess:
             return
         self._shutdown(ProcessClosed(f"walredo process {self.pid} was closed"), ProcessState.CLOSED)
 
+    def expire(self, sent_before: float, make_error: Callable[[], BaseException]) -> int:
+        """Time out requests sent before ``sent_before`` (``time.monotonic()``), if there are any.
+
+        Each such request still waiting fails with its own ``make_error()``, then the process is closed as
+        by :meth:`close` (younger requests get ``ProcessClosed``, which a caller may retry elsewhere).
+        Returns how many requests timed out; 0 means nothing was done. Responses are in order, so checking
+        the oldest request is enough: one timer for the whole process instead of one per request.
+        """
+        if self._state is not ProcessState.RUNNING or not self._pending:
+            return 0
+        if self._pending[0].sent_at >= sent_before:
+            return 0
+        expired = 0
+        for slot in self._pending:
+            if slot.sent_at >= sent_before:
+                break
+            if not slot.future.done():
+                slot.future.set_exception(make_error())
+            expired += 1
+        self.close()
+        return expired
+
     async def aclose(self) -> int | None:
         """:meth:`close`, then wait until the child is reaped; returns its exit status (``None`` if the
         handle could not report it). Idempotent and safe to call concurrently; never raises except
@@ -233,7 +256,7 @@ class WalRedoProcess:
             raise self._error
         fut = self._loop.create_future()
         # Queue the slot and write the frame with no await in between: wire order == slot order.
-        self._pending.append(_Slot(kind, rid, fut))
+        self._pending.append(_Slot(kind, rid, fut, time.monotonic()))
         self.last_request_at = time.time()
         self._write(frame)
         # If the caller is cancelled here, awaiting fut cancels it; the slot stays and the response is

@@ -167,6 +167,23 @@ async def test_sigstopped_child_times_out_is_killed_and_replaced():
         assert mgr.metrics.stopped.labels("timeout")._value.get() == 1
 
 
+async def test_timeout_fails_only_the_expired_request_younger_ones_retry():
+    t = tenant()
+    async with WalRedoManager(request_timeout=0.6) as mgr:
+        await mgr.ping(t)
+        pid = mgr.processes()[t].pid
+        os.kill(pid, signal.SIGSTOP)
+        old = asyncio.create_task(mgr.ping(t))
+        await asyncio.sleep(0.4)
+        young = asyncio.create_task(mgr.ping(t))  # same stuck process, sent 0.4 s later
+        with pytest.raises(RedoTimeout):
+            await old
+        await young  # its process was killed for the old one's sake: retried on a fresh process
+        assert mgr.processes()[t].pid != pid
+        assert mgr.metrics.stopped.labels("timeout")._value.get() == 1
+    await assert_gone([pid])
+
+
 async def test_deterministic_redo_error_is_not_retried_and_keeps_the_process(mgr):
     t = tenant()
     await mgr.ping(t)
