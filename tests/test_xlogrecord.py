@@ -272,3 +272,23 @@ def test_mutated_compressed_images_only_raise_invalid_record(compressed_image_re
         i = data.draw(st.integers(start, start + len(blk.bimg) - 1))
         raw[i] = data.draw(st.integers(0, 255))
     _exercise(bytes(raw), verify_crc=False)
+
+
+def test_fast_builders_make_ordinary_frozen_records():
+    """decode_record builds BlockRef/DecodedRecord through mutable twins re-labelled by __class__
+    assignment; that needs identical slots, and must give objects equal to the normal constructors'."""
+    import dataclasses
+
+    from walredo_template.pg.xlogrecord import BlockRef, DecodedRecord, _BlockRefBuilder, _DecodedRecordBuilder
+
+    assert _BlockRefBuilder.__slots__ == BlockRef.__slots__ == tuple(f.name for f in dataclasses.fields(BlockRef))
+    assert _DecodedRecordBuilder.__slots__ == DecodedRecord.__slots__
+    args = (3, 2, 1663, 5, 16384, 7, 0x22, False, False, False, b"d", None, 0, 0, 0)
+    fast, slow = _BlockRefBuilder(*args), BlockRef(*args)
+    assert type(fast) is BlockRef and fast == slow and hash(fast) == hash(slow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.blkno = 8
+    rec = _DecodedRecordBuilder(24, 1, 2, 3, 10, {3: fast}, b"", None, None)
+    assert type(rec) is DecodedRecord and rec == DecodedRecord(24, 1, 2, 3, 10, {3: slow}, b"", None, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.info = 0
