@@ -216,17 +216,18 @@ def encode(msg: Message) -> tuple[bytes, list[int]]:
 
     Errors: ``TypeError`` for something that is not a wire message. Does not close or dup any fd.
     """
-    if isinstance(msg, Challenge):
+    # The two messages of every spawn come first (the others are rare).
+    if isinstance(msg, Spawned):
+        body, fds = {"t": "spawned", "id": msg.request_id, "pid": msg.pid}, [msg.pidfd]
+    elif isinstance(msg, Spawn):
+        body = {"t": "spawn", "id": msg.request_id, "tenant": msg.tenant, "options": msg.options}
+        fds = [msg.fd]
+    elif isinstance(msg, Challenge):
         body, fds = {"t": "challenge", "v": msg.version, "nonce": msg.nonce}, []
     elif isinstance(msg, Auth):
         body, fds = {"t": "auth", "mac": msg.mac, "nonce": msg.nonce}, []
     elif isinstance(msg, Welcome):
         body, fds = {"t": "welcome", "mac": msg.mac, "pid": msg.pid}, []
-    elif isinstance(msg, Spawn):
-        body = {"t": "spawn", "id": msg.request_id, "tenant": msg.tenant, "options": msg.options}
-        fds = [msg.fd]
-    elif isinstance(msg, Spawned):
-        body, fds = {"t": "spawned", "id": msg.request_id, "pid": msg.pid}, [msg.pidfd]
     elif isinstance(msg, Error):
         body = {"t": "error", "id": msg.request_id, "code": msg.code, "message": msg.message}
         fds = []
@@ -442,6 +443,9 @@ class ControlConnection:
         if len(key) != KEY_SIZE:
             raise ValueError(f"key must be {KEY_SIZE} bytes")
         self.role = role
+        # Looked up once: indexing the tables by the enum on every message runs Enum.__hash__ (Python code).
+        self._sends = _SENDS[role]
+        self._receives = _RECEIVES[role]
         self._key = bytes(key)
         self._nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
         self._peer_nonce = b""
@@ -476,7 +480,7 @@ class ControlConnection:
         Errors: ``RuntimeError`` when not authenticated / closed or the message is not ours to send."""
         if self.state is not State.READY:
             raise RuntimeError(f"cannot send in state {self.state.value}")
-        if not isinstance(msg, _SENDS[self.role]):
+        if not isinstance(msg, self._sends):
             raise RuntimeError(f"{self.role.value} does not send {type(msg).__name__}")
         self._out.append(encode(msg))
 
@@ -531,7 +535,7 @@ class ControlConnection:
 
     def _handle(self, msg: Message) -> Message | None:
         if self.state is State.READY:
-            if isinstance(msg, _RECEIVES[self.role]):
+            if isinstance(msg, self._receives):
                 return msg
             if self.role is Role.TEMPLATE:
                 _close_msg_fds(msg)

@@ -47,6 +47,10 @@ _ORPHAN_GRACE = 0.5  # seconds children get to exit on their own after the paren
 
 
 _MAX_CONNECTIONS = 1024  # beyond this new connections are closed at once (a same-uid peer flooding us)
+_IDLE_CHECK_EVERY = 1.0  # seconds between sweeps for unauthenticated connections past their deadline
+
+# The wake-up fd carries signal numbers as bytes; plain ints keep the per-signal check off IntEnum code.
+_SIGCHLD, _SIGTERM, _SIGINT = int(signal.SIGCHLD), int(signal.SIGTERM), int(signal.SIGINT)
 
 
 class TemplateState(enum.Enum):
@@ -94,6 +98,9 @@ class _Conn:
     closed: bool = False
     # pidfds we opened and queued in a `spawned` reply: ours to close once the frame carrying them went out.
     owned_fds: set = field(default_factory=set)
+    # Whether the selector also watches for writability; re-registering only when this changes saves an
+    # epoll_ctl (and the selector's Python bookkeeping) on every reply.
+    writing: bool = False
 
 
 class Template:
@@ -120,6 +127,7 @@ class Template:
         self._listener: socket.socket | None = None
         self._socket_ino: tuple[int, int] | None = None
         self._wake_r = self._wake_w = -1
+        self._idle_check_at = 0.0
         self.state = TemplateState.NEW
 
     # ------------------------------------------------------------------ setup
@@ -183,13 +191,20 @@ class Template:
         if threading.active_count() > 1:
             # fork() copies only the calling thread; locks held by the others stay locked in every child.
             self._log(f"warning: {threading.active_count()} threads at serve time; forking them is unsafe")
+        # Every page the loop writes after a fork is a copy-on-write fault (several µs each on a VM) while the
+        # child shares it, so the per-request path stays lean: the deadline sweep runs about once a second,
+        # not once per wake-up.
+        select, dispatch, monotonic = self._sel.select, self._dispatch, time.monotonic
+        self._idle_check_at = monotonic() + _IDLE_CHECK_EVERY
         try:
             while self.state is TemplateState.SERVING:
-                for key, events in self._sel.select(timeout=1.0):
-                    self._dispatch(key, events)
+                for key, events in select(timeout=_IDLE_CHECK_EVERY):
+                    dispatch(key, events)
                     if self.state is not TemplateState.SERVING:
                         break
-                self._drop_idle_unauthenticated()
+                if monotonic() >= self._idle_check_at:
+                    self._drop_idle_unauthenticated()
+                    self._idle_check_at = monotonic() + _IDLE_CHECK_EVERY
         finally:
             self._shutdown()
         return 0
@@ -226,9 +241,9 @@ class Template:
         except BlockingIOError:
             return
         # SIGCHLD may coalesce; reaping always loops until nothing is left, so one byte is enough.
-        if signal.SIGCHLD in data:
+        if _SIGCHLD in data:
             self._reap()
-        if signal.SIGTERM in data or signal.SIGINT in data:
+        if _SIGTERM in data or _SIGINT in data:
             self.state = TemplateState.STOPPING
 
     def _accept(self) -> None:
@@ -326,19 +341,24 @@ class Template:
             return
         if pid == 0:
             child.run_child(req.fd, req.tenant, self.worker, forget=self._python_sockets())
-        os.close(req.fd)
         self.spawns += 1
         self._children[pid] = conn
         try:
-            # Opened before this loop can reap the child (reaping only happens in _reap), so the pidfd
-            # always names this child, never a recycled pid.
-            pidfd = os.pidfd_open(pid)
-        except OSError as e:
-            os.kill(pid, signal.SIGKILL)  # unreaped, so the pid is still ours
-            conn.proto.send(control.Error(req.request_id, "fork-failed", f"pidfd_open: {e}"))
-            return
-        conn.owned_fds.add(pidfd)
-        conn.proto.send(control.Spawned(req.request_id, pid, pidfd))
+            try:
+                # Opened before this loop can reap the child (reaping only happens in _reap), so the pidfd
+                # always names this child, never a recycled pid.
+                pidfd = os.pidfd_open(pid)
+            except OSError as e:
+                os.kill(pid, signal.SIGKILL)  # unreaped, so the pid is still ours
+                conn.proto.send(control.Error(req.request_id, "fork-failed", f"pidfd_open: {e}"))
+                return
+            conn.owned_fds.add(pidfd)
+            conn.proto.send(control.Spawned(req.request_id, pid, pidfd))
+            if not conn.out:
+                # The parent is waiting for this reply: send it now, not after the rest of this read's batch.
+                self._queue_output(conn)
+        finally:
+            os.close(req.fd)  # our copy of the child's socket (closing it is not urgent, so it comes last)
 
     def _python_sockets(self) -> list[socket.socket]:
         socks = [c.sock for c in self._conns.values()]
@@ -365,8 +385,10 @@ class Template:
 
     def _queue_output(self, conn: _Conn) -> None:
         for frame, fds in conn.proto.data_to_send():
-            mine = [fd for fd in fds if fd in conn.owned_fds]
-            conn.owned_fds.difference_update(mine)
+            mine = []
+            if fds:
+                mine = [fd for fd in fds if fd in conn.owned_fds]
+                conn.owned_fds.difference_update(mine)
             conn.out.append(_OutFrame(memoryview(frame), list(fds), mine))
             conn.queued += len(frame)
         if conn.closed:
@@ -397,9 +419,10 @@ class Template:
             conn.queued -= n
             if not len(item.view):
                 conn.out.popleft()
-        if not conn.closed:
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
-            self._sel.modify(conn.sock, want, conn)
+        if not conn.closed and conn.writing != bool(conn.out):
+            conn.writing = bool(conn.out)
+            self._sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.writing else 0),
+                             conn)
 
     def _close_conn(self, conn: _Conn) -> None:
         if conn.closed:
