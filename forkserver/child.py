@@ -1,5 +1,11 @@
 """What runs in a tenant child right after the template forked it — all child hygiene lives here.
 
+Two entry points, both never returning: :func:`run_child` (forked on request: hygiene, then the worker) and
+:func:`run_idle` (pre-forked into the template's pool: the same hygiene while no tenant is waiting, then a
+blocking wait for an *assignment* — the tenant id with the child's socket attached, one ``SOCK_SEQPACKET``
+message from the template — then the title and the worker). A pre-forked child that reads EOF on its
+assignment channel (template gone or shutting down) exits 0 without running the worker.
+
 Order matters and each step says why:
 
 1. forget the template's Python socket objects (``detach``), so that a late garbage collection of one of
@@ -31,7 +37,9 @@ from typing import NoReturn
 
 import setproctitle
 
-__all__ = ["run_child", "plan_signal_reset"]
+from forkserver import fdpass
+
+__all__ = ["run_child", "run_idle", "plan_signal_reset"]
 
 Worker = Callable[[socket.socket, str], object]
 
@@ -44,21 +52,15 @@ def run_child(sock_fd: int, tenant: str, worker: Worker, forget: Iterable[socket
     """
     code = 70
     try:
-        for s in forget:
-            try:
-                s.detach()
-            except OSError:
-                pass
+        _forget(forget)
         _default_signals()
         os.setpgid(0, 0)
         atexit._clear()
         setproctitle.setproctitle(f"walredo {tenant}")
         sock_fd = _close_fds_except(sock_fd)
         _rebind_stdio()
-        sock = socket.socket(fileno=sock_fd)
-        sock.setblocking(True)
         code = 1
-        worker(sock, tenant)
+        _run_worker(sock_fd, tenant, worker)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -73,6 +75,92 @@ def run_child(sock_fd: int, tenant: str, worker: Worker, forget: Iterable[socket
         except BaseException:
             pass
         os._exit(code)
+
+
+def run_idle(chan_fd: int, worker: Worker, forget: Iterable[socket.socket] = ()) -> NoReturn:
+    """Pre-forked child: do the tenant-independent hygiene now, wait on ``chan_fd`` (a ``SOCK_SEQPACKET``
+    socket to the template) for one assignment — the tenant id (ASCII) with exactly one fd, the child's
+    socket — then close the channel, set the title and run ``worker(sock, tenant)``. Never returns.
+
+    Until the assignment only stderr, /dev/null on 0/1 and the channel are open; after it, stderr and the
+    child's socket (the channel is closed before the worker runs). Exit status as for :func:`run_child`;
+    0 without running the worker on EOF or a malformed assignment (the template is gone or stopping).
+    """
+    code = 70
+    try:
+        _forget(forget)
+        _default_signals()
+        os.setpgid(0, 0)
+        atexit._clear()
+        chan_fd = _close_fds_except(chan_fd)
+        _rebind_stdio()
+        assignment = _await_assignment(chan_fd)
+        if assignment is None:
+            code = 0
+            return  # the finally below exits
+        sock_fd, tenant = assignment
+        setproctitle.setproctitle(f"walredo {tenant}")
+        code = 1
+        _run_worker(sock_fd, tenant, worker)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        try:
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        os._exit(code)
+
+
+def _forget(socks: Iterable[socket.socket]) -> None:
+    for s in socks:
+        try:
+            s.detach()
+        except OSError:
+            pass
+
+
+def _run_worker(sock_fd: int, tenant: str, worker: Worker) -> None:
+    sock = socket.socket(fileno=sock_fd)
+    sock.setblocking(True)
+    worker(sock, tenant)
+
+
+def _await_assignment(chan_fd: int) -> tuple[int, str] | None:
+    """Block until the template sends ``tenant`` with the child's socket; return ``(sock_fd, tenant)`` with
+    the channel closed, or ``None`` (channel closed too) on EOF or anything malformed."""
+    chan = socket.socket(fileno=chan_fd)
+    try:
+        chan.setblocking(True)
+        while True:
+            try:
+                data, fds = fdpass.recv(chan, 256, maxfds=1)
+            except InterruptedError:
+                continue
+            except (OSError, fdpass.FdPassError):  # FdPassError: fdpass closed what arrived
+                return None
+            break
+    finally:
+        chan.close()
+    try:
+        tenant = data.decode("ascii")
+    except UnicodeDecodeError:
+        tenant = ""
+    if len(fds) != 1 or not tenant:
+        fdpass.close_fds(fds)
+        return None
+    sock_fd = fds[0]
+    if sock_fd < 3:
+        # Only if the template ran with std fds closed: keep the socket above 0-2 like run_child does.
+        low, sock_fd = sock_fd, fcntl.fcntl(sock_fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(low)
+    return sock_fd, tenant
 
 
 # Python's own start-up convention, kept in the child: these raise OSError (BrokenPipeError, EFBIG) in the

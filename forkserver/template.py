@@ -1,4 +1,4 @@
-"""The template process: a single-threaded selector loop that forks one preloaded child per spawn request.
+"""The template process: a single-threaded selector loop that gives each spawn request its own preloaded forked child.
 
 Runs only in the template (started by ``walredo-template`` or by ``TemplateClient.launch``). No threads (forking
 a threaded process is unsafe) and no asyncio loop: one ``selectors`` loop over
@@ -10,6 +10,16 @@ a threaded process is unsafe) and no asyncio loop: one ``selectors`` loop over
 - a signal wake-up pipe (``signal.set_wakeup_fd``): SIGCHLD → reap with ``waitpid(-1, WNOHANG)`` in a loop
   and send ``exited`` to the connection that asked for the child; SIGTERM/SIGINT → clean exit,
 - optionally the *parent pipe* (library launch): EOF means the launching parent is gone.
+
+Spawns are served from a small pool of *pre-forked* children (``pool_size``, default 1; the environment
+variable ``WALREDO_TEMPLATE_POOL`` sets the default, 0 forks on request only). A pool child is forked (and its
+pidfd opened, before anything can reap it) after the replies of a wake-up went out, does all the hygiene that
+needs no tenant (:func:`forkserver.child.run_idle`), and waits on a private ``SOCK_SEQPACKET`` channel. A spawn
+request then costs one ``sendmsg`` to that channel (tenant id + the child's socket) and the ``spawned`` reply:
+the fork, the interpreter's after-fork hooks and the hygiene — together most of a spawn's CPU, largely
+copy-on-write faults — are off the request path. With the pool empty (a burst) the template forks on request as
+before. Pool children are not counted as ``live`` in stats (``idle`` counts them), get no ``exited`` event, are
+replaced if they die, and are killed and reaped when the template stops.
 
 On SIGTERM/SIGINT the template removes its socket (and key file if it wrote one) and exits; children keep
 serving their parent. When the parent pipe reports the parent's death the children are useless (their sockets
@@ -48,6 +58,8 @@ _ORPHAN_GRACE = 0.5  # seconds children get to exit on their own after the paren
 
 _MAX_CONNECTIONS = 1024  # beyond this new connections are closed at once (a same-uid peer flooding us)
 _IDLE_CHECK_EVERY = 1.0  # seconds between sweeps for unauthenticated connections past their deadline
+_DEFAULT_POOL = "1"  # pre-forked children kept ready (WALREDO_TEMPLATE_POOL overrides; 0 = fork on request)
+_REFILL_BACKOFF = 1.0  # seconds before retrying a pre-fork that failed (e.g. EAGAIN)
 
 # The wake-up fd carries signal numbers as bytes; plain ints keep the per-signal check off IntEnum code.
 _SIGCHLD, _SIGTERM, _SIGINT = int(signal.SIGCHLD), int(signal.SIGTERM), int(signal.SIGINT)
@@ -82,6 +94,15 @@ def prepare_socket_dir(path: str) -> None:
 
 
 @dataclass
+class _Idle:
+    """A pre-forked child waiting in the pool for its tenant."""
+
+    pid: int
+    pidfd: int  # opened right after the fork, before anything could reap it; goes out in the `spawned` reply
+    chan: socket.socket  # our end of its SOCK_SEQPACKET assignment channel (non-blocking)
+
+
+@dataclass
 class _OutFrame:
     view: memoryview
     fds: list[int]  # attached to the next sendmsg (the frame's first byte)
@@ -111,7 +132,7 @@ class Template:
     launching parent is gone."""
 
     def __init__(self, socket_path: str, worker, key: bytes, *, key_file: str | None = None,
-                 parent_fd: int | None = None, log=None):
+                 parent_fd: int | None = None, log=None, pool_size: int | None = None):
         if len(key) != control.KEY_SIZE:
             raise ValueError("key must be 32 bytes")
         self.socket_path = os.path.abspath(socket_path)
@@ -121,6 +142,13 @@ class Template:
         self.parent_fd = parent_fd
         self._log_file = log if log is not None else sys.stderr
         self.spawns = 0
+        if pool_size is None:
+            pool_size = int(os.environ.get("WALREDO_TEMPLATE_POOL", _DEFAULT_POOL))
+        if pool_size < 0:
+            raise ValueError("pool_size must be >= 0")
+        self.pool_size = pool_size
+        self._idle: dict[int, _Idle] = {}  # pid -> pre-forked child, oldest first; also in _children (owner None)
+        self._refill_at = 0.0  # after a failed pre-fork, not before this (monotonic)
         self._children: dict[int, _Conn | None] = {}  # live (unreaped) child pid -> connection that asked
         self._conns: dict[int, _Conn] = {}
         self._sel = selectors.DefaultSelector()
@@ -188,6 +216,7 @@ class Template:
         # keep the collector from touching (and thereby copying) those pages.
         gc.collect()
         gc.freeze()
+        self._refill_pool()
         if threading.active_count() > 1:
             # fork() copies only the calling thread; locks held by the others stay locked in every child.
             self._log(f"warning: {threading.active_count()} threads at serve time; forking them is unsafe")
@@ -202,6 +231,11 @@ class Template:
                     dispatch(key, events)
                     if self.state is not TemplateState.SERVING:
                         break
+                else:
+                    # After the replies of this wake-up went out: the fork for the next spawn happens here,
+                    # off the request path.
+                    if len(self._idle) < self.pool_size:
+                        self._refill_pool()
                 if monotonic() >= self._idle_check_at:
                     self._drop_idle_unauthenticated()
                     self._idle_check_at = monotonic() + _IDLE_CHECK_EVERY
@@ -317,8 +351,8 @@ class Template:
             raise AssertionError(event)
 
     def stats(self) -> dict:
-        return {"spawns": self.spawns, "live": len(self._children), "connections": len(self._conns),
-                "pid": os.getpid()}
+        return {"spawns": self.spawns, "live": len(self._children) - len(self._idle), "idle": len(self._idle),
+                "connections": len(self._conns), "pid": os.getpid()}
 
     def _spawn(self, conn: _Conn, req: Spawn) -> None:
         try:
@@ -332,6 +366,8 @@ class Template:
         except (TypeError, ValueError) as e:
             fdpass.close_fds([req.fd])
             conn.proto.send(control.Error(req.request_id, "invalid-options", str(e)))
+            return
+        if self._idle and self._assign_idle(conn, req):
             return
         try:
             pid = os.fork()
@@ -360,8 +396,87 @@ class Template:
         finally:
             os.close(req.fd)  # our copy of the child's socket (closing it is not urgent, so it comes last)
 
+    # ------------------------------------------------------------------ pre-forked pool
+
+    def _assign_idle(self, conn: _Conn, req: Spawn) -> bool:
+        """Hand ``req`` to the oldest pre-forked child: the tenant id with the child's socket over its channel,
+        then the ``spawned`` reply with the pidfd opened at its fork. False (``req.fd`` still ours) if no
+        pool child could take it."""
+        while self._idle:
+            pid = next(iter(self._idle))
+            idle = self._idle.pop(pid)
+            try:
+                fdpass.send(idle.chan, req.tenant.encode("ascii"), [req.fd])
+            except OSError:
+                # It died (or is dying) while idle: its exit is reaped silently like any ownerless child.
+                idle.chan.close()
+                fdpass.close_fds([idle.pidfd])
+                continue
+            # Closed at once: the assignment stays readable on the child's end after our end is gone.
+            idle.chan.close()
+            os.close(req.fd)
+            self.spawns += 1
+            self._children[pid] = conn
+            conn.owned_fds.add(idle.pidfd)
+            conn.proto.send(control.Spawned(req.request_id, pid, idle.pidfd))
+            if not conn.out:
+                self._queue_output(conn)
+            return True
+        return False
+
+    def _refill_pool(self) -> None:
+        """Pre-fork children until the pool is full (a failed fork is retried after a back-off)."""
+        while len(self._idle) < self.pool_size and self.state is TemplateState.SERVING:
+            if time.monotonic() < self._refill_at:
+                return
+            try:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            except OSError as e:
+                self._log(f"cannot pre-fork a child: {e}")
+                self._refill_at = time.monotonic() + _REFILL_BACKOFF
+                return
+            try:
+                pid = os.fork()
+            except OSError as e:
+                ours.close()
+                theirs.close()
+                self._log(f"cannot pre-fork a child: {e}")
+                self._refill_at = time.monotonic() + _REFILL_BACKOFF
+                return
+            if pid == 0:
+                ours.detach()  # closed by the child's fd hygiene; the object must not close a reused number
+                child.run_idle(theirs.detach(), self.worker, forget=self._python_sockets())
+            theirs.close()
+            self._children[pid] = None
+            try:
+                pidfd = os.pidfd_open(pid)  # before _reap can run: names this child, never a recycled pid
+            except OSError as e:
+                ours.close()  # EOF: the child exits; reaped silently
+                self._log(f"cannot pre-fork a child: pidfd_open: {e}")
+                self._refill_at = time.monotonic() + _REFILL_BACKOFF
+                return
+            ours.setblocking(False)  # one small message into an empty buffer; never wait on it anyway
+            self._idle[pid] = _Idle(pid, pidfd, ours)
+
+    def _drain_pool(self) -> None:
+        """Stop and reap every pre-forked child (they have no tenant; nothing is lost)."""
+        while self._idle:
+            _, idle = self._idle.popitem()
+            idle.chan.close()  # EOF ends it where it waits ...
+            try:
+                signal.pidfd_send_signal(idle.pidfd, signal.SIGKILL)  # ... and this wherever it is
+            except OSError:
+                pass
+            fdpass.close_fds([idle.pidfd])
+            try:
+                os.waitpid(idle.pid, 0)  # SIGKILLed: returns at once
+            except ChildProcessError:
+                pass
+            self._children.pop(idle.pid, None)
+
     def _python_sockets(self) -> list[socket.socket]:
         socks = [c.sock for c in self._conns.values()]
+        socks.extend(idle.chan for idle in self._idle.values())
         if self._listener is not None:
             socks.append(self._listener)
         return socks
@@ -376,6 +491,11 @@ class Template:
                 continue
             if pid == 0:
                 return
+            idle = self._idle.pop(pid, None)
+            if idle is not None:  # a pre-forked child died before it got a tenant; the loop replaces it
+                self._log(f"pre-forked child {pid} exited while idle (status {os.waitstatus_to_exitcode(status)})")
+                idle.chan.close()
+                fdpass.close_fds([idle.pidfd])
             conn = self._children.pop(pid, None)
             if conn is not None and not conn.closed:
                 conn.proto.send(control.Exited(pid, os.waitstatus_to_exitcode(status)))
@@ -460,6 +580,7 @@ class Template:
     # ------------------------------------------------------------------ shutdown
 
     def _shutdown(self) -> None:
+        self._drain_pool()
         if self._listener is not None:
             try:
                 self._sel.unregister(self._listener)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from forkserver import child
+from forkserver import child, fdpass
 
 TENANT = "0123456789abcdef0123456789abcdef"
 
@@ -113,3 +113,81 @@ def test_title_is_set_before_the_worker_runs():
 
     code, out, _ = run(worker)
     assert code == 0 and out == f"walredo {TENANT}".encode()
+
+
+def run_idle(worker, assign) -> tuple[int, bytes, bytes]:
+    """Fork a pre-forked-style child (run_idle) on a SOCK_SEQPACKET channel; ``assign(chan)`` plays the
+    template (sends the assignment, or not). Returns (exit status, what the worker wrote, stderr)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    parent, childsock = socket.socketpair()
+    err_r, err_w = os.pipe()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(err_w, 2)
+            child.run_idle(os.dup(theirs.fileno()), worker)
+        finally:
+            os._exit(99)
+    os.close(err_w)
+    theirs.close()
+    try:
+        assign(ours, childsock)
+    finally:
+        ours.close()
+        childsock.close()
+    parent.settimeout(30)
+    out = b""
+    while chunk := parent.recv(65536):
+        out += chunk
+    parent.close()
+    err = b""
+    while chunk := os.read(err_r, 65536):
+        err += chunk
+    os.close(err_r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out, err
+
+
+def _report_worker(sock, tenant):
+    fds = sorted(int(f) for f in os.listdir("/proc/self/fd") if _is_open(int(f)))
+    with open("/proc/self/cmdline", "rb") as f:
+        title = f.read().replace(b"\0", b" ").strip().decode()
+    sock.sendall(f"{tenant}|{fds}|{sock.fileno()}|{title}|{signal.getsignal(signal.SIGTERM) is signal.SIG_DFL}"
+                 .encode())
+
+
+def test_idle_child_runs_the_worker_for_its_assignment_with_only_its_fds():
+    keep_open = os.open(os.devnull, os.O_RDONLY)  # inherited by the fork: closed before the wait
+
+    def assign(chan, childsock):
+        fdpass.send(chan, TENANT.encode(), [childsock.fileno()])
+
+    try:
+        code, out, err = run_idle(_report_worker, assign)
+    finally:
+        os.close(keep_open)
+    assert code == 0, err
+    tenant, fds, sock_fd, title, sigterm_default = out.decode().split("|")
+    assert tenant == TENANT and title == f"walredo {TENANT}" and sigterm_default == "True"
+    assert eval(fds) == sorted({0, 1, 2, int(sock_fd)}), out  # the channel is closed too
+
+
+@pytest.mark.parametrize("how", ["eof", "no-fd", "two-fds", "not-ascii"])
+def test_idle_child_exits_quietly_without_a_valid_assignment(how):
+    ran = []
+
+    def worker(sock, tenant):
+        ran.append(1)
+        sock.sendall(b"WORKER-RAN")
+
+    def assign(chan, childsock):
+        if how == "no-fd":
+            chan.send(TENANT.encode())
+        elif how == "two-fds":
+            fdpass.send(chan, TENANT.encode(), [childsock.fileno(), childsock.fileno()])
+        elif how == "not-ascii":
+            fdpass.send(chan, "ténant".encode(), [childsock.fileno()])
+
+    code, out, err = run_idle(worker, assign)
+    assert (code, out) == (0, b""), err

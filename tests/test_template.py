@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import psutil
 import pytest
@@ -322,3 +323,94 @@ def test_unsafe_socket_dir_refused(tmp_path):
     out = subprocess.run([os.path.join(REPO, "scripts", "walredo-template"), "--socket", str(d / "s"),
                           "--worker", WORKER], capture_output=True, timeout=60, cwd=REPO)
     assert out.returncode == 3 and b"0700" in out.stderr
+
+
+def _stats_when(c, pred, rid):
+    """Poll the template's stats until ``pred(stats)`` (the pool refills after the reply went out)."""
+    deadline = time.monotonic() + 10
+    while True:
+        c.send(control.StatsRequest(rid))
+        stats = c.next(control.StatsReply).stats
+        if pred(stats) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.01)
+
+
+def _fds_of(pid) -> dict[int, str]:
+    return {int(f): os.readlink(f"/proc/{pid}/fd/{f}") for f in os.listdir(f"/proc/{pid}/fd")}
+
+
+def _idle_hygiene_done(pid) -> bool:
+    fds = _fds_of(pid)
+    return len(fds) == 4 and fds.get(0) == fds.get(1) == "/dev/null"
+
+
+def test_spawn_is_served_by_a_pre_forked_child_and_the_pool_refills(template):
+    c = RawClient(template.path, template.key)
+    stats = _stats_when(c, lambda s: s["idle"] == 1, 100)
+    assert stats["idle"] == 1 and stats["live"] == 0
+    (idle,) = psutil.Process(template.proc.pid).children()
+    deadline = time.monotonic() + 10
+    while not _idle_hygiene_done(idle.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # waiting for a tenant: /dev/null on 0 and 1, stderr, its assignment channel — nothing else
+    fds = _fds_of(idle.pid)
+    assert fds[0] == fds[1] == "/dev/null" and 2 in fds and len(fds) == 4, fds
+    parent = c.spawn(1)
+    ev = c.next(control.Spawned)
+    try:
+        assert ev.pid == idle.pid
+        assert ping(parent) == b"pong %d %s\n" % (ev.pid, TENANT.encode())
+        assert " ".join(idle.cmdline()).strip() == f"walredo {TENANT}"
+        others = [t for fd, t in _fds_of(ev.pid).items() if fd > 2]
+        assert len(others) == 1 and others[0].startswith("socket:")  # the channel is gone
+        stats = _stats_when(c, lambda s: s["idle"] == 1, 101)
+        assert (stats["idle"], stats["live"], stats["spawns"]) == (1, 1, 1)
+        assert {p.pid for p in psutil.Process(template.proc.pid).children()} - {ev.pid}  # a new pool child
+        parent.close()
+        assert c.next(control.Exited) == control.Exited(ev.pid, 0)
+    finally:
+        os.close(ev.pidfd)
+        parent.close()
+        c.close()
+
+
+def test_pool_child_that_dies_is_replaced_silently(template):
+    c = RawClient(template.path, template.key)
+    _stats_when(c, lambda s: s["idle"] == 1, 100)
+    (idle,) = psutil.Process(template.proc.pid).children()
+    idle.kill()
+    idle.wait(timeout=10)  # gone, and not a zombie: the template reaped it
+    stats = _stats_when(c, lambda s: s["idle"] == 1, 101)
+    assert (stats["idle"], stats["live"], stats["spawns"]) == (1, 0, 0)
+    (replacement,) = psutil.Process(template.proc.pid).children()
+    assert replacement.pid != idle.pid
+    parent = c.spawn(1)
+    ev = c.next(control.Spawned)
+    assert ev.pid == replacement.pid and ping(parent).startswith(b"pong")
+    os.close(ev.pidfd)
+    parent.close()
+    assert c.next(control.Exited) == control.Exited(ev.pid, 0)
+    assert not any(isinstance(e, control.Exited) for e in c.events)  # no event for the idle one
+    c.close()
+
+
+@pytest.fixture
+def template_without_pool(monkeypatch, request):
+    monkeypatch.setenv("WALREDO_TEMPLATE_POOL", "0")
+    return request.getfixturevalue("template")
+
+
+def test_pool_size_zero_forks_on_request(template_without_pool):
+    template = template_without_pool
+    c = RawClient(template.path, template.key)
+    c.send(control.StatsRequest(100))
+    assert c.next(control.StatsReply).stats["idle"] == 0
+    assert psutil.Process(template.proc.pid).children() == []
+    parent = c.spawn(1)
+    ev = c.next(control.Spawned)
+    assert ping(parent) == b"pong %d %s\n" % (ev.pid, TENANT.encode())
+    os.close(ev.pidfd)
+    parent.close()
+    assert c.next(control.Exited) == control.Exited(ev.pid, 0)
+    c.close()
