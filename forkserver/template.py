@@ -1,4 +1,4 @@
-"""The template process: a single-threaded selector loop that gives each spawn request its own preloaded forked child.
+"""The template process: a single-threaded selector loop handing each spawn request a preloaded forked child.
 
 Runs only in the template (started by ``walredo-template`` or by ``TemplateClient.launch``). No threads (forking
 a threaded process is unsafe) and no asyncio loop: one ``selectors`` loop over
