@@ -309,6 +309,26 @@ INSERT INTO trunc SELECT g, 'again' FROM generate_series(1, 50) g;
 """
 
 
+# Partition moves (DELETE with XLH_DELETE_IS_PARTITION_MOVE), out-of-line TOAST values and VM clears after
+# VACUUM (FREEZE): run after the standard workload by the default configuration.
+EXTRA_SQL = r"""
+CREATE TABLE p (id int, v text) PARTITION BY RANGE (id);
+CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (1000);
+CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (1000) TO (2000);
+INSERT INTO p SELECT g, 'x' || g FROM generate_series(1, 600) g;
+UPDATE p SET id = id + 1000 WHERE id % 10 = 0;
+CREATE TABLE big (id int, v text);
+ALTER TABLE big ALTER v SET STORAGE EXTERNAL;
+INSERT INTO big SELECT g, repeat(md5(g::text), 100 + g) FROM generate_series(1, 60) g;
+UPDATE big SET v = v || 'z' WHERE id % 3 = 0;
+CHECKPOINT;
+VACUUM (FREEZE) p1, big;
+UPDATE p1 SET v = 'after' WHERE id < 40;
+DELETE FROM big WHERE id % 4 = 0;
+VACUUM p1, big;
+"""
+
+
 def workload_sql(rows: int = 3000) -> str:
     """The SQL phase of the workload with tables of about ``rows`` rows."""
     sub = {"@N1@": rows + 1, "@N2@": 2 * rows, "@N3@": 2 * rows + 1, "@N4@": 2 * rows + 2,
@@ -350,16 +370,19 @@ class ClusterConfig:
     pgbench_transactions: int = 150
     pgbench_init_steps: str = "dtgp"
     vacuum_accounts: bool = False
+    extra_sql: str = ""  # run after the standard workload (in the same cluster run: no extra cluster)
 
     def run(self, cluster: "PgCluster") -> None:
         run_workload(cluster, rows=self.rows, pgbench_transactions=self.pgbench_transactions,
                      pgbench_init_steps=self.pgbench_init_steps, vacuum_accounts=self.vacuum_accounts)
+        if self.extra_sql:
+            cluster.psql(self.extra_sql)
 
 
 CONFIGS = {
     # the full workload; 1 MiB segments so that many records cross segment boundaries
     "default": ClusterConfig("default", wal_segsize_mb=1, rows=3000, pgbench_transactions=400,
-                             pgbench_init_steps="dtgvp", vacuum_accounts=True),
+                             pgbench_init_steps="dtgvp", vacuum_accounts=True, extra_sql=EXTRA_SQL),
     "checksums": ClusterConfig("checksums", checksums=True),
     "pglz": ClusterConfig("pglz", wal_compression="pglz"),
     "lz4": ClusterConfig("lz4", wal_compression="lz4"),
@@ -406,7 +429,7 @@ def capture(config: ClusterConfig, workload=None, *, waldump: bool = True) -> Wa
         rels = cluster.heap_relations()
         tables = {}
         for name in ("t", "nokey", "trunc", "pgbench_accounts", "pgbench_branches", "pgbench_tellers",
-                     "pgbench_history"):
+                     "pgbench_history", "p1", "p2", "big"):
             try:
                 spc, dbn, rel, _path = cluster.relation(name)
             except subprocess.CalledProcessError:
