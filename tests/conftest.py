@@ -5,6 +5,10 @@ cluster of the configuration ``name`` (see ``pgcluster.CONFIGS``: default, check
 once per test session, then returns the :class:`pgcluster.WalCapture` (WAL records, on-disk heap pages,
 pg_waldump output); the cluster itself is stopped and removed right after capture. Missing PostgreSQL
 binaries make the tests fail (never skip): ``scripts/test`` installs them.
+
+``oracle_results`` (session): ``oracle_results.get(name)`` is :func:`oracle.replay_capture` of that
+capture, also once per session, so every test that judges the engine against a configuration shares one
+replay (with ``SAMPLES_PER_KIND`` redo cases per kind kept for tests that mutate real records).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import oracle  # noqa: E402
 import pgcluster  # noqa: E402
+
+SAMPLES_PER_KIND = 25
 
 
 class _Captures:
@@ -36,6 +43,25 @@ def wal_captures() -> _Captures:
     """Lazily captured real-PostgreSQL WAL per configuration (cluster already cleaned up)."""
     pgcluster.pg_bin("postgres")  # fail loudly, not skip, when PostgreSQL 15 is missing
     return _Captures()
+
+
+class _Replays:
+    def __init__(self, captures: _Captures) -> None:
+        self._captures = captures
+        self._cache: dict[str, oracle.OracleResult] = {}
+
+    def get(self, name: str) -> oracle.OracleResult:
+        res = self._cache.get(name)
+        if res is None:
+            res = oracle.replay_capture(self._captures.get(name), keep_samples=SAMPLES_PER_KIND)
+            self._cache[name] = res
+        return res
+
+
+@pytest.fixture(scope="session")
+def oracle_results(wal_captures) -> _Replays:
+    """Lazily replayed and checked captures (:func:`oracle.replay_capture`), one per configuration."""
+    return _Replays(wal_captures)
 
 
 @pytest.fixture(scope="session")

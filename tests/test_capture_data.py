@@ -38,6 +38,7 @@ def test_engine_reproduces_every_consistency_image_and_disk_page(capture):
     records = [tuple(r) for r in capture["records"]]
     res = replay(records, wal_log_hints=capture["checksums"], keep_check_images=True)
     assert not res.mismatches, res.mismatches[:5]
+    assert not res.errors, res.errors[:5]
     assert res.total_compared > 1000
     for p in capture["pages"]:
         tag = BufferTag(*p["tag"])

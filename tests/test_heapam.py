@@ -1,22 +1,25 @@
 """Heap and Heap2 redo checked record by record against a real PostgreSQL 15.
 
 The ``default`` capture runs with ``wal_consistency_checking = 'heap,heap2'``, so every heap record carries
-PostgreSQL's own page after the record; :func:`redochain.replay_capture` replays the WAL through the engine
-and compares. The ``checksums`` capture adds FPI_FOR_HINT records and VISIBLE stamping the heap page's LSN.
+PostgreSQL's own page after the record; :func:`oracle.replay_capture` replays the WAL through the engine
+and compares (the ``oracle_results`` session fixture: one replay per configuration, shared with
+tests/test_oracle.py). The ``checksums`` capture adds FPI_FOR_HINT records and VISIBLE stamping the heap
+page's LSN. The default workload includes partition moves and TOAST tables (``pgcluster.EXTRA_SQL``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from redochain import replay_capture
+from oracle import replay
 
 from walredo_template.pg import heapam
 from walredo_template.pg.mask import mask_heap_page
+from walredo_template.pg.walreader import pages_touched
 from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import apply_records
 
-# Every record kind the engine must handle, as redochain.record_kind names them.
+# Every record kind the engine must handle, as oracle.record_kind names them.
 REQUIRED_KINDS = [
     "Heap/INSERT", "Heap/INSERT+INIT", "Heap/DELETE", "Heap/UPDATE", "Heap/UPDATE [block 1]",
     "Heap/UPDATE+INIT", "Heap/UPDATE+INIT [block 1]", "Heap/HOT_UPDATE", "Heap/LOCK", "Heap/CONFIRM",
@@ -26,8 +29,8 @@ REQUIRED_KINDS = [
 
 
 @pytest.fixture(scope="module")
-def default_chain(default_capture):
-    return replay_capture(default_capture)
+def default_chain(oracle_results):
+    return oracle_results.get("default")
 
 
 def test_every_heap_record_matches_postgres_consistency_image(default_chain):
@@ -42,12 +45,12 @@ def test_every_heap_record_matches_postgres_consistency_image(default_chain):
 
 
 def test_pages_on_disk_equal_the_replayed_pages(default_chain):
-    res = default_chain
-    assert res.disk_mismatches == []
-    assert res.disk_equal > 1000
+    disk = default_chain.disk
+    assert disk.mismatches == [] and disk.missing == [] and disk.not_rebuilt == []
+    assert disk.equal > 1000
     # pd_lsn is not masked here: each page's LSN is exactly the one PostgreSQL wrote
-    assert res.lsn_mismatches == [] and res.lsn_equal == res.disk_equal
-    vm_pages = sum(1 for tag in res.states if tag.forknum == 2)
+    assert disk.lsn_mismatches == [] and disk.lsn_equal == disk.equal
+    vm_pages = sum(1 for tag in default_chain.pages if tag.forknum == 2)
     assert vm_pages > 0
 
 
@@ -61,19 +64,18 @@ def test_implicit_vm_clears_were_replayed(default_chain):
 
 
 def test_prefix_and_suffix_compressed_updates_were_compared(default_capture, default_chain):
-    flags = [decode_record(r).main_data[7] for _s, _e, r in default_capture.records
-             if decode_record(r).rmid == 10 and decode_record(r).info & 0x70 in (0x20, 0x40)]
-    assert any(f & heapam.XLH_UPDATE_PREFIX_FROM_OLD for f in flags)
-    assert any(f & heapam.XLH_UPDATE_SUFFIX_FROM_OLD for f in flags)
+    flags = [(decode_record(r).main_data[7], e) for _s, e, r in default_capture.records
+             if r[17] == 10 and r[16] & 0x70 in (0x20, 0x40)]
+    for bit in (heapam.XLH_UPDATE_PREFIX_FROM_OLD, heapam.XLH_UPDATE_SUFFIX_FROM_OLD):
+        assert any(f & bit and e in default_chain.compared_at for f, e in flags)
 
 
-def test_checksums_cluster_matches_too(wal_captures):
-    cap = wal_captures.get("checksums")
-    res = replay_capture(cap)
+def test_checksums_cluster_matches_too(oracle_results):
+    res = oracle_results.get("checksums")
     assert res.errors == []
     assert res.mismatches == []
-    assert res.disk_mismatches == []
-    assert res.lsn_mismatches == []  # VISIBLE stamps the heap page's LSN here (wal_log_hints)
+    assert res.disk.mismatches == []
+    assert res.disk.lsn_mismatches == []  # VISIBLE stamps the heap page's LSN here (wal_log_hints)
     print(f"\nchecksums: compared {sum(res.compared.values())} images, 0 mismatches")
     assert sum(res.compared.values()) > 10_000
     assert res.applied["XLOG/FPI_FOR_HINT"] + res.applied["XLOG/FPI"] > 0
@@ -94,14 +96,10 @@ def test_update_redoes_only_the_requested_page(default_capture, default_chain):
     old_blk, new_blk = rec.blocks[1], rec.blocks[0]
     old_after = old_blk.image()
     new_after = new_blk.image()
-    # Rebuild each page's state before the record from the chain: replay up to the record.
-    from redochain import replay_capture as _rc
-    import copy
-
-    prior = copy.copy(default_capture)
-    prior.records = [r for r in default_capture.records if r[0] < s]
-    prior.disk_pages = {}
-    st = _rc(prior).states
+    # Rebuild each page's state before the record: replay the records of these two pages up to it.
+    tags = {old_blk.tag, new_blk.tag}
+    st = replay([r for r in default_capture.records if r[0] < s and tags.intersection(pages_touched(r[2]))],
+                wal_log_hints=False).pages
     out_old = apply_records(old_blk.tag, st[old_blk.tag], [(e, raw)])
     out_new = apply_records(new_blk.tag, st[new_blk.tag], [(e, raw)])
     assert mask_heap_page(out_old, old_blk.blkno) == mask_heap_page(old_after, old_blk.blkno)
@@ -126,35 +124,17 @@ def test_vm_block_is_derived_from_the_heap_block():
     assert not vm.clear_bits(page, 6, 3)
 
 
-EXTRA_SQL = r"""
-CREATE TABLE p (id int, v text) PARTITION BY RANGE (id);
-CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (1000);
-CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (1000) TO (2000);
-INSERT INTO p SELECT g, 'x' || g FROM generate_series(1, 600) g;
-UPDATE p SET id = id + 1000 WHERE id % 10 = 0;
-CREATE TABLE big (id int, v text);
-ALTER TABLE big ALTER v SET STORAGE EXTERNAL;
-INSERT INTO big SELECT g, repeat(md5(g::text), 100 + g) FROM generate_series(1, 60) g;
-UPDATE big SET v = v || 'z' WHERE id % 3 = 0;
-CHECKPOINT;
-VACUUM (FREEZE) p1, big;
-UPDATE p1 SET v = 'after' WHERE id < 40;
-DELETE FROM big WHERE id % 4 = 0;
-VACUUM p1, big;
-"""
-
-
-def test_partition_move_toast_and_vm_workload(wal_captures):
+def test_partition_move_toast_and_vm_workload(default_capture, default_chain):
     """DELETE with XLH_DELETE_IS_PARTITION_MOVE (a row moving partitions), TOAST tables, VM clears after
-    VACUUM (FREEZE): replayed and compared like the main workload."""
-    import pgcluster
-
-    cap = pgcluster.capture(pgcluster.CONFIGS["default"], workload=lambda c: c.psql(EXTRA_SQL), waldump=False)
-    res = replay_capture(cap)
-    assert res.errors == [] and res.mismatches == [] and res.disk_mismatches == []
-    moves = [r for _s, _e, r in cap.records
-             if decode_record(r).rmid == 10 and decode_record(r).info & 0x70 == heapam.XLOG_HEAP_DELETE
-             and decode_record(r).main_data[7] & heapam.XLH_DELETE_IS_PARTITION_MOVE]
+    VACUUM (FREEZE) (``pgcluster.EXTRA_SQL``, part of the default workload): each partition-move DELETE's
+    consistency image was compared, and the tables' pages on disk equal the engine's (checked above)."""
+    moves = []
+    for _s, e, raw in default_capture.records:
+        if raw[17] == 10 and raw[16] & 0x70 == heapam.XLOG_HEAP_DELETE:
+            if decode_record(raw).main_data[7] & heapam.XLH_DELETE_IS_PARTITION_MOVE:
+                moves.append(e)
     assert len(moves) >= 60
-    assert res.compared["Heap/DELETE"] >= 60
-    assert sum(res.compared.values()) > 500
+    assert all(e in default_chain.compared_at for e in moves)
+    for name in ("p1", "p2", "big"):
+        rel = default_capture.tables[name]
+        assert any(tag[:3] == rel for tag in default_chain.pages), name

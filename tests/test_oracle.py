@@ -2,77 +2,56 @@
 
 For each configuration (default; data checksums; wal_compression pglz, lz4, zstd) a real cluster runs the
 standard workload with ``wal_consistency_checking = 'heap,heap2'``. Every heap/VM page is replayed record
-by record from its first image or initializing record (:mod:`oracle`), and every consistency image
-PostgreSQL attached is compared with the engine's page. After the clean shutdown every heap and VM page
-on disk must equal the engine's final reconstruction. Counts per record type are printed (``pytest -s``).
+by record in WAL order (:mod:`oracle`; the replay is shared with tests/test_heapam.py and
+tests/test_redo.py through the ``oracle_results`` fixture), and every consistency image PostgreSQL attached
+is compared with the engine's page. After the clean shutdown every heap and VM page on disk must equal the
+engine's final reconstruction, with the same LSN. Counts per record kind are printed (``pytest -s``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from oracle import VM_FORK, first_difference, mask_page, replay, truncate_vm_page
+from oracle import VM_FORK, truncate_vm_page
 from walredo_template import BufferTag
-from walredo_template.pg.walreader import HEAPBLOCKS_PER_VM_PAGE, format_lsn
+from walredo_template.pg.walreader import format_lsn
 
 CONFIG_NAMES = ["default", "checksums", "pglz", "lz4", "zstd"]
 TOTALS: dict[str, int] = {}
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
-def test_oracle(wal_captures, name):
-    cap = wal_captures.get(name)
-    res = replay(cap.records, wal_log_hints=cap.config.checksums)
-    print(f"\n[oracle {name}] {res.total_compared} consistency images compared, {res.applied} records applied, "
-          f"{res.not_started} records before a page's first image skipped, {len(res.mismatches)} mismatches")
+def test_oracle(oracle_results, name):
+    res = oracle_results.get(name)
+    print(f"\n[oracle {name}] {res.total_compared} consistency images compared, {res.total_applied} records "
+          f"applied, {res.seeded} pages seeded from a consistency image, {res.not_started} applications "
+          f"before a page's first image skipped, {res.truncated} pages truncated, "
+          f"{len(res.mismatches)} mismatches, {len(res.errors)} errors")
     for kind, n in sorted(res.compared.items()):
-        print(f"    {kind:28} {n:7}")
+        print(f"    {kind:36} {n:7}")
     for tag, lsn, kind, what in res.mismatches[:20]:
         print(f"    MISMATCH {kind} at {format_lsn(lsn)} on {tuple(tag)}: {what}")
+    for tag, lsn, kind, exc in res.errors[:20]:
+        print(f"    ERROR {kind} at {format_lsn(lsn)} on {tuple(tag)}: {type(exc).__name__}: {exc}")
     assert not res.mismatches, f"{len(res.mismatches)} mismatches in {name}"
+    assert not res.errors, f"{len(res.errors)} redo errors in {name}"
     assert res.total_compared > 5000
     TOTALS[name] = res.total_compared
 
-    # After the clean shutdown: every page on disk that the WAL built equals the engine's page.
-    nblocks: dict[tuple, int] = {}
-    for tag in cap.disk_pages:
-        if tag.forknum == 0:
-            key = (tag.spcnode, tag.dbnode, tag.relnode)
-            nblocks[key] = max(nblocks.get(key, 0), tag.blknum + 1)
-    compared = truncated = 0
-    bad = []
-    for tag, page in res.pages.items():
-        disk = cap.disk_pages.get(tag)
-        if disk is None:
-            # Only pages cut off by a VACUUM truncation may be missing on disk.
-            rel = (tag.spcnode, tag.dbnode, tag.relnode)
-            limit = nblocks.get(rel, 0)
-            if tag.forknum == VM_FORK:
-                limit = (limit + HEAPBLOCKS_PER_VM_PAGE - 1) // HEAPBLOCKS_PER_VM_PAGE
-            assert tag.blknum >= limit, f"page {tuple(tag)} reconstructed but missing on disk"
-            truncated += 1
-            continue
-        ok = mask_page(tag, page) == mask_page(tag, disk)
-        compared += 1
-        if not ok:
-            bad.append((tag, first_difference(page, disk)))
-    # Every page of the workload's own tables (created during the run) must have been rebuilt.
-    missing = []
-    for rel in cap.tables.values():
-        for tag in cap.disk_pages:
-            if (tag.spcnode, tag.dbnode, tag.relnode) == rel and tag not in res.pages:
-                # Only never-used pages may lack WAL: all-zero heap pages from a bulk extension
-                # (RelationAddExtraBlocks under contention; not logged) and VM pages without bits.
-                disk = cap.disk_pages[tag]
-                if any(disk) if tag.forknum == 0 else any(disk[24:]):
-                    missing.append(tag)
-    print(f"[oracle {name}] on disk: {compared} pages compared, {truncated} truncated away, "
-          f"{len(bad)} differ, {len(missing)} workload pages not rebuilt")
-    for tag, what in bad[:10]:
+    # After the clean shutdown: every page on disk that the WAL built equals the engine's page, masked,
+    # and carries exactly the LSN the engine stamped.
+    disk = res.disk
+    print(f"[oracle {name}] on disk: {disk.equal} pages equal, {disk.lsn_equal} with the same LSN, "
+          f"{len(disk.mismatches)} differ, {disk.gone} of relations no longer on disk, "
+          f"{len(disk.missing)} past a relation's end, {len(disk.not_rebuilt)} workload pages not rebuilt")
+    for tag, what in disk.mismatches[:10]:
         print(f"    DISK MISMATCH {tuple(tag)}: {what}")
-    assert not bad
-    assert not missing, missing[:10]
-    assert compared > 100
+    assert not disk.mismatches
+    assert not disk.lsn_mismatches, disk.lsn_mismatches[:10]
+    assert not disk.missing, disk.missing[:10]  # truncations are applied: nothing is rebuilt past the end
+    assert not disk.not_rebuilt, disk.not_rebuilt[:10]  # every used page of the workload's tables
+    assert disk.equal > 100
+    assert any(tag.forknum == VM_FORK for tag in res.pages)
 
 
 def test_oracle_total():

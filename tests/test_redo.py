@@ -20,40 +20,18 @@ from walredo_template.pg.errors import (
     UnsupportedRecord,
 )
 from walredo_template.pg.mask import mask_heap_page
-from walredo_template.pg.walreader import pages_touched
 from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import apply_records
 
 
 @pytest.fixture(scope="module")
-def cases(default_capture):
+def cases(oracle_results):
     """Real single-record redo cases: (tag, page before, end_lsn, record, kind), a few hundred of them
-    over every heap record kind, the VM page and FPIs, with the page state built by the engine itself."""
-    state: dict = {}
-    out = []
-    per_kind: dict = {}
-    for _start, end, raw in default_capture.records:
-        rec = decode_record(raw)
-        if rec.rmid not in (0, 9, 10) or (rec.rmid == 0 and rec.info & 0xF0 != 0xB0):
-            continue
-        for tag in pages_touched(raw):
-            blk = next((b for b in rec.blocks.values() if b.tag == tag), None)
-            base = state.get(tag)
-            if base is None and not (blk is not None and (blk.will_init or blk.apply_image)):
-                if tag.forknum == 2 and blk is None:
-                    continue
-                if tag.forknum != 2:
-                    if blk is not None and blk.has_image:
-                        state[tag] = blk.image()
-                    continue
-            after = apply_records(tag, base, [(end, raw)])
-            kind = (rec.rmid, rec.info & 0xF0, tag.forknum, blk.block_id if blk else None, len(rec.blocks))
-            n = per_kind.get(kind, 0)
-            if n < 25:
-                per_kind[kind] = n + 1
-                out.append((tag, base, end, raw, kind))
-            state[tag] = after
-    assert len(per_kind) >= 20
+    over every heap record kind, the VM page and FPIs, with the page state built by the engine itself: the
+    samples the shared oracle replay of the default capture keeps (``oracle.sample_key`` is the kind)."""
+    res = oracle_results.get("default")
+    out = [c for c in res.samples if not (c[4][0] == 0 and c[4][1] != 0xB0)]  # XLOG: FPI only
+    assert len({c[4] for c in out}) >= 20
     return out
 
 
