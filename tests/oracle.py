@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 
 from walredo_template import BufferTag
 from walredo_template.pg import heapam
+from walredo_template.pg.capture import masked as mask_page  # the one masking rule the harnesses share
 from walredo_template.pg.errors import RedoError
-from walredo_template.pg.mask import mask_heap_page, mask_vm_page
 from walredo_template.pg.walreader import HEAPBLOCKS_PER_VM_PAGE, pages_touched
 from walredo_template.pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, RM_XLOG_ID, decode_record
 from walredo_template.redo import apply_records
@@ -85,11 +85,6 @@ def sample_key(rec, blk, tag: BufferTag) -> tuple:
     """How :func:`replay` tells redo cases apart for ``keep_samples``: (rmid, info & 0xF0, fork, block id
     or None for an implicit VM clear, number of block references)."""
     return (rec.rmid, rec.info & 0xF0, tag.forknum, blk.block_id if blk is not None else None, len(rec.blocks))
-
-
-def mask_page(tag: BufferTag, page: bytes) -> bytes:
-    """The page masked as the oracle compares it: ``mask_vm_page`` for VM pages, else ``mask_heap_page``."""
-    return mask_vm_page(page) if tag.forknum == VM_FORK else mask_heap_page(page, tag.blknum)
 
 
 def first_difference(a: bytes, b: bytes) -> str:
@@ -281,9 +276,9 @@ def replay(records, *, wal_log_hints: bool, keep_check_images: bool = False, kee
                     res.last_check_image[tag] = (end, want)
                 res.compared[kind] += 1
                 res.compared_at.add(end)
-                if mask_page(tag, page) != mask_page(tag, want):
-                    res.mismatches.append((tag, end, kind, first_difference(mask_page(tag, page),
-                                                                             mask_page(tag, want))))
+                a, b = mask_page(tag, page), mask_page(tag, want)
+                if a != b:
+                    res.mismatches.append((tag, end, kind, first_difference(a, b)))
                     state[tag] = want  # go on from PostgreSQL's page so one bug is reported once
                     if len(res.errors) + len(res.mismatches) >= max_failures:
                         return res

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 
-import msgpack
 import pytest
 
 from oracle import mask_page, replay
 from walredo_template import BufferTag
+from walredo_template.pg.capture import load_capture
 from walredo_template.pg.xlogrecord import decode_record
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "wal-small", "capture.msgpack")
@@ -18,10 +18,7 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "wal-small", "capture.msg
 
 @pytest.fixture(scope="module")
 def capture():
-    with open(DATA, "rb") as f:
-        doc = msgpack.unpackb(f.read(), raw=False)
-    assert doc["format"] == 1 and doc["pg_version"] == 15
-    return doc
+    return load_capture(DATA)  # checks format 1, PostgreSQL 15
 
 
 def test_records_decode_in_order(capture):
