@@ -36,13 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "child, no manager: where the manager's share of the time shows)")
     p.add_argument("--medium-records", type=int, default=200, help="records in the medium redo")
     p.add_argument("--profile", action="store_true",
-                   help="after the measurements, py-spy the parent and the child during 1-client ping and medium")
+                   help="after the measurements, py-spy the parent and the child: ping at the most clients, medium at 1")
     p.add_argument("--keep-check-images", action="store_true",
                    help="send the records as captured, with their wal_consistency_checking images")
 
 
-async def _profile(args: argparse.Namespace, mgr: Any, tenant: str, calls: dict[str, Any]) -> list[Table]:
-    """1-client ping and medium loops (not in the numbers above) under py-spy, on this parent and the child."""
+async def _profile(args: argparse.Namespace, mgr: Any, tenant: str, calls: dict[str, Any],
+                   clients: list[int]) -> list[Table]:
+    """Ping at the largest client count (throughput: the parent's per-request CPU) and 1-client medium (the
+    child's redo), not in the numbers above, under py-spy on this parent and the child."""
     if py_spy_path() is None:
         log("walredo: --profile needs py-spy (the bench extra); skipped")
         return []
@@ -50,18 +52,18 @@ async def _profile(args: argparse.Namespace, mgr: Any, tenant: str, calls: dict[
 
     child_pid = mgr.processes()[tenant].pid
     tables = []
-    for name in ("ping", "medium"):
+    for name, n in (("ping", max(clients)), ("medium", 1)):
         if name not in calls:
             continue
-        out_p = args.out / f"profile-walredo-{name}-parent.txt"
-        out_c = args.out / f"profile-walredo-{name}-child.txt"
-        log(f"walredo: profiling 1-client {name} with py-spy")
+        out_p = args.out / f"profile-walredo-{name}-{n}-parent.txt"
+        out_c = args.out / f"profile-walredo-{name}-{n}-child.txt"
+        log(f"walredo: profiling {name} at {n} client(s) with py-spy")
         async with PySpy(os.getpid(), out_p) as spy_p, PySpy(child_pid, out_c) as spy_c:
-            await closed_loop(calls[name], 1, max(2.0, args.seconds or 0))
+            await closed_loop(calls[name], n, max(2.0, args.seconds or 0))
         if spy_p.ok:
-            tables.append(top_frames(out_p, f"Where the parent's time goes: 1-client {name} (py-spy)"))
+            tables.append(top_frames(out_p, f"Where the parent's time goes: {name}, {n} client(s) (py-spy)"))
         if spy_c.ok:
-            tables.append(top_frames(out_c, f"Where the child's time goes: 1-client {name} (py-spy)"))
+            tables.append(top_frames(out_c, f"Where the child's time goes: {name}, {n} client(s) (py-spy)"))
     return tables
 
 
@@ -126,7 +128,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
                     if name in calls:
                         rows.append({"input": name, **await closed_loop(calls[name], n, seconds)})
             if args.profile:
-                profile_tables = await _profile(args, mgr, tenant, calls)
+                profile_tables = await _profile(args, mgr, tenant, calls, clients)
     finally:
         await echo.aclose()
 
