@@ -25,6 +25,7 @@ Order matters and each step says why:
 
 from __future__ import annotations
 
+import _signal
 import atexit
 import fcntl
 import os
@@ -169,7 +170,9 @@ _PYTHON_IGNORED = {signal.SIGPIPE, signal.SIGXFSZ}
 
 # (signal, wanted handler) pairs to reset in each child, computed once in the template by
 # plan_signal_reset(): signal.valid_signals() and getsignal() build enum members and cost ~0.6 ms per child.
-_reset_plan: list[tuple[int, object]] | None = None
+# Plain ints, applied through the C module: signal.signal() and signal.pthread_sigmask() wrap every argument
+# and result in enum members, Python code whose pages each child would otherwise copy (copy-on-write faults).
+_reset_plan: list[tuple[int, int]] | None = None
 
 
 def plan_signal_reset() -> None:
@@ -187,18 +190,18 @@ def _compute_plan() -> list[tuple[int, object]]:
         want = signal.SIG_IGN if sig in _PYTHON_IGNORED else signal.SIG_DFL
         # getsignal() is None for a handler installed outside Python: reset that one too.
         if signal.getsignal(sig) is not want:
-            plan.append((int(sig), want))
+            plan.append((int(sig), int(want)))
     return plan
 
 
 def _default_signals() -> None:
-    signal.set_wakeup_fd(-1)
+    _signal.set_wakeup_fd(-1)
     for sig, want in _reset_plan if _reset_plan is not None else _compute_plan():
         try:
-            signal.signal(sig, want)
+            _signal.signal(sig, want)
         except (OSError, ValueError):
             pass  # signals Python may not touch (e.g. reserved real-time ones)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
 
 
 # Python objects that wrapped fds we closed: kept alive forever so that no later garbage collection closes
