@@ -26,42 +26,32 @@ import pgcluster  # noqa: E402
 SAMPLES_PER_KIND = 25
 
 
-class _Captures:
-    def __init__(self) -> None:
-        self._cache: dict[str, pgcluster.WalCapture] = {}
+class _PerConfig:
+    """``get(name)``: ``make(name)``, computed on first use and then kept for the session."""
 
-    def get(self, name: str) -> pgcluster.WalCapture:
-        cap = self._cache.get(name)
-        if cap is None:
-            cap = pgcluster.capture(pgcluster.CONFIGS[name])
-            self._cache[name] = cap
-        return cap
+    def __init__(self, make) -> None:
+        self._make = make
+        self._cache: dict = {}
+
+    def get(self, name: str):
+        if name not in self._cache:
+            self._cache[name] = self._make(name)
+        return self._cache[name]
 
 
 @pytest.fixture(scope="session")
-def wal_captures() -> _Captures:
-    """Lazily captured real-PostgreSQL WAL per configuration (cluster already cleaned up)."""
+def wal_captures() -> _PerConfig:
+    """Lazily captured real-PostgreSQL WAL per configuration (cluster already cleaned up):
+    ``get(name)`` -> :class:`pgcluster.WalCapture`."""
     pgcluster.pg_bin("postgres")  # fail loudly, not skip, when PostgreSQL 15 is missing
-    return _Captures()
-
-
-class _Replays:
-    def __init__(self, captures: _Captures) -> None:
-        self._captures = captures
-        self._cache: dict[str, oracle.OracleResult] = {}
-
-    def get(self, name: str) -> oracle.OracleResult:
-        res = self._cache.get(name)
-        if res is None:
-            res = oracle.replay_capture(self._captures.get(name), keep_samples=SAMPLES_PER_KIND)
-            self._cache[name] = res
-        return res
+    return _PerConfig(lambda name: pgcluster.capture(pgcluster.CONFIGS[name]))
 
 
 @pytest.fixture(scope="session")
-def oracle_results(wal_captures) -> _Replays:
-    """Lazily replayed and checked captures (:func:`oracle.replay_capture`), one per configuration."""
-    return _Replays(wal_captures)
+def oracle_results(wal_captures) -> _PerConfig:
+    """Lazily replayed and checked captures, one per configuration: ``get(name)`` ->
+    :class:`oracle.OracleResult` of :func:`oracle.replay_capture`."""
+    return _PerConfig(lambda name: oracle.replay_capture(wal_captures.get(name), keep_samples=SAMPLES_PER_KIND))
 
 
 @pytest.fixture(scope="session")
