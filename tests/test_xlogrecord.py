@@ -14,7 +14,7 @@ from walredo_template import BufferTag
 from walredo_template.pg.crc32c import crc32c, crc32c_pure
 from walredo_template.pg.errors import InvalidRecord, MissingCompressionLibrary
 from walredo_template.pg.walreader import parse_lsn
-from walredo_template.pg.xlogrecord import BLCKSZ, decode_record
+from walredo_template.pg.xlogrecord import BLCKSZ, DecodedRecord, decode_record
 
 RMGR_IDS = {"XLOG": 0, "Transaction": 1, "Storage": 2, "CLOG": 3, "Database": 4, "Tablespace": 5,
             "MultiXact": 6, "RelMap": 7, "Standby": 8, "Heap2": 9, "Heap": 10, "Btree": 11}
@@ -274,21 +274,62 @@ def test_mutated_compressed_images_only_raise_invalid_record(compressed_image_re
     _exercise(bytes(raw), verify_crc=False)
 
 
-def test_fast_builders_make_ordinary_frozen_records():
-    """decode_record builds BlockRef/DecodedRecord through mutable twins re-labelled by __class__
-    assignment; that needs identical slots, and must give objects equal to the normal constructors'."""
-    import dataclasses
+def test_decoded_records_are_immutable_and_equal_to_constructed_ones():
+    """decode_record builds BlockRef/DecodedRecord with tuple.__new__: the results must be the ordinary
+    immutable objects the constructors give."""
+    from walredo_template.pg.xlogrecord import BlockRef, DecodedRecord
 
-    from walredo_template.pg.xlogrecord import BlockRef, DecodedRecord, _BlockRefBuilder, _DecodedRecordBuilder
-
-    assert _BlockRefBuilder.__slots__ == BlockRef.__slots__ == tuple(f.name for f in dataclasses.fields(BlockRef))
-    assert _DecodedRecordBuilder.__slots__ == DecodedRecord.__slots__
-    args = (3, 2, 1663, 5, 16384, 7, 0x22, False, False, False, b"d", None, 0, 0, 0)
-    fast, slow = _BlockRefBuilder(*args), BlockRef(*args)
-    assert type(fast) is BlockRef and fast == slow and hash(fast) == hash(slow)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        fast.blkno = 8
-    rec = _DecodedRecordBuilder(24, 1, 2, 3, 10, {3: fast}, b"", None, None)
-    assert type(rec) is DecodedRecord and rec == DecodedRecord(24, 1, 2, 3, 10, {3: slow}, b"", None, None)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    rec = decode_record(_seal(_header() + _block_with_data(b"abc") + bytes([255, 2]) + b"abcmd"))
+    blk = rec.blocks[0]
+    assert type(rec) is DecodedRecord and type(blk) is BlockRef
+    assert blk == BlockRef(*(getattr(blk, f) for f in BlockRef._fields))
+    assert rec == DecodedRecord(*(getattr(rec, f) for f in DecodedRecord._fields))
+    with pytest.raises(AttributeError):
+        blk.blkno = 8
+    with pytest.raises(AttributeError):
         rec.info = 0
+
+
+def _general(raw: bytes):
+    """decode_record without its fast paths (the general fragment loop), or the error it raises."""
+    from walredo_template.pg.xlogrecord import _HDR, _decode_general
+
+    try:
+        tot_len, xid, prev, info, rmid, _crc = _HDR.unpack_from(raw)
+        if tot_len != len(raw):
+            raise InvalidRecord("tot_len")
+        return _decode_general(raw, tot_len, xid, prev, info, rmid)
+    except InvalidRecord as e:
+        return type(e)
+
+
+def _fast(raw: bytes):
+    try:
+        return decode_record(raw, verify_crc=False)
+    except InvalidRecord as e:
+        return type(e)
+
+
+def test_fast_paths_agree_with_the_general_loop(sample_records):
+    """The one- and two-block fast paths of decode_record return exactly what the general loop returns."""
+    for raw in sample_records:
+        assert _fast(raw) == _general(raw)
+    one = _header() + _block_with_data(b"abc") + bytes([255, 2]) + b"abcmd"
+    two = (_header() + _block_with_data(b"abc") + struct.pack("<BBHI", 1, 0x20 | 0x80, 2, 9)
+           + bytes([255, 2]) + b"abcxymd")
+    for raw in (one, two):
+        assert _fast(_seal(raw)) == _general(_seal(raw))
+        assert isinstance(_fast(_seal(raw)), DecodedRecord)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fast_paths_agree_with_the_general_loop_on_mutated_headers(sample_records, data):
+    raw = bytearray(data.draw(st.sampled_from(sample_records)))
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(4, min(len(raw), 60) - 1))  # the fragment headers, not tot_len
+        raw[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del raw[data.draw(st.integers(24, len(raw))):]
+        struct.pack_into("<I", raw, 0, len(raw))
+    assert _fast(bytes(raw)) == _general(bytes(raw))

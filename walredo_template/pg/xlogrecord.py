@@ -28,7 +28,7 @@ bits 0x04/0x08/0x10). lz4 and zstd need the optional ``lz4`` / ``zstandard`` pac
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import BufferTag
 from .crc32c import crc32c
@@ -74,11 +74,20 @@ _BLK_HDR = struct.Struct("<BH")  # fork_flags, data_length (after the id byte)
 _IMG_HDR = struct.Struct("<HHB")  # length, hole_offset, bimg_info
 _RNODE_BLK = struct.Struct("<IIII")  # spc, db, rel, blkno
 _ZERO_PAGE = bytes(BLCKSZ)
+# fast paths of decode_record, from offset 25 (block 0's fork_flags):
+# block 0: fork_flags, data_length, spc, db, rel, blkno; 0xFF; main data length
+_FAST1 = struct.Struct("<BHIIIIxB")
+# ... then block 1 (id byte read as B): fork_flags, data_length, blkno (SAME_REL); 0xFF; main data length
+_FAST2 = struct.Struct("<BHIIIIxBHIxB")
 
 
-@dataclass(frozen=True, slots=True)
-class BlockRef:
-    """One block reference of a record: which page, and the image and/or data the record carries for it."""
+class BlockRef(NamedTuple):
+    """One block reference of a record: which page, and the image and/or data the record carries for it.
+
+    Immutable. A NamedTuple rather than a frozen dataclass because :func:`decode_record` builds one per
+    block of every record, and ``tuple.__new__`` is several times cheaper than a frozen dataclass's
+    constructor (that was the largest cost of decoding); attribute reads are just as fast.
+    """
 
     block_id: int
     forknum: int
@@ -160,9 +169,11 @@ def _decompress(bimg: bytes, info: int, want: int) -> bytes:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedRecord:
-    """A decoded WAL record. ``blocks`` is keyed by block id; ``main_data`` is b"" when there is none."""
+class DecodedRecord(NamedTuple):
+    """A decoded WAL record. ``blocks`` is keyed by block id; ``main_data`` is b"" when there is none.
+
+    Immutable (a NamedTuple, for the same construction-cost reason as :class:`BlockRef`).
+    """
 
     tot_len: int
     xid: int
@@ -175,54 +186,7 @@ class DecodedRecord:
     toplevel_xid: int | None
 
 
-class _BlockRefBuilder:
-    """Mutable twin of :class:`BlockRef` with the very same slots.
-
-    Why: constructing a frozen dataclass goes through ``object.__setattr__`` once per field, and for
-    BlockRef's 15 fields that was the largest cost of decoding a record (~3.5 us of ~9). ``decode_record``
-    fills a builder with plain slot stores and then re-labels it a BlockRef by ``__class__`` assignment,
-    which Python allows between classes of identical layout: ~1 us, and the result is an ordinary frozen
-    BlockRef. tests/test_xlogrecord.py checks that the layouts stay identical.
-    """
-
-    __slots__ = BlockRef.__slots__
-
-    def __init__(self, block_id, forknum, spcnode, dbnode, relnode, blkno, fork_flags, will_init, has_image,
-                 apply_image, data, bimg, hole_offset, hole_length, bimg_info):
-        self.block_id = block_id
-        self.forknum = forknum
-        self.spcnode = spcnode
-        self.dbnode = dbnode
-        self.relnode = relnode
-        self.blkno = blkno
-        self.fork_flags = fork_flags
-        self.will_init = will_init
-        self.has_image = has_image
-        self.apply_image = apply_image
-        self.data = data
-        self.bimg = bimg
-        self.hole_offset = hole_offset
-        self.hole_length = hole_length
-        self.bimg_info = bimg_info
-        self.__class__ = BlockRef
-
-
-class _DecodedRecordBuilder:
-    """Mutable twin of :class:`DecodedRecord` (same slots); see :class:`_BlockRefBuilder`."""
-
-    __slots__ = DecodedRecord.__slots__
-
-    def __init__(self, tot_len, xid, prev, info, rmid, blocks, main_data, origin, toplevel_xid):
-        self.tot_len = tot_len
-        self.xid = xid
-        self.prev = prev
-        self.info = info
-        self.rmid = rmid
-        self.blocks = blocks
-        self.main_data = main_data
-        self.origin = origin
-        self.toplevel_xid = toplevel_xid
-        self.__class__ = DecodedRecord
+_new = tuple.__new__
 
 
 def decode_record(raw: bytes, *, verify_crc: bool = True) -> DecodedRecord:
@@ -253,6 +217,48 @@ def decode_record(raw: bytes, *, verify_crc: bool = True) -> DecodedRecord:
         if got != crc:
             raise InvalidRecord(f"incorrect resource manager data checksum: {got:08X} != {crc:08X}")
 
+    # Fast paths for the two shapes nearly every heap record has: block 0 (own relation, no image) then
+    # short main data; or that plus block 1 (same relation, no image). One unpack reads all their
+    # fragment headers. Any other shape, and any inconsistency, takes the general loop below, which then
+    # accepts or rejects the record itself: the fast paths only ever return what the loop would return.
+    if n >= 46 and raw[24] == 0 and not raw[25] & 0x90:
+        if raw[44] == XLR_BLOCK_ID_DATA_SHORT:
+            fork_flags, data_len, spc, db, rel, blkno, main_len = _FAST1.unpack_from(raw, 25)
+            if (
+                n == 46 + data_len + main_len
+                and fork_flags & BKPBLOCK_FORK_MASK <= MAX_FORKNUM
+                and (data_len != 0) == (fork_flags & BKPBLOCK_HAS_DATA != 0)
+            ):
+                pos = 46 + data_len
+                return _new(DecodedRecord, (tot_len, xid, prev, info, rmid, {0: _new(BlockRef, (
+                    0, fork_flags & BKPBLOCK_FORK_MASK, spc, db, rel, blkno, fork_flags,
+                    fork_flags & BKPBLOCK_WILL_INIT != 0, False, False, raw[46:pos] if data_len else None,
+                    None, 0, 0, 0))}, raw[pos:] if main_len else b"", None, None))
+        elif n >= 54 and raw[44] == 1 and raw[45] & 0x90 == BKPBLOCK_SAME_REL and raw[52] == XLR_BLOCK_ID_DATA_SHORT:
+            ff0, len0, spc, db, rel, blk0, ff1, len1, blk1, main_len = _FAST2.unpack_from(raw, 25)
+            if (
+                n == 54 + len0 + len1 + main_len
+                and ff0 & BKPBLOCK_FORK_MASK <= MAX_FORKNUM
+                and ff1 & BKPBLOCK_FORK_MASK <= MAX_FORKNUM
+                and (len0 != 0) == (ff0 & BKPBLOCK_HAS_DATA != 0)
+                and (len1 != 0) == (ff1 & BKPBLOCK_HAS_DATA != 0)
+            ):
+                pos = 54 + len0
+                end = pos + len1
+                return _new(DecodedRecord, (tot_len, xid, prev, info, rmid, {
+                    0: _new(BlockRef, (
+                        0, ff0 & BKPBLOCK_FORK_MASK, spc, db, rel, blk0, ff0, ff0 & BKPBLOCK_WILL_INIT != 0,
+                        False, False, raw[54:pos] if len0 else None, None, 0, 0, 0)),
+                    1: _new(BlockRef, (
+                        1, ff1 & BKPBLOCK_FORK_MASK, spc, db, rel, blk1, ff1, ff1 & BKPBLOCK_WILL_INIT != 0,
+                        False, False, raw[pos:end] if len1 else None, None, 0, 0, 0)),
+                }, raw[end:] if main_len else b"", None, None))
+    return _decode_general(raw, tot_len, xid, prev, info, rmid)
+
+
+def _decode_general(raw: bytes, tot_len: int, xid: int, prev: int, info: int, rmid: int) -> DecodedRecord:
+    """The fragment headers and payload of any record shape (the header is already checked)."""
+    n = tot_len
     pos = SIZE_OF_XLOG_RECORD
     datatotal = 0
     main_len = 0
@@ -359,7 +365,7 @@ def decode_record(raw: bytes, *, verify_crc: bool = True) -> DecodedRecord:
         if data_len:
             data = raw[pos : pos + data_len]
             pos += data_len
-        blocks[block_id] = _BlockRefBuilder(
+        blocks[block_id] = _new(BlockRef, (
             block_id,
             fork_flags & BKPBLOCK_FORK_MASK,
             spc,
@@ -375,9 +381,9 @@ def decode_record(raw: bytes, *, verify_crc: bool = True) -> DecodedRecord:
             hole_off,
             hole_len,
             bimg_info,
-        )
+        ))
     main_data = raw[pos : pos + main_len] if main_len else b""
-    return _DecodedRecordBuilder(tot_len, xid, prev, info, rmid, blocks, main_data, origin, toplevel_xid)
+    return _new(DecodedRecord, (tot_len, xid, prev, info, rmid, blocks, main_data, origin, toplevel_xid))
 
 
 __all__ = [
