@@ -203,15 +203,9 @@ class PgCluster:
         return (int(hi, 16) << 32) | int(lo, 16)
 
     def relation(self, table: str, db: str = "postgres") -> tuple[int, int, int, str]:
-        """(spcnode, dbnode, relnode, path relative to the data dir) of a table's main fork."""
-        out = self.psql(
-            "SELECT CASE WHEN reltablespace = 0 THEN (SELECT dattablespace FROM pg_database "
-            "WHERE datname = current_database()) ELSE reltablespace END::oid::int8, "
-            "(SELECT oid FROM pg_database WHERE datname = current_database())::int8, "
-            f"pg_relation_filenode('{table}')::int8, pg_relation_filepath('{table}') "
-            f"FROM pg_class WHERE oid = '{table}'::regclass", db).strip()
-        spc, dbn, rel, path = out.split("|")
-        return int(spc), int(dbn), int(rel), path
+        """(spcnode, dbnode, relnode, path relative to the data dir) of a table's main fork. Raises
+        CalledProcessError if there is no such table."""
+        return self._relations(f"oid = '{table}'::regclass", db)[0]
 
     def relation_pages(self, relpath: str, forknum: int = 0) -> list[bytes]:
         """The pages of a relation fork as they are on disk (call after :meth:`stop`); [] if no file.
@@ -231,14 +225,18 @@ class PgCluster:
 
     def heap_relations(self, db: str = "postgres") -> list[tuple[int, int, int, str]]:
         """Every plain table and materialized view / TOAST table with storage in ``db`` (catalogs too)."""
+        return self._relations("relkind IN ('r', 't', 'm') AND pg_relation_filenode(oid) IS NOT NULL "
+                               "AND relpersistence = 'p'", db)
+
+    def _relations(self, where: str, db: str) -> list[tuple[int, int, int, str]]:
+        # A relation's RelFileNode as WAL names it: tablespace 0 means the database's default, and
+        # shared catalogs live in database 0.
         out = self.psql(
             "SELECT CASE WHEN reltablespace = 0 THEN (SELECT dattablespace FROM pg_database "
             "WHERE datname = current_database()) ELSE reltablespace END::oid::int8, "
             "CASE WHEN relisshared THEN 0 ELSE (SELECT oid FROM pg_database "
             "WHERE datname = current_database()) END::int8, "
-            "pg_relation_filenode(oid)::int8, pg_relation_filepath(oid) "
-            "FROM pg_class WHERE relkind IN ('r', 't', 'm') AND pg_relation_filenode(oid) IS NOT NULL "
-            "AND relpersistence = 'p'", db)
+            f"pg_relation_filenode(oid)::int8, pg_relation_filepath(oid) FROM pg_class WHERE {where}", db)
         rels = []
         for line in out.splitlines():
             if line.strip():
