@@ -550,8 +550,11 @@ def redo_delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
 _XMAX_TO_INFOMASK = struct.Struct("<IIHHHHH")
 
 
-def _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk_old) -> tuple[int, int, int]:
-    """The old-tuple half of UPDATE on the old page; returns (action, old tuple offset, old tuple length)."""
+def _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk_old, stamp=True) -> tuple[int, int, int]:
+    """The old-tuple half of UPDATE on the old page; returns (action, old tuple offset, old tuple length).
+
+    ``stamp=False`` leaves pd_lsn to the caller, which sets it after the new-tuple half on the same page.
+    """
     old_xmax, old_offnum, old_infobits, flags, _new_xmax, new_offnum = fields
     action = read_for_redo(ctx, blk_old, lsn)
     if action != BLK_NEEDS_REDO:
@@ -569,10 +572,15 @@ def _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk_old) -> tuple[int, in
     # xmax, cid = FirstCommandId (HEAP_COMBOCID cleared above), ctid -> the new tuple
     _XMAX_TO_INFOMASK.pack_into(page, off + P.T_XMAX, old_xmax, 0, (newblk_no >> 16) & 0xFFFF,
                                 newblk_no & 0xFFFF, new_offnum, infomask2, infomask)
-    P.set_prunable(page, rec.xid)
+    # PageSetPrunable, inline (one of the hottest paths: every HOT update)
+    xid = rec.xid
+    cur = P.U32.unpack_from(page, P.OFF_PRUNE_XID)[0]
+    if cur == 0 or (xid < cur if xid < 3 or cur < 3 else (xid - cur) & 0xFFFFFFFF >= 0x80000000):
+        P.U32.pack_into(page, P.OFF_PRUNE_XID, xid)
     if flags & XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED:
         _clear_all_visible(page)
-    P.set_lsn(page, lsn)
+    if stamp:
+        P.LSN.pack_into(page, P.OFF_LSN, lsn >> 32, lsn & 0xFFFFFFFF)
     return action, off, length
 
 
@@ -586,22 +594,26 @@ def redo_update(ctx: RedoContext, rec: DecodedRecord, block_id: int, lsn: int, h
         fields = _UPDATE.unpack_from(rec.main_data)
     except struct.error:
         raise InvalidRecord(f"UPDATE: main data has {len(rec.main_data)} bytes, expected {_UPDATE.size}") from None
-    _old_xmax, _old_offnum, _old_infobits, flags, new_xmax, new_offnum = fields
+    flags = fields[3]
     blocks = rec.blocks
     blk0 = blocks.get(0)
-    blk1 = blocks.get(1)
     if blk0 is None:
         raise InvalidRecord("UPDATE: no block 0")
-    if blk1 is not None and _matches(blk1, blk0.tag):
-        raise InvalidRecord("UPDATE: block 1 names the same page as block 0")
     newblk_no = blk0.blkno
+    if len(blocks) > 1:
+        blk1 = blocks.get(1)
+        if blk1 is not None and _matches(blk1, blk0.tag):
+            raise InvalidRecord("UPDATE: block 1 names the same page as block 0")
+    else:
+        blk1 = None
     if block_id == 1:
         # The requested page is the old page only.
         _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk1)
         return
     old_off = old_len = 0
     if blk1 is None:
-        newaction, old_off, old_len = _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk0)
+        # same page: pd_lsn is set once, after the new tuple (nothing reads it in between)
+        newaction, old_off, old_len = _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk0, False)
     elif rec.info & XLOG_HEAP_INIT_PAGE:
         read_for_redo(ctx, blk0, lsn, zero=True)
         P.page_init(ctx.page)
@@ -616,43 +628,44 @@ def redo_update(ctx: RedoContext, rec: DecodedRecord, block_id: int, lsn: int, h
         raise InvalidRecord("UPDATE: block 0 carries no data")
     pos = 0
     prefixlen = suffixlen = 0
-    if flags & (XLH_UPDATE_PREFIX_FROM_OLD | XLH_UPDATE_SUFFIX_FROM_OLD) and blk1 is not None:
-        raise InvalidRecord("UPDATE: prefix/suffix compression across pages")
     try:
-        if flags & XLH_UPDATE_PREFIX_FROM_OLD:
-            prefixlen = _U16.unpack_from(data, pos)[0]
-            pos += 2
-        if flags & XLH_UPDATE_SUFFIX_FROM_OLD:
-            suffixlen = _U16.unpack_from(data, pos)[0]
-            pos += 2
+        if flags & (XLH_UPDATE_PREFIX_FROM_OLD | XLH_UPDATE_SUFFIX_FROM_OLD):
+            if blk1 is not None:
+                raise InvalidRecord("UPDATE: prefix/suffix compression across pages")
+            if flags & XLH_UPDATE_PREFIX_FROM_OLD:
+                prefixlen = _U16.unpack_from(data, pos)[0]
+                pos += 2
+            if flags & XLH_UPDATE_SUFFIX_FROM_OLD:
+                suffixlen = _U16.unpack_from(data, pos)[0]
+                pos += 2
         infomask2, infomask, hoff = _XL_HEAP_HEADER.unpack_from(data, pos)
     except struct.error:
         raise InvalidRecord("UPDATE: new tuple data truncated") from None
-    pos += _XL_HEAP_HEADER.size
-    tuplen = len(data) - pos
-    mv = memoryview(data)
+    pos += 5  # _XL_HEAP_HEADER.size
     if prefixlen or suffixlen:
         old_hoff = page[old_off + P.T_HOFF]
         if prefixlen + suffixlen > old_len - old_hoff or old_hoff < P.SIZEOF_HEAP_TUPLE_HEADER:
             raise InvalidRecord(
                 f"UPDATE: prefix {prefixlen} + suffix {suffixlen} longer than the old tuple's data"
             )
-    if prefixlen:
-        bitmap_len = hoff - P.SIZEOF_HEAP_TUPLE_HEADER
-        if bitmap_len < 0 or bitmap_len > tuplen:
-            raise InvalidRecord(f"UPDATE: t_hoff {hoff} inconsistent with {tuplen} bytes of tuple data")
-        body = b"".join((
-            mv[pos:pos + bitmap_len],
-            page[old_off + old_hoff:old_off + old_hoff + prefixlen],
-            mv[pos + bitmap_len:],
-        ))
+        if prefixlen:
+            bitmap_len = hoff - P.SIZEOF_HEAP_TUPLE_HEADER
+            if bitmap_len < 0 or bitmap_len > len(data) - pos:
+                raise InvalidRecord(
+                    f"UPDATE: t_hoff {hoff} inconsistent with {len(data) - pos} bytes of tuple data"
+                )
+            start = old_off + old_hoff
+            body = b"".join((data[pos:pos + bitmap_len], page[start:start + prefixlen], data[pos + bitmap_len:]))
+        else:
+            body = data[pos:]
+        suffix = page[old_off + old_len - suffixlen:old_off + old_len] if suffixlen else None
     else:
-        body = mv[pos:]
-    suffix = page[old_off + old_len - suffixlen:old_off + old_len] if suffixlen else None
-    P.add_heap_tuple(page, new_offnum, rec.xid, new_xmax, newblk_no, infomask2, infomask, hoff, body, suffix)
+        body = data[pos:]
+        suffix = None
+    P.add_heap_tuple(page, fields[5], rec.xid, fields[4], newblk_no, infomask2, infomask, hoff, body, suffix)
     if flags & XLH_UPDATE_NEW_ALL_VISIBLE_CLEARED:
         _clear_all_visible(page)
-    P.set_lsn(page, lsn)
+    P.LSN.pack_into(page, P.OFF_LSN, lsn >> 32, lsn & 0xFFFFFFFF)
 
 
 def redo_confirm(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
