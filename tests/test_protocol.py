@@ -312,3 +312,21 @@ def test_encode_checks():
         p.encode_ping(-1)
     with pytest.raises(TypeError):
         p.encode(object())
+
+
+def test_validate_redo_records_fast_check_and_detailed_loop_agree():
+    """validate_redo accepts exact (int, bytes) tuples in one pass; anything else goes through the loop that
+    names the problem (and still accepts lists, bytearray and memoryview records)."""
+    tag = (1663, 5, 16384, 0, 1)
+    p.validate_redo(tag, 9, None, [(9, b"x"), (10, b"y")], 15)
+    p.validate_redo(tag, 9, None, [[9, bytearray(b"x")], (10, memoryview(b"y"))], 15)
+    with pytest.raises(TypeError):
+        p.validate_redo(tag, 9, None, [(9, b"x"), (True, b"y")], 15)
+    with pytest.raises(p.BadRedoRequest):
+        p.validate_redo(tag, 9, None, [(9, b"x"), (-1, b"y")], 15)
+    with pytest.raises(p.BadRedoRequest):
+        p.validate_redo(tag, 9, None, [(2**64, b"y")], 15)
+    with pytest.raises(TypeError):
+        p.validate_redo(tag, 9, None, [(9, b"x", 1)], 15)
+    with pytest.raises(TypeError):
+        p.validate_redo(tag, 9, None, [(9, "x")], 15)
