@@ -13,13 +13,14 @@ a threaded process is unsafe) and no asyncio loop: one ``selectors`` loop over
 
 Spawns are served from a small pool of *pre-forked* children (``pool_size``, default 1; the environment
 variable ``WALREDO_TEMPLATE_POOL`` sets the default, 0 forks on request only). A pool child is forked (and its
-pidfd opened, before anything can reap it) after the replies of a wake-up went out, does all the hygiene that
-needs no tenant (:func:`forkserver.child.run_idle`), and waits on a private ``SOCK_SEQPACKET`` channel. A spawn
-request then costs one ``sendmsg`` to that channel (tenant id + the child's socket) and the ``spawned`` reply:
-the fork, the interpreter's after-fork hooks and the hygiene — together most of a spawn's CPU, largely
-copy-on-write faults — are off the request path. With the pool empty (a burst) the template forks on request as
-before. Pool children are not counted as ``live`` in stats (``idle`` counts them), get no ``exited`` event, are
-replaced if they die, and are killed and reaped when the template stops.
+pidfd opened, before anything can reap it) on a wake-up that served no spawn — at most ~2 ms after the last
+one, so the fork does not compete with the parent's first round trip to the child it just got — does all the
+hygiene that needs no tenant (:func:`forkserver.child.run_idle`) and waits on a private ``SOCK_SEQPACKET``
+channel. A spawn request then costs one ``sendmsg`` to that channel (tenant id + the child's socket) and the
+``spawned`` reply: the fork, the interpreter's after-fork hooks and the hygiene — most of a spawn's CPU, largely
+copy-on-write faults — are off the request path. With the pool empty (a burst) the template forks on request
+as before. Pool children are not counted as ``live`` in stats (``idle`` counts them), get no ``exited`` event,
+are replaced if they die, and are killed and reaped when the template stops.
 
 On SIGTERM/SIGINT the template removes its socket (and key file if it wrote one) and exits; children keep
 serving their parent. When the parent pipe reports the parent's death the children are useless (their sockets
@@ -60,6 +61,7 @@ _MAX_CONNECTIONS = 1024  # beyond this new connections are closed at once (a sam
 _IDLE_CHECK_EVERY = 1.0  # seconds between sweeps for unauthenticated connections past their deadline
 _DEFAULT_POOL = "1"  # pre-forked children kept ready (WALREDO_TEMPLATE_POOL overrides; 0 = fork on request)
 _REFILL_BACKOFF = 1.0  # seconds before retrying a pre-fork that failed (e.g. EAGAIN)
+_REFILL_WAIT = 0.002  # select timeout while the pool is short: refill this soon after the last spawn at most
 
 # The wake-up fd carries signal numbers as bytes; plain ints keep the per-signal check off IntEnum code.
 _SIGCHLD, _SIGTERM, _SIGINT = int(signal.SIGCHLD), int(signal.SIGTERM), int(signal.SIGINT)
@@ -149,6 +151,7 @@ class Template:
         self.pool_size = pool_size
         self._idle: dict[int, _Idle] = {}  # pid -> pre-forked child, oldest first; also in _children (owner None)
         self._refill_at = 0.0  # after a failed pre-fork, not before this (monotonic)
+        self._served = False  # this wake-up handed out a child (the pool is refilled on a later one)
         self._children: dict[int, _Conn | None] = {}  # live (unreaped) child pid -> connection that asked
         self._conns: dict[int, _Conn] = {}
         self._sel = selectors.DefaultSelector()
@@ -227,14 +230,18 @@ class Template:
         self._idle_check_at = monotonic() + _IDLE_CHECK_EVERY
         try:
             while self.state is TemplateState.SERVING:
-                for key, events in select(timeout=_IDLE_CHECK_EVERY):
+                short = len(self._idle) < self.pool_size
+                timeout = max(_REFILL_WAIT, self._refill_at - monotonic()) if short else _IDLE_CHECK_EVERY
+                self._served = False
+                for key, events in select(timeout=timeout):
                     dispatch(key, events)
                     if self.state is not TemplateState.SERVING:
                         break
                 else:
-                    # After the replies of this wake-up went out: the fork for the next spawn happens here,
-                    # off the request path.
-                    if len(self._idle) < self.pool_size:
+                    # The pool is refilled on a wake-up that served no spawn (the next event, or the short
+                    # timeout): right after a reply the parent and the new child need the CPUs for their first
+                    # round trip, and a fork plus its copy-on-write faults would compete with it (2 vCPUs).
+                    if short and not self._served:
                         self._refill_pool()
                 if monotonic() >= self._idle_check_at:
                     self._drop_idle_unauthenticated()
@@ -367,6 +374,7 @@ class Template:
             fdpass.close_fds([req.fd])
             conn.proto.send(control.Error(req.request_id, "invalid-options", str(e)))
             return
+        self._served = True
         if self._idle and self._assign_idle(conn, req):
             return
         try:
