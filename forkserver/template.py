@@ -517,6 +517,25 @@ class Template:
             if fds:
                 mine = [fd for fd in fds if fd in conn.owned_fds]
                 conn.owned_fds.difference_update(mine)
+            if conn.closed:
+                fdpass.close_fds(mine)
+                continue
+            if not conn.out:
+                # Nothing queued ahead (the usual case): send it now, without the queue's bookkeeping (every
+                # object it touches is a page the template copies after each fork).
+                try:
+                    n = fdpass.send(conn.sock, frame, fds)
+                except (BlockingIOError, InterruptedError):
+                    n = -1  # nothing went out, fds included: queue the whole frame
+                except OSError:
+                    fdpass.close_fds(mine)
+                    self._close_conn(conn)
+                    continue
+                if n >= 0:
+                    fdpass.close_fds(mine)  # delivered with the first byte: our copies are done
+                    if n == len(frame):
+                        continue
+                    frame, fds, mine = frame[n:], [], []
             conn.out.append(_OutFrame(memoryview(frame), list(fds), mine))
             conn.queued += len(frame)
         if conn.closed:

@@ -414,3 +414,37 @@ def test_pool_size_zero_forks_on_request(template_without_pool):
     parent.close()
     assert c.next(control.Exited) == control.Exited(ev.pid, 0)
     c.close()
+
+
+def test_replies_queued_behind_a_full_socket_arrive_in_order_with_their_fds(template):
+    # A peer that does not read for a while: the template's socket buffer fills, later replies (spawned ones
+    # with their pidfd among them) wait in its queue and go out, in order, once the peer reads again.
+    c = RawClient(template.path, template.key)
+    spawn_ids = {500, 2500, 4500}
+    parents = {}
+    for i in range(6000):
+        if i in spawn_ids:
+            parents[i] = c.spawn(i)
+        else:
+            c.send(control.StatsRequest(i))
+    pids = []
+    try:
+        for i in range(6000):
+            ev = c.next()
+            if isinstance(ev, control.Exited):  # cannot happen before we close a child; fail clearly
+                raise AssertionError(ev)
+            assert ev.request_id == i, (i, ev)
+            if i in spawn_ids:
+                assert isinstance(ev, control.Spawned)
+                os.fstat(ev.pidfd)  # a real fd arrived with the queued frame
+                os.close(ev.pidfd)
+                pids.append(ev.pid)
+                assert ping(parents[i]) == b"pong %d %s\n" % (ev.pid, TENANT.encode())
+            else:
+                assert isinstance(ev, control.StatsReply)
+    finally:
+        for p in parents.values():
+            p.close()
+    exited = {c.next(control.Exited).pid for _ in pids}
+    assert exited == set(pids)
+    c.close()
