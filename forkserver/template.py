@@ -233,14 +233,20 @@ class Template:
                 short = len(self._idle) < self.pool_size
                 timeout = max(_REFILL_WAIT, self._refill_at - monotonic()) if short else _IDLE_CHECK_EVERY
                 self._served = False
-                for key, events in select(timeout=timeout):
+                ready = select(timeout=timeout)
+                # The pool is refilled on a wake-up that serves no spawn: right after a reply the parent and the
+                # new child need the CPUs for their first round trip, and a fork plus its copy-on-write faults
+                # would compete with it (2 vCPUs). When no control connection is ready (a timeout, SIGCHLD) it
+                # is refilled first, so that the `exited` events go out after it and a spawn that follows
+                # them does not queue behind the fork.
+                if short and not any(isinstance(key.data, _Conn) for key, _ in ready):
+                    self._refill_pool()
+                    short = False
+                for key, events in ready:
                     dispatch(key, events)
                     if self.state is not TemplateState.SERVING:
                         break
                 else:
-                    # The pool is refilled on a wake-up that served no spawn (the next event, or the short
-                    # timeout): right after a reply the parent and the new child need the CPUs for their first
-                    # round trip, and a fork plus its copy-on-write faults would compete with it (2 vCPUs).
                     if short and not self._served:
                         self._refill_pool()
                 if monotonic() >= self._idle_check_at:
