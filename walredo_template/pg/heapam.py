@@ -897,45 +897,22 @@ def _unsupported(rec: DecodedRecord) -> UnsupportedRecord:
     )
 
 
-def _redo_update(ctx, rec, blk, block_id, lsn):
-    if block_id > 1:
-        raise BlockNotReferenced(f"UPDATE references page {tuple(ctx.tag)} as block {block_id}")
-    redo_update(ctx, rec, block_id, lsn, False)
+# How a handler is called, by the block id under which the record references the requested page:
+_BLOCK0 = 0  # handler(ctx, rec, blk, lsn), only as block 0
+_UPDATE_NEW_OR_OLD = 1  # redo_update(ctx, rec, block_id, lsn, hot), as block 0 (new page) or 1 (old page)
+_VISIBLE_HEAP = 2  # redo_visible_heap(ctx, rec, blk, lsn), only as block 1 (block 0 is the VM page)
 
-
-def _redo_hot_update(ctx, rec, blk, block_id, lsn):
-    if block_id > 1:
-        raise BlockNotReferenced(f"HOT_UPDATE references page {tuple(ctx.tag)} as block {block_id}")
-    redo_update(ctx, rec, block_id, lsn, True)
-
-
-def _redo_visible(ctx, rec, blk, block_id, lsn):
-    # block 0 (the VM page) is in the VM fork and handled by redo_vm_page
-    if block_id != 1:
-        raise BlockNotReferenced(f"VISIBLE references page {tuple(ctx.tag)} as block {block_id}")
-    redo_visible_heap(ctx, rec, blk, lsn)
-
-
-def _block0(fn):
-    def run(ctx, rec, blk, block_id, lsn):
-        if block_id != 0:
-            raise BlockNotReferenced(
-                f"{record_name(rec.rmid, rec.info)} references page {tuple(ctx.tag)} as block {block_id}, not 0"
-            )
-        fn(ctx, rec, blk, lsn)
-    return run
-
-
-# (rmid << 8) | (info & 0xF0) -> handler(ctx, rec, blk, block_id, lsn); INIT_PAGE variants only where
-# PostgreSQL writes them. A key not here is an unsupported record.
+# (rmid << 8) | (info & 0xF0) -> (how, handler, hot); INIT_PAGE variants only where PostgreSQL writes them.
+# A key not here is an unsupported record. One table lookup and one call per record: the previous
+# per-kind wrapper functions cost a Python call on every record.
 _DISPATCH = {}
 for _op, _fn in _HEAP_SIMPLE.items():
-    _DISPATCH[RM_HEAP_ID << 8 | _op] = _block0(_fn)
+    _DISPATCH[RM_HEAP_ID << 8 | _op] = (_BLOCK0, _fn, False)
 for _op, _fn in _HEAP2_SIMPLE.items():
-    _DISPATCH[RM_HEAP2_ID << 8 | _op] = _block0(_fn)
-_DISPATCH[RM_HEAP_ID << 8 | XLOG_HEAP_UPDATE] = _redo_update
-_DISPATCH[RM_HEAP_ID << 8 | XLOG_HEAP_HOT_UPDATE] = _redo_hot_update
-_DISPATCH[RM_HEAP2_ID << 8 | XLOG_HEAP2_VISIBLE] = _redo_visible
+    _DISPATCH[RM_HEAP2_ID << 8 | _op] = (_BLOCK0, _fn, False)
+_DISPATCH[RM_HEAP_ID << 8 | XLOG_HEAP_UPDATE] = (_UPDATE_NEW_OR_OLD, redo_update, False)
+_DISPATCH[RM_HEAP_ID << 8 | XLOG_HEAP_HOT_UPDATE] = (_UPDATE_NEW_OR_OLD, redo_update, True)
+_DISPATCH[RM_HEAP2_ID << 8 | XLOG_HEAP2_VISIBLE] = (_VISIBLE_HEAP, redo_visible_heap, False)
 for _key in (RM_HEAP_ID << 8 | XLOG_HEAP_INSERT, RM_HEAP_ID << 8 | XLOG_HEAP_UPDATE,
              RM_HEAP_ID << 8 | XLOG_HEAP_HOT_UPDATE, RM_HEAP2_ID << 8 | XLOG_HEAP2_MULTI_INSERT):
     _DISPATCH[_key | XLOG_HEAP_INIT_PAGE] = _DISPATCH[_key]
@@ -966,4 +943,21 @@ def redo_heap_record(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
             break
     else:
         raise BlockNotReferenced(f"{record_name(rec.rmid, rec.info)} does not reference page {tuple(tag)}")
-    handler(ctx, rec, blk, block_id, lsn)
+    how, fn, hot = handler
+    if how == _BLOCK0:
+        if block_id != 0:
+            raise BlockNotReferenced(
+                f"{record_name(rec.rmid, rec.info)} references page {tuple(tag)} as block {block_id}, not 0"
+            )
+        fn(ctx, rec, blk, lsn)
+    elif how == _UPDATE_NEW_OR_OLD:
+        if block_id > 1:
+            raise BlockNotReferenced(
+                f"{'HOT_UPDATE' if hot else 'UPDATE'} references page {tuple(tag)} as block {block_id}"
+            )
+        fn(ctx, rec, block_id, lsn, hot)
+    else:
+        # block 0 (the VM page) is in the VM fork and handled by redo_vm_page
+        if block_id != 1:
+            raise BlockNotReferenced(f"VISIBLE references page {tuple(tag)} as block {block_id}")
+        fn(ctx, rec, blk, lsn)
