@@ -83,9 +83,10 @@ def run_idle(chan_fd: int, worker: Worker, forget: Iterable[socket.socket] = ())
     socket to the template) for one assignment — the tenant id (ASCII) with exactly one fd, the child's
     socket — then close the channel, set the title and run ``worker(sock, tenant)``. Never returns.
 
-    Until the assignment only stderr, /dev/null on 0/1 and the channel are open; after it, stderr and the
-    child's socket (the channel is closed before the worker runs). Exit status as for :func:`run_child`;
-    0 without running the worker on EOF or a malformed assignment (the template is gone or stopping).
+    Titled ``walredo (idle)`` while it waits. Until the assignment only stderr, /dev/null on 0/1 and the
+    channel are open; after it, stderr and the child's socket (the channel is closed before the worker runs).
+    Exit status as for :func:`run_child`; 0 without running the worker on EOF or a malformed assignment (the
+    template is gone or stopping).
     """
     code = 70
     try:
@@ -95,6 +96,8 @@ def run_idle(chan_fd: int, worker: Worker, forget: Iterable[socket.socket] = ())
         atexit._clear()
         chan_fd = _close_fds_except(chan_fd)
         _rebind_stdio()
+        # Not the template's title it inherited: `ps` would show a second template.
+        setproctitle.setproctitle("walredo (idle)")
         assignment = _await_assignment(chan_fd)
         if assignment is None:
             code = 0

@@ -340,9 +340,8 @@ def _fds_of(pid) -> dict[int, str]:
     return {int(f): os.readlink(f"/proc/{pid}/fd/{f}") for f in os.listdir(f"/proc/{pid}/fd")}
 
 
-def _idle_hygiene_done(pid) -> bool:
-    fds = _fds_of(pid)
-    return len(fds) == 4 and fds.get(0) == fds.get(1) == "/dev/null"
+def _idle_and_waiting(proc) -> bool:
+    return " ".join(proc.cmdline()).strip() == "walredo (idle)"  # titled once its hygiene is done
 
 
 def test_spawn_is_served_by_a_pre_forked_child_and_the_pool_refills(template):
@@ -351,8 +350,9 @@ def test_spawn_is_served_by_a_pre_forked_child_and_the_pool_refills(template):
     assert stats["idle"] == 1 and stats["live"] == 0
     (idle,) = psutil.Process(template.proc.pid).children()
     deadline = time.monotonic() + 10
-    while not _idle_hygiene_done(idle.pid) and time.monotonic() < deadline:
+    while not _idle_and_waiting(idle) and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert _idle_and_waiting(idle)
     # waiting for a tenant: /dev/null on 0 and 1, stderr, its assignment channel — nothing else
     fds = _fds_of(idle.pid)
     assert fds[0] == fds[1] == "/dev/null" and 2 in fds and len(fds) == 4, fds
