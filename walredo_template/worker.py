@@ -14,6 +14,7 @@ slow redo requests is not held back behind the whole burst.
 from __future__ import annotations
 
 import logging
+import mmap
 import socket
 import time
 
@@ -99,7 +100,10 @@ def main(sock: socket.socket, tenant: str) -> None:
     sock.setblocking(True)
     decoder = protocol.RequestDecoder()
     # One reusable receive buffer: recv(n) would allocate (and shrink) a fresh n-byte object per call.
-    buf = bytearray(RECV_SIZE)
+    # Anonymous mmap, not bytearray: a bytearray is zero-filled at once (256 page faults, ~1.3 ms on the
+    # path to the first answer, and 1 MiB of private memory per idle child); mmap pages appear only when a
+    # recv first writes them, so a child that only ever gets small requests touches a page or two.
+    buf = mmap.mmap(-1, RECV_SIZE)
     view = memoryview(buf)
     try:
         while True:
