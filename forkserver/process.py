@@ -31,6 +31,7 @@ import enum
 import logging
 import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -44,9 +45,21 @@ from .errors import ProcessBroken, ProcessClosed, RedoFailed
 
 log = logging.getLogger(__name__)
 
-# One recv reads up to this much: 32 pipelined pages per call. Kept per process (a parent may hold
-# thousands), so not larger: the buffer's pages stay resident once a burst has touched them.
+# One recv reads up to this much: 32 pipelined pages per call. The buffer is shared by every process
+# served by the same thread (reads run one callback at a time and the decoder copies what it is given), so
+# a parent holding thousands of children holds one buffer per loop thread, not one per child.
 RECV_SIZE = 256 << 10
+
+_thread_state = threading.local()
+
+
+def _recv_buffer() -> tuple[bytearray, memoryview]:
+    try:
+        return _thread_state.recv_buffer
+    except AttributeError:
+        buf = bytearray(RECV_SIZE)
+        _thread_state.recv_buffer = (buf, memoryview(buf))
+        return _thread_state.recv_buffer
 
 
 class ChildHandleLike(Protocol):
@@ -124,9 +137,6 @@ class WalRedoProcess:
         # Why the stream broke (or ProcessClosed): raised to every later caller.
         self._error: ProcessBroken | None = None
         self._decoder = protocol.ResponseDecoder()
-        # One reusable receive buffer: recv(n) would allocate (and shrink) a fresh n-byte object per call.
-        self._rbuf = bytearray(RECV_SIZE)
-        self._rview = memoryview(self._rbuf)
         self._pending: deque[_Slot] = deque()
         self._next_id = 0
         # Bytes the socket did not take yet (whole frames or a frame's tail), written when it is writable.
@@ -312,8 +322,10 @@ class WalRedoProcess:
     # ------------------------------------------------------------------ responses
 
     def _on_readable(self) -> None:
+        # A reusable receive buffer: recv(n) would allocate (and shrink) a fresh n-byte object per call.
+        rbuf, rview = _recv_buffer()
         try:
-            n = self._sock.recv_into(self._rbuf)
+            n = self._sock.recv_into(rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -322,7 +334,7 @@ class WalRedoProcess:
         if not n:
             self._break("the child closed its socket (EOF): it exited or was killed")
             return
-        self._decoder.receive_data(self._rview[:n])
+        self._decoder.receive_data(rview[:n])  # copied: the buffer is free for the next reader
         try:
             for event in self._decoder:
                 if not self._dispatch(event):  # type: ignore[arg-type]
