@@ -25,7 +25,6 @@ process die never evicts the replacement another caller already started.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
@@ -119,6 +118,7 @@ class WalRedoManager:
         self._state = ManagerState.NEW
         self._quiesce_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
         # How often the watchdog looks for timed-out requests: a request fails between request_timeout and
         # request_timeout + watchdog_period after it was sent.
         self.watchdog_period = min(max(request_timeout / 8, 0.005), 1.0)
@@ -163,20 +163,27 @@ class WalRedoManager:
 
     async def aclose(self) -> None:
         """Shut down: every cell closes for good, waiting requests fail with ``ManagerClosed``, every child is
-        killed and reaped, and a template this manager launched is stopped. Idempotent.
+        killed and reaped, and a template this manager launched is stopped. Idempotent; a concurrent or later
+        call waits for the same shutdown.
 
-        Cancellation: the shutdown itself is shielded: cancelling the caller does not leave processes
-        behind; the cancellation is re-raised after the shutdown completes.
+        Cancellation: the shutdown itself is shielded: cancelling the caller (even repeatedly) does not leave
+        processes behind; the cancellation is re-raised after the shutdown completes.
         """
-        if self._state in (ManagerState.CLOSING, ManagerState.CLOSED):
-            # A concurrent close is already doing the work; closing is idempotent, not a rendezvous.
-            return
-        if self._state is ManagerState.NEW:
+        if self._close_task is None:
+            if self._state is ManagerState.NEW:
+                self._state = ManagerState.CLOSED
+                return
+            self._state = ManagerState.CLOSING
+            # One shutdown task for every caller: a concurrent aclose() also returns only once the children
+            # are reaped, and the state becomes CLOSED when the work ends, whichever caller was cancelled.
+            self._close_task = asyncio.get_running_loop().create_task(self._close(), name="walredo-shutdown")
+        await _shielded(self._close_task)
+
+    async def _close(self) -> None:
+        try:
+            await self._shutdown()
+        finally:
             self._state = ManagerState.CLOSED
-            return
-        self._state = ManagerState.CLOSING
-        await _shielded(self._shutdown())
-        self._state = ManagerState.CLOSED
 
     async def _shutdown(self) -> None:
         background = [t for t in (self._quiesce_task, self._watchdog_task) if t is not None]
@@ -418,13 +425,19 @@ def _validate_redo_args(tag, lsn, base_image, records, pg_version):
     return BufferTag(*tag), base_image, records
 
 
-async def _shielded(coro) -> None:
-    """Run ``coro`` to completion even if the caller is cancelled; re-raise the cancellation afterwards."""
-    task = asyncio.ensure_future(coro)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await task
-        raise
+async def _shielded(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` to complete even if the caller is cancelled (any number of times); re-raise the
+    cancellation afterwards. ``asyncio.wait`` never cancels what it waits on, whereas awaiting the task
+    itself after a first cancellation would let a second one cancel the task."""
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what this caller reports
+        raise cancelled
+    task.result()
 

@@ -39,10 +39,18 @@ def tenant_children(tenant_ids):
     return found
 
 
+def _alive(pid: int) -> bool:
+    # The pid can vanish between any two psutil calls (reaped by the template meanwhile): that is "gone".
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 async def assert_gone(pids, timeout=5.0):
     deadline = time.monotonic() + timeout
     while True:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in pids if _alive(p)]
         if not alive or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.02)
@@ -376,3 +384,62 @@ async def test_50_tenants_mixed_requests_against_the_wal_capture(mgr):
     await asyncio.gather(*(tenant_work(i, t) for i, t in enumerate(ts)))
     assert checked >= len(requests)
     assert set(mgr.processes()) == set(ts)
+
+
+async def _force_cleanup(mgr, pids):
+    """Last-resort cleanup for a manager whose shutdown was interrupted: kill what it left behind."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if mgr._template is not None:
+        await mgr._template.aclose()
+
+
+async def test_aclose_cancelled_twice_still_completes_the_shutdown():
+    """aclose promises the shutdown is shielded. A second cancellation (asyncio.timeout plus a TaskGroup, or
+    asyncio.run's final cancel) used to land while aclose awaited the shutdown task directly, which cancelled
+    that task: children and the template were left running and the manager stuck in CLOSING."""
+    t = tenant()
+    mgr = WalRedoManager()
+    await mgr.start()
+    await mgr.ping(t)
+    pids = [info.pid for info in mgr.processes().values()]
+    template_pid = mgr.template.template_pid
+    closer = asyncio.create_task(mgr.aclose())
+    try:
+        await asyncio.sleep(0)  # closer is awaiting the shielded shutdown
+        closer.cancel()
+        await asyncio.sleep(0)  # closer has seen the first cancellation and waits for the shutdown to end
+        closer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closer
+        assert mgr.state is ManagerState.CLOSED
+        await assert_gone(pids + [template_pid])
+        assert not tenant_children([t])
+    finally:
+        await _force_cleanup(mgr, pids)
+
+
+async def test_concurrent_aclose_returns_only_after_the_shutdown_is_done():
+    """aclose's docstring says every child is killed and reaped when it returns; a second concurrent call
+    (e.g. a service's own stop path racing ``async with`` exit) used to return at once, mid-shutdown."""
+    t = tenant()
+    mgr = WalRedoManager()
+    await mgr.start()
+    await mgr.ping(t)
+    process = mgr._cells[t].get()
+    pids = [process.pid]
+    first = asyncio.create_task(mgr.aclose())
+    try:
+        await asyncio.sleep(0)
+        assert mgr.state is ManagerState.CLOSING
+        await mgr.aclose()
+        assert mgr.state is ManagerState.CLOSED
+        assert process.exit_status is not None, "second aclose returned before the child was reaped"
+        await first
+    finally:
+        await first
+        await _force_cleanup(mgr, pids)
+    await assert_gone(pids)
