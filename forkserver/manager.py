@@ -57,6 +57,7 @@ DEFAULT_WORKER = "walredo_template.worker:main"
 
 class ManagerState(enum.Enum):
     NEW = "new"
+    STARTING = "starting"  # start() is launching the template: a second start() or an aclose() must see it
     RUNNING = "running"
     CLOSING = "closing"
     CLOSED = "closed"
@@ -148,14 +149,27 @@ class WalRedoManager:
     async def start(self) -> None:
         """Launch the template if none was given, and the idle-quiesce task.
 
-        Errors: ``UsageError`` if already started or closed; whatever ``TemplateClient.launch`` raises.
+        Errors: ``UsageError`` if already started (or starting) or closed; ``ManagerClosed`` if ``aclose()``
+        ran while the template was being launched (that template is stopped); whatever
+        ``TemplateClient.launch`` raises.
         Cancellation: a cancelled start leaves the manager NEW with nothing running (a launched template is
         stopped).
         """
         if self._state is not ManagerState.NEW:
             raise UsageError(f"WalRedoManager cannot start: it is {self._state.value}")
         if self._template is None:
-            self._template = await TemplateClient.launch(worker=self._worker)
+            self._state = ManagerState.STARTING
+            try:
+                template = await TemplateClient.launch(worker=self._worker)
+            except BaseException:
+                if self._state is ManagerState.STARTING:
+                    self._state = ManagerState.NEW
+                raise
+            if self._state is not ManagerState.STARTING:
+                # aclose() ran during the launch and found nothing to stop: this template is ours to stop.
+                await template.aclose()
+                raise ManagerClosed("WalRedoManager was closed while it started")
+            self._template = template
         self._state = ManagerState.RUNNING
         loop = asyncio.get_running_loop()
         self._quiesce_task = loop.create_task(self._quiesce_loop(), name="walredo-quiesce")
@@ -170,7 +184,7 @@ class WalRedoManager:
         processes behind; the cancellation is re-raised after the shutdown completes.
         """
         if self._close_task is None:
-            if self._state is ManagerState.NEW:
+            if self._state in (ManagerState.NEW, ManagerState.STARTING):
                 self._state = ManagerState.CLOSED
                 return
             self._state = ManagerState.CLOSING
@@ -204,7 +218,7 @@ class WalRedoManager:
 
     def _check_running(self) -> None:
         if self._state is not ManagerState.RUNNING:
-            if self._state is ManagerState.NEW:
+            if self._state in (ManagerState.NEW, ManagerState.STARTING):
                 raise UsageError("WalRedoManager is not started: use 'async with WalRedoManager() as mgr'")
             raise ManagerClosed("WalRedoManager is closed")
 

@@ -443,3 +443,35 @@ async def test_concurrent_aclose_returns_only_after_the_shutdown_is_done():
         await first
         await _force_cleanup(mgr, pids)
     await assert_gone(pids)
+
+
+async def test_aclose_while_start_launches_leaves_no_template():
+    """aclose() during start()'s template launch used to mark the manager CLOSED, after which start() set it
+    back to RUNNING with a live template and background tasks: a closed manager came back to life."""
+    mgr = WalRedoManager()
+    starter = asyncio.create_task(mgr.start())
+    try:
+        await asyncio.sleep(0)  # start is launching the template (off the loop)
+        await mgr.aclose()
+        with pytest.raises(ManagerClosed):
+            await starter
+        assert mgr.state is ManagerState.CLOSED
+        assert not psutil.Process().children(recursive=True), "template left behind"
+    finally:
+        if not starter.done():
+            starter.cancel()
+        await asyncio.gather(starter, return_exceptions=True)
+        if mgr._template is not None:
+            await mgr._template.aclose()
+
+
+async def test_concurrent_start_raises_usage_error_and_launches_no_second_template():
+    mgr = WalRedoManager()
+    starts = [asyncio.create_task(mgr.start()) for _ in range(2)]
+    try:
+        results = await asyncio.gather(*starts, return_exceptions=True)
+        assert sum(r is None for r in results) == 1, results
+        assert sum(isinstance(r, UsageError) for r in results) == 1, results
+    finally:
+        await mgr.aclose()
+    assert not psutil.Process().children(recursive=True), "template left behind"
