@@ -79,6 +79,10 @@ class OnceCell(Generic[T]):
         self._closed_future: asyncio.Future[None] | None = None
         self._waiters = 0
         self._generation = 0
+        # close()'s dispose of the stored value, when ``dispose`` is async. A task the cell holds, so that
+        # cancelling close() does not cancel it: the value is already out of the cell and nobody else would
+        # dispose it. Later close() calls wait for it.
+        self._disposal: asyncio.Future[object] | None = None
 
     # ------------------------------------------------------------------ introspection
 
@@ -235,20 +239,29 @@ class OnceCell(Generic[T]):
         Errors: an exception raised by ``dispose`` propagates (the cell is closed regardless).
 
         Cancellation: the cell is closed as soon as this is called; cancelling the call only stops waiting
-        for an in-flight attempt or a pending dispose, and the attempt still disposes its value when it ends.
+        for an in-flight attempt or a pending (async) dispose: that dispose goes on in a task the cell holds
+        (a later ``close()`` waits for it), and the attempt still disposes its value when it ends.
         """
         if not self._closed:
             self._closed = True
             if self._closed_future is not None and not self._closed_future.done():
                 self._closed_future.set_result(None)
             value, self._value = self._value, _NOTHING
-            if value is not _NOTHING:
-                await self._dispose_value(value)  # type: ignore[arg-type]
+            if value is not _NOTHING and self._dispose is not None:
+                result = self._dispose(value)  # type: ignore[arg-type]
+                del value
+                if inspect.isawaitable(result):
+                    self._disposal = asyncio.ensure_future(result)
+        if self._disposal is not None:
+            await asyncio.shield(self._disposal)
         attempt = self._attempt
         if attempt is not None:
             if cancel_attempt:
                 attempt.cancel()
             await asyncio.wait((attempt,))
+            # The attempt disposed its late value itself; if that dispose raised, report it here as promised.
+            if not attempt.cancelled() and (exc := attempt.exception()) is not None:
+                raise exc
 
     async def _dispose_value(self, value: T) -> None:
         if self._dispose is None:

@@ -269,6 +269,50 @@ async def test_7_close_can_cancel_the_attempt():
         await waiter
 
 
+async def test_7_cancelled_close_still_disposes_the_stored_value():
+    """close() takes the value out of the cell before disposing it; cancelling close() used to cancel the
+    dispose itself, so the value was neither in the cell nor disposed (a walredo child never reaped)."""
+    disposed = []
+    release = asyncio.Event()
+
+    async def slow_dispose(v):
+        await release.wait()
+        disposed.append(v)
+
+    cell = OnceCell(dispose=slow_dispose)
+    gate = Gate()
+    gate.release.set()
+    value = await cell.get_or_init(gate)
+    closer = asyncio.create_task(cell.close())
+    await settle()
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    release.set()
+    await cell.close()  # a later close waits for the dispose still in flight
+    assert disposed == [value]
+
+
+async def test_7_close_raises_what_dispose_raised_for_a_late_value():
+    """The docstring says a dispose error propagates from close(); for the value of an attempt that ended
+    after close() it used to end the attempt task unretrieved ("Task exception was never retrieved")."""
+
+    def dispose(v):
+        raise Boom("dispose failed")
+
+    cell = OnceCell(dispose=dispose)
+    gate = Gate()
+    waiter = asyncio.create_task(cell.get_or_init(gate))
+    await settle()
+    closer = asyncio.create_task(cell.close())
+    await settle()
+    gate.release.set()
+    with pytest.raises(Boom):
+        await closer
+    with pytest.raises(CellClosed):
+        await waiter
+
+
 # 8 -------------------------------------------------------------------------------------------------------
 
 
