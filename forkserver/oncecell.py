@@ -205,14 +205,20 @@ class OnceCell(Generic[T]):
         try:
             value = await factory()
         except Exception as exc:
+            self._attempt = None  # before any waiter resumes: the cell is empty again
             return _Failed(exc, exc.__traceback__)
-        finally:
-            # Before any waiter resumes: the cell is empty again on failure, or about to be set below.
+        except BaseException:
             self._attempt = None
+            raise
         if self._closed:
-            # Nobody can receive it any more; the cell still owns it, so it is disposed exactly once.
-            await self._dispose_value(value)
+            # Nobody can receive it any more; the cell still owns it, so it is disposed exactly once. The
+            # attempt stays in flight until that is done, so every close() call waits for the dispose.
+            try:
+                await self._dispose_value(value)
+            finally:
+                self._attempt = None
         else:
+            self._attempt = None
             self._value = value
         return value
 

@@ -313,6 +313,34 @@ async def test_7_close_raises_what_dispose_raised_for_a_late_value():
         await waiter
 
 
+async def test_7_second_close_waits_for_the_late_value_dispose():
+    """The attempt dropped its handle before disposing a value that arrived after close(), so a second
+    close() (e.g. a concurrent shutdown path) returned while that dispose was still running."""
+    disposed = []
+    release = asyncio.Event()
+
+    async def slow_dispose(v):
+        await release.wait()
+        disposed.append(v)
+
+    cell = OnceCell(dispose=slow_dispose)
+    gate = Gate()
+    waiter = asyncio.create_task(cell.get_or_init(gate))
+    await settle()
+    first = asyncio.create_task(cell.close())
+    await settle()
+    gate.release.set()
+    await settle()  # the attempt has its value and is disposing it
+    second = asyncio.create_task(cell.close())
+    await settle()
+    assert not second.done(), "close() returned before the late value was disposed"
+    release.set()
+    await asyncio.gather(first, second)
+    assert len(disposed) == 1 and not cell.initializing
+    with pytest.raises(CellClosed):
+        await waiter
+
+
 # 8 -------------------------------------------------------------------------------------------------------
 
 
