@@ -11,6 +11,7 @@ Per request (``request_redo``)::
     validate arguments ──ValueError──▶ caller           (before any spawn or I/O)
     for attempt in 0..retries:
         process = cell.get_or_init(spawn)                 (cold tenant: one spawn, others wait)
+        process already BROKEN (died while idle)          → take_if, replace it once without spending a try
         page = process.redo(...) within request_timeout
           ├─ page                        → return it
           ├─ RedoFailed (engine refused) → raise, process kept (deterministic; a retry fails again)
@@ -48,7 +49,7 @@ from .errors import (
 )
 from .metrics import Outcome, RedoMetrics, StopCause
 from .oncecell import OnceCell
-from .process import WalRedoProcess
+from .process import ProcessState, WalRedoProcess
 
 log = logging.getLogger(__name__)
 
@@ -299,8 +300,13 @@ class WalRedoManager:
         if cell is None:
             cell = self._cells[tenant_id] = OnceCell(dispose=self._dispose_on_shutdown)
         last_error: BaseException | None = None
+        # A process that broke while idle (its child died between requests) is found BROKEN here; no request
+        # reached it, so replacing it once does not spend one of the tries.
+        stale_replaced = False
         try:
-            for _attempt in range(self.retries + 1):
+            tries = 0
+            while tries <= self.retries:
+                tries += 1
                 try:
                     process = await cell.get_or_init(lambda: self._launch(tenant_id))
                 except (CellClosed, InitAborted) as exc:
@@ -310,6 +316,11 @@ class WalRedoManager:
                     continue
                 except TemplateError as exc:
                     last_error = exc
+                    continue
+                if process.state is not ProcessState.RUNNING and not stale_replaced:
+                    stale_replaced = True
+                    tries -= 1
+                    self._retire(cell, process, StopCause.BROKEN)
                     continue
                 try:
                     # No timer per request: the watchdog task expires requests older than request_timeout

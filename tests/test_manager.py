@@ -475,3 +475,21 @@ async def test_concurrent_start_raises_usage_error_and_launches_no_second_templa
     finally:
         await mgr.aclose()
     assert not psutil.Process().children(recursive=True), "template left behind"
+
+
+async def test_process_that_died_while_idle_is_replaced_without_spending_a_retry():
+    """A child that died between requests sits BROKEN in its cell until the next request finds it. That
+    request never reached any child, so replacing the dead process must not cost a retry: with retries=0 it
+    used to fail with RedoProcessFailed although a fresh process would have served it."""
+    t = tenant()
+    async with WalRedoManager(retries=0) as mgr:
+        await mgr.ping(t)
+        process = mgr._cells[t].get()
+        os.kill(process.pid, signal.SIGKILL)
+        async with asyncio.timeout(30):
+            while process.state.value == "running":  # the reader sees EOF
+                await asyncio.sleep(0.01)
+        await mgr.ping(t)
+        assert mgr.processes()[t].pid != process.pid
+        pids = [info.pid for info in mgr.processes().values()]
+    await assert_gone(pids + [process.pid])
