@@ -262,8 +262,7 @@ class WalRedoProcess:
         # argument leaves no trace on the stream; the id it consumed is simply never used.
         frame = frame_for(rid)
         if self._state is not ProcessState.RUNNING:
-            assert self._error is not None
-            raise self._error
+            raise self._fresh_error()
         fut = self._loop.create_future()
         # Queue the slot and write the frame with no await in between: wire order == slot order.
         self._pending.append(_Slot(kind, rid, fut, time.monotonic()))
@@ -391,7 +390,7 @@ class WalRedoProcess:
         while self._pending:
             fut = self._pending.popleft().future
             if not fut.done():
-                fut.set_exception(error)
+                fut.set_exception(self._fresh_error())
         if not first:
             return  # BROKEN → CLOSED: the rest was done when it broke
         fd = self._sock.fileno()
@@ -412,6 +411,12 @@ class WalRedoProcess:
         self._sock.close()
         if loop_open:
             self._reap_task = self._loop.create_task(self._reap(), name=f"walredo-reap-{self.pid}")
+
+    def _fresh_error(self) -> ProcessBroken:
+        # One instance per caller: re-raising a shared instance prepends each raiser's frames to its
+        # traceback, so one exception would keep every failed caller's frames (and their arguments) alive.
+        assert self._error is not None
+        return type(self._error)(*self._error.args)
 
     async def _reap(self) -> None:
         try:

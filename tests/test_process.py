@@ -401,3 +401,26 @@ async def test_through_the_template(monkeypatch):
             assert await proc.aclose() == -signal.SIGKILL
     finally:
         await client.aclose()
+
+
+async def test_each_failed_request_gets_its_own_exception_and_traceback(spawn):
+    """Pending and later requests used to receive the one stored ProcessBroken instance. Re-raising one
+    instance prepends every raiser's frames to its traceback: 50 failed callers built one traceback of all
+    their frames (each holding its caller's records and base image alive) and printed it in every log."""
+    import traceback
+
+    child, proc = await spawn()
+    child.kill(signal.SIGSTOP)  # nothing will be answered
+    pending = [asyncio.create_task(proc.ping()) for _ in range(50)]
+    await asyncio.sleep(0)
+    await proc.aclose()
+    later = []
+    for _ in range(50):
+        try:
+            await proc.ping()
+        except ProcessClosed as exc:
+            later.append(exc)
+    errors = await asyncio.gather(*pending, return_exceptions=True) + later
+    assert all(isinstance(e, ProcessClosed) for e in errors)
+    assert len({id(e) for e in errors}) == len(errors)
+    assert max(len(traceback.extract_tb(e.__traceback__)) for e in errors) < 10
