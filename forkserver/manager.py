@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from walredo_template import BufferTag
-from walredo_template.protocol import SUPPORTED_PG_VERSION, validate_redo
+from walredo_template.protocol import MAX_FRAME_SIZE, SUPPORTED_PG_VERSION, encode_redo, validate_redo
 
 from .client import TemplateClient, validate_tenant_id
 from .errors import (
@@ -258,7 +258,7 @@ class WalRedoManager:
         goes on and serves later requests.
         """
         validate_tenant_id(tenant_id)
-        tag, base_image, records = _validate_redo_args(tag, lsn, base_image, records, pg_version)
+        tag, base_image, records = _validate_redo_args(tag, lsn, base_image, records, pg_version, wal_log_hints)
         self._check_running()
         started = time.perf_counter()
         page = await self._call(
@@ -439,7 +439,7 @@ class WalRedoManager:
         return stopped
 
 
-def _validate_redo_args(tag, lsn, base_image, records, pg_version):
+def _validate_redo_args(tag, lsn, base_image, records, pg_version, wal_log_hints):
     """The child protocol's own checks, run here before any spawn or I/O, all reported as ``ValueError``."""
     try:
         validate_redo(tag, lsn, base_image, records, pg_version)
@@ -447,6 +447,14 @@ def _validate_redo_args(tag, lsn, base_image, records, pg_version):
         raise ValueError(str(exc)) from exc
     if pg_version != SUPPORTED_PG_VERSION:
         raise ValueError(f"pg_version {pg_version!r} is not supported (only {SUPPORTED_PG_VERSION})")
+    if type(wal_log_hints) is not bool:
+        raise ValueError(f"wal_log_hints must be bool, got {type(wal_log_hints).__name__}")
+    # The frame bound (FrameTooLarge) would otherwise only be hit when the process encodes the request,
+    # after a spawn. Encoding costs a copy, so only a request that may be near the bound is encoded here:
+    # msgpack adds at most 15 bytes per record (array header, u64, bin header) and a few hundred for the rest.
+    size = (0 if base_image is None else len(base_image)) + sum([len(rec) + 16 for _lsn, rec in records])
+    if size + 512 > MAX_FRAME_SIZE:
+        encode_redo(tag, lsn, base_image, records, pg_version, 0, wal_log_hints=wal_log_hints)
     return BufferTag(*tag), base_image, records
 
 

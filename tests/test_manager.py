@@ -493,3 +493,19 @@ async def test_process_that_died_while_idle_is_replaced_without_spending_a_retry
         assert mgr.processes()[t].pid != process.pid
         pids = [info.pid for info in mgr.processes().values()]
     await assert_gone(pids + [process.pid])
+
+
+async def test_oversized_request_and_bad_wal_log_hints_are_value_error_before_any_spawn(mgr):
+    """Both used to pass the manager's checks, spawn the tenant's process, and only then fail in the
+    encoder: FrameTooLarge after a spawn, and a bare TypeError for wal_log_hints."""
+    from walredo_template.protocol import MAX_FRAME_SIZE
+
+    t = tenant()
+    before = await spawns(mgr)
+    chunk = b"x" * (1 << 20)
+    too_big = [(i + 1, chunk) for i in range(MAX_FRAME_SIZE // len(chunk) + 1)]
+    with pytest.raises(ValueError):
+        await mgr.request_redo(t, BufferTag(1, 2, 3, 0, 0), 10, blank_page(), too_big)
+    with pytest.raises(ValueError):
+        await mgr.request_redo(t, BufferTag(1, 2, 3, 0, 0), 10, blank_page(), [(1, b"x")], wal_log_hints="yes")
+    assert await spawns(mgr) == before and not mgr.processes()
