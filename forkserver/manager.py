@@ -250,7 +250,7 @@ class WalRedoManager:
               retried, the process is kept;
             - ``RedoTimeout`` after ``request_timeout``: the process is killed and replaced on the next request;
             - ``RedoProcessFailed`` when the process broke on every try (``retries`` + 1), or the template
-              could not start one;
+              could not start one (or this process could not, e.g. out of file descriptors);
             - ``ManagerClosed`` if the manager is (or gets) closed.
 
         Cancellation: cancel-safe. The request's response, if the process still sends it, is read and
@@ -314,7 +314,8 @@ class WalRedoManager:
                         raise ManagerClosed("WalRedoManager was closed while the request waited") from exc
                     last_error = exc
                     continue
-                except TemplateError as exc:
+                except (TemplateError, OSError) as exc:
+                    # OSError: the spawn's own resources (EMFILE/ENFILE at its socketpair) in this process.
                     last_error = exc
                     continue
                 if process.state is not ProcessState.RUNNING and not stale_replaced:

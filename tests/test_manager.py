@@ -509,3 +509,28 @@ async def test_oversized_request_and_bad_wal_log_hints_are_value_error_before_an
     with pytest.raises(ValueError):
         await mgr.request_redo(t, BufferTag(1, 2, 3, 0, 0), 10, blank_page(), [(1, b"x")], wal_log_hints="yes")
     assert await spawns(mgr) == before and not mgr.processes()
+
+
+async def test_out_of_fds_at_spawn_is_a_typed_error(mgr):
+    """With the fd table full, the spawn's socketpair raises OSError (EMFILE), which used to escape
+    request_redo/ping untyped instead of failing the request with RedoProcessFailed."""
+    import resource
+
+    t = tenant()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+    try:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        while True:  # fill every hole below the limit too
+            try:
+                fillers.append(os.dup(0))
+            except OSError:
+                break
+        with pytest.raises(RedoProcessFailed):
+            await mgr.ping(t)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    await mgr.ping(t)  # fds available again: the tenant is served
