@@ -121,6 +121,9 @@ class WalRedoManager:
         self._quiesce_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
+        # Resolved when start()'s template launch is over (and, if aclose() ran meanwhile, the template is
+        # stopped again), so that aclose() during start returns only once nothing runs.
+        self._launching: asyncio.Future[None] | None = None
         # How often the watchdog looks for timed-out requests: a request fails between request_timeout and
         # request_timeout + watchdog_period after it was sent.
         self.watchdog_period = min(max(request_timeout / 8, 0.005), 1.0)
@@ -160,17 +163,21 @@ class WalRedoManager:
             raise UsageError(f"WalRedoManager cannot start: it is {self._state.value}")
         if self._template is None:
             self._state = ManagerState.STARTING
+            self._launching = asyncio.get_running_loop().create_future()
             try:
-                template = await TemplateClient.launch(worker=self._worker)
-            except BaseException:
-                if self._state is ManagerState.STARTING:
-                    self._state = ManagerState.NEW
-                raise
-            if self._state is not ManagerState.STARTING:
-                # aclose() ran during the launch and found nothing to stop: this template is ours to stop.
-                await template.aclose()
-                raise ManagerClosed("WalRedoManager was closed while it started")
-            self._template = template
+                try:
+                    template = await TemplateClient.launch(worker=self._worker)
+                except BaseException:
+                    if self._state is ManagerState.STARTING:
+                        self._state = ManagerState.NEW
+                    raise
+                if self._state is not ManagerState.STARTING:
+                    # aclose() ran during the launch and found nothing to stop: this template is ours to stop.
+                    await template.aclose()
+                    raise ManagerClosed("WalRedoManager was closed while it started")
+                self._template = template
+            finally:
+                self._launching.set_result(None)
         self._state = ManagerState.RUNNING
         loop = asyncio.get_running_loop()
         self._quiesce_task = loop.create_task(self._quiesce_loop(), name="walredo-quiesce")
@@ -185,8 +192,10 @@ class WalRedoManager:
         processes behind; the cancellation is re-raised after the shutdown completes.
         """
         if self._close_task is None:
-            if self._state in (ManagerState.NEW, ManagerState.STARTING):
+            if self._state is not ManagerState.RUNNING:  # never ran (NEW, STARTING, or closed from those)
                 self._state = ManagerState.CLOSED
+                if self._launching is not None and not self._launching.done():
+                    await _shielded(self._launching)  # start() stops the template it was launching
                 return
             self._state = ManagerState.CLOSING
             # One shutdown task for every caller: a concurrent aclose() also returns only once the children
@@ -459,7 +468,7 @@ def _validate_redo_args(tag, lsn, base_image, records, pg_version, wal_log_hints
     return BufferTag(*tag), base_image, records
 
 
-async def _shielded(task: asyncio.Task[None]) -> None:
+async def _shielded(task: asyncio.Future[None]) -> None:
     """Wait for ``task`` to complete even if the caller is cancelled (any number of times); re-raise the
     cancellation afterwards. ``asyncio.wait`` never cancels what it waits on, whereas awaiting the task
     itself after a first cancellation would let a second one cancel the task."""

@@ -452,7 +452,11 @@ async def test_aclose_while_start_launches_leaves_no_template():
     starter = asyncio.create_task(mgr.start())
     try:
         await asyncio.sleep(0)  # start is launching the template (off the loop)
+        while not starter.done() and not psutil.Process().children():
+            await asyncio.sleep(0.001)  # until the template process exists
         await mgr.aclose()
+        # aclose returns only once the template that start() was launching is stopped again
+        assert not psutil.Process().children(recursive=True), "aclose returned with the template running"
         with pytest.raises(ManagerClosed):
             await starter
         assert mgr.state is ManagerState.CLOSED
