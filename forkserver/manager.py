@@ -41,6 +41,7 @@ from .errors import (
     InitAborted,
     ManagerClosed,
     ProcessBroken,
+    ProcessClosed,
     RedoFailed,
     RedoProcessFailed,
     RedoTimeout,
@@ -289,11 +290,12 @@ class WalRedoManager:
         await self._call(tenant_id, lambda process: process.ping())
 
     def processes(self) -> dict[str, ProcessInfo]:
-        """A snapshot of the live processes, by tenant id. Never waits; tenants still spawning are absent."""
+        """A snapshot of the live processes, by tenant id. Never waits; tenants still spawning are absent, and
+        so is a process whose child died since its last request (it is replaced on the next one)."""
         out = {}
         for tenant_id, cell in self._cells.items():
             process = cell.get()
-            if process is not None:
+            if process is not None and process.state is ProcessState.RUNNING:
                 out[tenant_id] = ProcessInfo(
                     tenant_id=tenant_id,
                     pid=process.pid,
@@ -309,9 +311,10 @@ class WalRedoManager:
         if cell is None:
             cell = self._cells[tenant_id] = OnceCell(dispose=self._dispose_on_shutdown)
         last_error: BaseException | None = None
-        # A process that broke while idle (its child died between requests) is found BROKEN here; no request
-        # reached it, so replacing it once does not spend one of the tries.
-        stale_replaced = False
+        # Replacing a process once does not spend one of the tries when this request is not why it failed:
+        # a process found BROKEN when picked up (its child died between requests), or one this side closed
+        # (ProcessClosed: the watchdog killed it for an older request that timed out).
+        free_replacement = True
         try:
             tries = 0
             while tries <= self.retries:
@@ -327,8 +330,8 @@ class WalRedoManager:
                     # OSError: the spawn's own resources (EMFILE/ENFILE at its socketpair) in this process.
                     last_error = exc
                     continue
-                if process.state is not ProcessState.RUNNING and not stale_replaced:
-                    stale_replaced = True
+                if process.state is not ProcessState.RUNNING and free_replacement:
+                    free_replacement = False
                     tries -= 1
                     self._retire(cell, process, StopCause.BROKEN)
                     continue
@@ -341,6 +344,9 @@ class WalRedoManager:
                     self._retire(cell, process, StopCause.BROKEN)
                     if self._state is not ManagerState.RUNNING:
                         raise ManagerClosed("WalRedoManager was closed during the request") from exc
+                    if isinstance(exc, ProcessClosed) and free_replacement:
+                        free_replacement = False
+                        tries -= 1
                     last_error = exc
                     continue
                 self.metrics.count_request(Outcome.OK)

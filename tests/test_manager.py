@@ -176,9 +176,11 @@ async def test_sigstopped_child_times_out_is_killed_and_replaced():
         assert mgr.metrics.stopped.labels("timeout")._value.get() == 1
 
 
-async def test_timeout_fails_only_the_expired_request_younger_ones_retry():
+@pytest.mark.parametrize("retries", [0, 2])
+async def test_timeout_fails_only_the_expired_request_younger_ones_retry(retries):
+    """Even with retries=0: the younger request's process was killed for another request's sake."""
     t = tenant()
-    async with WalRedoManager(request_timeout=0.6) as mgr:
+    async with WalRedoManager(request_timeout=0.6, retries=retries) as mgr:
         await mgr.ping(t)
         pid = mgr.processes()[t].pid
         os.kill(pid, signal.SIGSTOP)
