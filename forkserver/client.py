@@ -319,12 +319,13 @@ class _Session:
             # The handshake failed: its waiter gets the precise error (e.g. ProtocolError auth-failed).
             self.ready.set_exception(exc)
             self.ready.exception()
-        if not isinstance(exc, TemplateUnavailable):
-            exc = TemplateUnavailable(f"control connection failed: {exc}")
+        message = str(exc) if isinstance(exc, TemplateUnavailable) else f"control connection failed: {exc}"
         for entry in self.pending.values():
             fut = entry.future if isinstance(entry, _PendingSpawn) else entry
             if not fut.done():
-                fut.set_exception(exc)
+                # One instance per waiter: re-raising a shared one grows its traceback by every waiter's
+                # frames and keeps them all alive.
+                fut.set_exception(TemplateUnavailable(message))
         self.pending.clear()
         why = "the client was closed" if closing else "the template connection was lost"
         for handle in self.children.values():
