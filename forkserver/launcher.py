@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="walredo-template", description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", required=True, help="control socket path (its directory becomes 0700)")
     parser.add_argument("--worker", default=DEFAULT_WORKER, help="MODULE:FUNCTION run as main(sock, tenant)")
+    parser.add_argument(
+        "--pool", type=int, default=None,
+        help="children kept pre-forked, waiting for a tenant (default: $WALREDO_TEMPLATE_POOL or 1; 0 = fork on request)",
+    )
     parser.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             os.set_blocking(args.parent_fd, False)
         else:
             key = os.urandom(control.KEY_SIZE)
-        template = Template(args.socket, worker, key, parent_fd=args.parent_fd)
+        template = Template(args.socket, worker, key, parent_fd=args.parent_fd, pool_size=args.pool)
         template.bind()
         if args.parent_fd is None:
             key_file = template.socket_path + ".key"
