@@ -98,6 +98,7 @@ def run_idle(chan_fd: int, worker: Worker, forget: Iterable[socket.socket] = ())
         _rebind_stdio()
         # Not the template's title it inherited: `ps` would show a second template.
         setproctitle.setproctitle("walredo (idle)")
+        _prepare(worker)
         assignment = _await_assignment(chan_fd)
         if assignment is None:
             code = 0
@@ -120,6 +121,18 @@ def run_idle(chan_fd: int, worker: Worker, forget: Iterable[socket.socket] = ())
         except BaseException:
             pass
         os._exit(code)
+
+
+def _prepare(worker: Worker) -> None:
+    """Run the worker's optional ``prepare()`` (an attribute of the worker function) before the assignment:
+    work it does here, such as the copy-on-write faults of its first request, is off the spawn's path. A
+    failing prepare is reported on stderr; the worker may still serve."""
+    prepare = getattr(worker, "prepare", None)
+    if callable(prepare):
+        try:
+            prepare()
+        except Exception:
+            traceback.print_exc()
 
 
 def _forget(socks: Iterable[socket.socket]) -> None:

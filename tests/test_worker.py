@@ -250,3 +250,19 @@ def test_early_answer_is_not_held_back_by_a_slow_request_behind_it(monkeypatch):
         os.close(gate_w)
         c.cleanup()
         os.close(gate_r)
+
+
+def test_prepare_warms_the_paths_and_hands_its_buffer_to_main():
+    """prepare() (run by pool children before they have a tenant) drives a ping and a redo through the
+    decoder, engine and encoders, and leaves the receive buffer for main() to take."""
+    import mmap
+
+    from walredo_template import worker
+
+    assert worker.main.prepare is worker.prepare
+    try:
+        worker.prepare()
+        assert isinstance(worker._prepared_buffer, mmap.mmap)
+        assert len(worker._prepared_buffer) == worker.RECV_SIZE
+    finally:
+        worker._prepared_buffer = None
