@@ -51,31 +51,19 @@ def run_child(sock_fd: int, tenant: str, worker: Worker, forget: Iterable[socket
     Exit status: 0 when the worker returns, the ``SystemExit`` code if it raises one, 1 on any other
     exception (traceback on stderr), 70 if the hygiene itself failed.
     """
-    code = 70
-    try:
+    def body(status: _Status) -> None:
         _forget(forget)
         _default_signals()
         os.setpgid(0, 0)
         atexit._clear()
         setproctitle.setproctitle(f"walredo {tenant}")
-        sock_fd = _close_fds_except(sock_fd)
+        fd = _close_fds_except(sock_fd)
         _rebind_stdio()
-        code = 1
-        _run_worker(sock_fd, tenant, worker)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        try:
-            traceback.print_exc()
-        except BaseException:
-            pass
-    finally:
-        try:
-            sys.stderr.flush()
-        except BaseException:
-            pass
-        os._exit(code)
+        status.code = 1
+        _run_worker(fd, tenant, worker)
+        status.code = 0
+
+    _exit_after(body)
 
 
 def run_idle(chan_fd: int, worker: Worker, forget: Iterable[socket.socket] = ()) -> NoReturn:
@@ -88,28 +76,47 @@ def run_idle(chan_fd: int, worker: Worker, forget: Iterable[socket.socket] = ())
     Exit status as for :func:`run_child`; 0 without running the worker on EOF or a malformed assignment (the
     template is gone or stopping).
     """
-    code = 70
-    try:
+    def body(status: _Status) -> None:
         _forget(forget)
         _default_signals()
         os.setpgid(0, 0)
         atexit._clear()
-        chan_fd = _close_fds_except(chan_fd)
+        chan = _close_fds_except(chan_fd)
         _rebind_stdio()
         # Not the template's title it inherited: `ps` would show a second template.
         setproctitle.setproctitle("walredo (idle)")
         _prepare(worker)
-        assignment = _await_assignment(chan_fd)
+        assignment = _await_assignment(chan)
         if assignment is None:
-            code = 0
-            return  # the finally below exits
+            status.code = 0
+            return
         sock_fd, tenant = assignment
         setproctitle.setproctitle(f"walredo {tenant}")
-        code = 1
+        status.code = 1
         _run_worker(sock_fd, tenant, worker)
-        code = 0
+        status.code = 0
+
+    _exit_after(body)
+
+
+class _Status:
+    """The exit status a child leaves with; the body updates it as it gets further."""
+
+    __slots__ = ("code",)
+
+    def __init__(self) -> None:
+        self.code = 70  # the hygiene itself failed
+
+
+def _exit_after(body: Callable[[_Status], None]) -> NoReturn:
+    """Run ``body`` and leave only through ``os._exit``: never back into the template's loop, no atexit
+    handlers, no unwinding into code that belongs to the template. A ``SystemExit`` sets the status; any
+    other exception is printed on stderr."""
+    status = _Status()
+    try:
+        body(status)
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        status.code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:
         try:
             traceback.print_exc()
@@ -120,7 +127,7 @@ def run_idle(chan_fd: int, worker: Worker, forget: Iterable[socket.socket] = ())
             sys.stderr.flush()
         except BaseException:
             pass
-        os._exit(code)
+        os._exit(status.code)
 
 
 def _prepare(worker: Worker) -> None:
