@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from walredo_template import BufferTag
-from walredo_template.protocol import MAX_FRAME_SIZE, SUPPORTED_PG_VERSION, encode_redo, validate_redo
+from walredo_template.protocol import MAX_FRAME_SIZE, SUPPORTED_PG_VERSION, RedoRequest
 
 from .client import TemplateClient, validate_tenant_id
 from .errors import (
@@ -268,14 +268,10 @@ class WalRedoManager:
         goes on and serves later requests.
         """
         validate_tenant_id(tenant_id)
-        tag, base_image, records = _validate_redo_args(tag, lsn, base_image, records, pg_version, wal_log_hints)
+        request = _redo_request(tag, lsn, base_image, records, pg_version, wal_log_hints)
         self._check_running()
         started = time.perf_counter()
-        page = await self._call(
-            tenant_id, lambda process: process.redo(
-                tag, lsn, base_image, records, pg_version=pg_version, wal_log_hints=wal_log_hints
-            ),
-        )
+        page = await self._call(tenant_id, lambda process: process.send_redo(request))
         self.metrics.redo_seconds.observe(time.perf_counter() - started)
         self.metrics.records.observe(len(records))
         return page
@@ -455,23 +451,23 @@ class WalRedoManager:
         return stopped
 
 
-def _validate_redo_args(tag, lsn, base_image, records, pg_version, wal_log_hints):
-    """The child protocol's own checks, run here before any spawn or I/O, all reported as ``ValueError``."""
-    try:
-        validate_redo(tag, lsn, base_image, records, pg_version)
-    except TypeError as exc:
-        raise ValueError(str(exc)) from exc
+def _redo_request(tag, lsn, base_image, records, pg_version, wal_log_hints) -> RedoRequest:
+    """Check the arguments once, before any spawn or I/O, with the child protocol's own rules (the
+    ``RedoRequest`` built here is what the process frames, so nothing is checked twice); every refusal is a
+    ``ValueError``."""
     if pg_version != SUPPORTED_PG_VERSION:
         raise ValueError(f"pg_version {pg_version!r} is not supported (only {SUPPORTED_PG_VERSION})")
-    if type(wal_log_hints) is not bool:
-        raise ValueError(f"wal_log_hints must be bool, got {type(wal_log_hints).__name__}")
-    # The frame bound (FrameTooLarge) would otherwise only be hit when the process encodes the request,
-    # after a spawn. Encoding costs a copy, so only a request that may be near the bound is encoded here:
+    try:
+        request = RedoRequest(tag, lsn, base_image, records, pg_version, wal_log_hints=wal_log_hints)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+    # The frame bound (FrameTooLarge) would otherwise only be hit when the process frames the request,
+    # after a spawn. Framing costs a copy, so only a request that may be near the bound is framed here:
     # msgpack adds at most 15 bytes per record (array header, u64, bin header) and a few hundred for the rest.
     size = (0 if base_image is None else len(base_image)) + sum([len(rec) + 16 for _lsn, rec in records])
     if size + 512 > MAX_FRAME_SIZE:
-        encode_redo(tag, lsn, base_image, records, pg_version, 0, wal_log_hints=wal_log_hints)
-    return BufferTag(*tag), base_image, records
+        request.frame(0)
+    return request
 
 
 async def _shielded(task: asyncio.Future[None]) -> None:

@@ -198,8 +198,15 @@ class WalRedoProcess:
         Cancellation: cancel-safe; the request stays queued and its response is read and dropped. No
         timeout of its own: wrap it in ``asyncio.timeout`` and close the process if it fires.
         """
-        encoder = _RedoEncoder(tag, lsn, base_image, records, pg_version, wal_log_hints)
-        return await self._request(_Kind.REDO, encoder)
+        request = protocol.RedoRequest(tag, lsn, base_image, records, pg_version, wal_log_hints=wal_log_hints)
+        return await self.send_redo(request)
+
+    async def send_redo(self, request: protocol.RedoRequest) -> bytes:
+        """:meth:`redo` for a request already built (and so already checked), e.g. by a caller that checks
+        its arguments before it has a process. Raises ``FrameTooLarge`` before any I/O, then as
+        :meth:`redo`. Cancellation: as :meth:`redo`.
+        """
+        return await self._request(_Kind.REDO, request.frame)
 
     def close(self) -> None:
         """Stop the process now, without waiting: fail pending requests with ``ProcessClosed``, close the
@@ -423,18 +430,6 @@ class WalRedoProcess:
             self.exit_status = await self._handle.wait()
         except Exception:
             log.exception("could not reap walredo process %d", self.pid)
-
-
-class _RedoEncoder:
-    """Encodes one redo request for a given id (the id is assigned only when the slot is queued)."""
-
-    __slots__ = ("args", "wal_log_hints")
-
-    def __init__(self, *args: Any) -> None:
-        *self.args, self.wal_log_hints = args
-
-    def __call__(self, id: int) -> bytes:
-        return protocol.encode_redo(*self.args, id=id, wal_log_hints=self.wal_log_hints)
 
 
 __all__ = ["ProcessState", "ProcessStats", "WalRedoProcess"]

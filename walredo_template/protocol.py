@@ -200,25 +200,59 @@ def encode_redo(
     wal_log_hints: bool = False,
     max_frame_size: int = MAX_FRAME_SIZE,
 ) -> bytes:
-    """Frame a ``redo`` request after :func:`validate_redo`.
+    """Frame a ``redo`` request after :func:`validate_redo` (``RedoRequest(...).frame(id)``).
 
     Raises ``BadRedoRequest`` (a ``ValueError``) or ``TypeError`` for invalid arguments, ``InvalidMessage``
     for a bad id and ``FrameTooLarge`` if the encoded request exceeds ``max_frame_size``.
     """
-    validate_redo(tag, lsn, base_image, records, pg_version)
-    if type(wal_log_hints) is not bool:
-        raise TypeError(f"wal_log_hints must be bool, got {type(wal_log_hints).__name__}")
-    payload = {
-        "type": "redo",
-        "tag": list(tag),
-        "lsn": lsn,
-        "base_image": None if base_image is None else bytes(base_image),
-        "records": [[end_lsn, bytes(rec)] for end_lsn, rec in records],
-        "pg_version": pg_version,
-    }
-    if wal_log_hints:  # omitted when false: the common case stays one key shorter
-        payload["wal_log_hints"] = True
-    return _frame(_with_id(payload, id), max_frame_size)
+    request = RedoRequest(
+        tag, lsn, base_image, records, pg_version, wal_log_hints=wal_log_hints, max_frame_size=max_frame_size
+    )
+    return request.frame(id)
+
+
+class RedoRequest:
+    """A ``redo`` request whose arguments were checked once, at construction (:func:`validate_redo`).
+
+    :meth:`frame` encodes it for a given id. The parent checks a request before it spawns anything and
+    frames it only when it is queued on a process (the id is assigned then): one check, not one per step.
+    Raises as :func:`encode_redo` (``TypeError``/``BadRedoRequest`` here, ``InvalidMessage`` and
+    ``FrameTooLarge`` from :meth:`frame`).
+    """
+
+    __slots__ = ("_payload", "_max_frame_size")
+
+    def __init__(
+        self,
+        tag: Sequence[int],
+        lsn: int,
+        base_image: bytes | None,
+        records: Sequence[tuple[int, bytes]],
+        pg_version: int = SUPPORTED_PG_VERSION,
+        *,
+        wal_log_hints: bool = False,
+        max_frame_size: int = MAX_FRAME_SIZE,
+    ) -> None:
+        validate_redo(tag, lsn, base_image, records, pg_version)
+        if type(wal_log_hints) is not bool:
+            raise TypeError(f"wal_log_hints must be bool, got {type(wal_log_hints).__name__}")
+        payload: dict[str, Any] = {
+            "type": "redo",
+            "tag": list(tag),
+            "lsn": lsn,
+            "base_image": None if base_image is None else bytes(base_image),
+            "records": [[end_lsn, bytes(rec)] for end_lsn, rec in records],
+            "pg_version": pg_version,
+        }
+        if wal_log_hints:  # omitted when false: the common case stays one key shorter
+            payload["wal_log_hints"] = True
+        self._payload = payload
+        self._max_frame_size = max_frame_size
+
+    def frame(self, id: int | None = None) -> bytes:
+        """The request as one frame, carrying ``id``; may be called again (the request is not changed)."""
+        payload = self._payload if id is None else _with_id(dict(self._payload), id)
+        return _frame(payload, self._max_frame_size)
 
 
 def encode_pong(id: int | None = None) -> bytes:
@@ -534,6 +568,7 @@ __all__ = [
     "Pong",
     "ProtocolError",
     "Redo",
+    "RedoRequest",
     "Request",
     "RequestDecoder",
     "Response",
