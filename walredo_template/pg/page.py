@@ -218,13 +218,10 @@ def normal_item(page, offnum: int) -> tuple[int, int]:
 
 # --- PageAddItem ---------------------------------------------------------------------------------
 
-def add_item(page: bytearray, item, offnum: int, *, is_heap: bool = True) -> int:
-    """PageAddItemExtended with PAI_OVERWRITE (the form heap redo uses), returning ``offnum``.
-
-    The item goes at 1-based ``offnum``, which must be an unused slot or the next one past the array.
-    Raises :class:`InvalidPage` on corrupt page bounds and :class:`InvalidRecord` when the slot is in use,
-    too far, beyond MaxHeapTuplesPerPage, or the item does not fit (PostgreSQL PANICs on these in redo).
-    """
+def _reserve(page: bytearray, offnum: int, size: int, is_heap: bool) -> int:
+    """PageAddItem's placement for an item of ``size`` bytes at 1-based ``offnum`` (PAI_OVERWRITE): check
+    the bounds and the slot, set the line pointer, pd_lower and pd_upper; return where the item goes.
+    Nothing is written unless every check passes."""
     flags, lower, upper, special, _psv = _BOUNDS.unpack_from(page, OFF_FLAGS)
     if not (SIZE_OF_PAGE_HEADER <= lower <= upper <= special <= BLCKSZ):
         raise InvalidPage(f"corrupted page pointers: lower = {lower}, upper = {upper}, special = {special}")
@@ -233,24 +230,34 @@ def add_item(page: bytearray, item, offnum: int, *, is_heap: bool = True) -> int
         raise InvalidRecord(f"invalid item offset {offnum}")
     if offnum < limit:
         w = U32.unpack_from(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4)[0]
-        if (w >> 15) & 3 != LP_UNUSED or (w >> 17) != 0:
+        if w & 0xFFFF8000:  # lp_flags or lp_len set: the slot is in use
             raise InvalidRecord(f"will not overwrite used item {offnum}")
-    elif offnum > limit:
-        raise InvalidRecord(f"item offset {offnum} is too large (max {limit})")
+    else:
+        if offnum > limit:
+            raise InvalidRecord(f"item offset {offnum} is too large (max {limit})")
+        lower += SIZEOF_ITEMID
     if is_heap and offnum > MAX_HEAP_TUPLES_PER_PAGE:
         raise InvalidRecord(f"can't put more than {MAX_HEAP_TUPLES_PER_PAGE} items in a heap page")
-    size = len(item)
-    if size == 0 or size > 0x7FFF:
-        raise InvalidRecord(f"invalid item size {size}")
-    if offnum == limit:
-        lower += SIZEOF_ITEMID
     upper -= (size + 7) & ~7
     if lower > upper:
         raise InvalidRecord(f"item of {size} bytes does not fit on the page")
     U32.pack_into(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4, upper | (LP_NORMAL << 15) | (size << 17))
+    _LU.pack_into(page, OFF_LOWER, lower, upper)
+    return upper
+
+
+def add_item(page: bytearray, item, offnum: int, *, is_heap: bool = True) -> int:
+    """PageAddItemExtended with PAI_OVERWRITE (the form heap redo uses), returning ``offnum``.
+
+    The item goes at 1-based ``offnum``, which must be an unused slot or the next one past the array.
+    Raises :class:`InvalidPage` on corrupt page bounds and :class:`InvalidRecord` when the slot is in use,
+    too far, beyond MaxHeapTuplesPerPage, or the item does not fit (PostgreSQL PANICs on these in redo).
+    """
+    size = len(item)
+    if size == 0 or size > 0x7FFF:
+        raise InvalidRecord(f"invalid item size {size}")
+    upper = _reserve(page, offnum, size, is_heap)
     page[upper:upper + size] = item
-    U16.pack_into(page, OFF_LOWER, lower)
-    U16.pack_into(page, OFF_UPPER, upper)
     return offnum
 
 
@@ -268,26 +275,7 @@ def add_heap_tuple(page: bytearray, offnum: int, xmin: int, xmax: int, blkno: in
     size = SIZEOF_HEAP_TUPLE_HEADER + len(body) + (len(suffix) if suffix is not None else 0)
     if size > MAX_HEAP_TUPLE_SIZE:
         raise InvalidRecord(f"tuple of {size} bytes exceeds MaxHeapTupleSize")
-    flags, lower, upper, special, _psv = _BOUNDS.unpack_from(page, OFF_FLAGS)
-    if not (SIZE_OF_PAGE_HEADER <= lower <= upper <= special <= BLCKSZ):
-        raise InvalidPage(f"corrupted page pointers: lower = {lower}, upper = {upper}, special = {special}")
-    limit = ((lower - SIZE_OF_PAGE_HEADER) >> 2) + 1
-    if offnum < 1:
-        raise InvalidRecord(f"invalid item offset {offnum}")
-    if offnum < limit:
-        w = U32.unpack_from(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4)[0]
-        if w & 0xFFFF8000:  # lp_flags or lp_len set: the slot is in use
-            raise InvalidRecord(f"will not overwrite used item {offnum}")
-    else:
-        if offnum > limit:
-            raise InvalidRecord(f"item offset {offnum} is too large (max {limit})")
-        lower += SIZEOF_ITEMID
-    if offnum > MAX_HEAP_TUPLES_PER_PAGE:
-        raise InvalidRecord(f"can't put more than {MAX_HEAP_TUPLES_PER_PAGE} items in a heap page")
-    upper -= (size + 7) & ~7
-    if lower > upper:
-        raise InvalidRecord(f"item of {size} bytes does not fit on the page")
-    U32.pack_into(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4, upper | (LP_NORMAL << 15) | (size << 17))
+    upper = _reserve(page, offnum, size, True)
     TUPLE_HEADER.pack_into(page, upper, xmin, xmax, 0, (blkno >> 16) & 0xFFFF, blkno & 0xFFFF, offnum,
                            infomask2, infomask, hoff)
     pos = upper + SIZEOF_HEAP_TUPLE_HEADER
@@ -295,7 +283,6 @@ def add_heap_tuple(page: bytearray, offnum: int, xmin: int, xmax: int, blkno: in
     page[pos:end] = body
     if suffix is not None:
         page[end:upper + size] = suffix
-    _LU.pack_into(page, OFF_LOWER, lower, upper)
 
 
 # --- fragmentation and line pointer truncation ----------------------------------------------------
