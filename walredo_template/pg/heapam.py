@@ -739,16 +739,23 @@ def redo_confirm(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) 
     P.set_lsn(page, lsn)
 
 
-def redo_lock(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    locking_xid, offnum, infobits, _flags = _main(rec, _LOCK, "LOCK")
-    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
-        return
-    page = ctx.page
+def _locked_infomasks(page: bytearray, offnum: int, infobits: int) -> tuple[int, int, int]:
+    """The tuple at ``offnum`` and its infomasks as LOCK and LOCK_UPDATED redo rewrite them: xmax bits and
+    HEAP_MOVED cleared, HEAP_KEYS_UPDATED cleared, then the record's infobits applied."""
     off, _len = P.normal_item(page, offnum)
     infomask2, infomask = _INFOMASKS.unpack_from(page, off + P.T_INFOMASK2)
     infomask &= ~(HEAP_XMAX_BITS | HEAP_MOVED)
     infomask2 &= ~HEAP_KEYS_UPDATED
     infomask, infomask2 = _fix_infomask_from_infobits(infobits, infomask, infomask2)
+    return off, infomask2, infomask
+
+
+def redo_lock(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    locking_xid, offnum, infobits, _flags = _main(rec, _LOCK, "LOCK")
+    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+        return
+    page = ctx.page
+    off, infomask2, infomask = _locked_infomasks(page, offnum, infobits)
     # HEAP_XMAX_IS_LOCKED_ONLY: only a locker, no update: no HOT chain, ctid points at itself
     if infomask & HEAP_XMAX_LOCK_ONLY or (infomask & (HEAP_XMAX_IS_MULTI | HEAP_LOCK_MASK)) == HEAP_XMAX_EXCL_LOCK:
         infomask2 &= ~HEAP_HOT_UPDATED
@@ -764,11 +771,7 @@ def redo_lock_updated(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
     if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
         return
     page = ctx.page
-    off, _len = P.normal_item(page, offnum)
-    infomask2, infomask = _INFOMASKS.unpack_from(page, off + P.T_INFOMASK2)
-    infomask &= ~(HEAP_XMAX_BITS | HEAP_MOVED)
-    infomask2 &= ~HEAP_KEYS_UPDATED
-    infomask, infomask2 = _fix_infomask_from_infobits(infobits, infomask, infomask2)
+    off, infomask2, infomask = _locked_infomasks(page, offnum, infobits)
     P.U32.pack_into(page, off + P.T_XMAX, xmax)
     _INFOMASKS.pack_into(page, off + P.T_INFOMASK2, infomask2, infomask)
     P.set_lsn(page, lsn)
