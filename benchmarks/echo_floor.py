@@ -9,11 +9,9 @@ walredo benchmark sends. What walredo adds on top of this is our protocol, proce
 from __future__ import annotations
 
 import asyncio
-import socket
-import sys
 
 from benchmarks.framed_client import FramedClient
-from benchmarks.runner import REPO_ROOT
+from benchmarks.spawn_methods import exec_baseline_worker
 from walredo_template import protocol
 
 PING = protocol.encode_ping()
@@ -29,17 +27,7 @@ class EchoServer:
     @classmethod
     async def start(cls) -> "EchoServer":
         """Start the server process (off the measured path) and connect. Raises ``OSError``."""
-        parent, child = socket.socketpair()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "benchmarks.baseline_worker", "echo", str(child.fileno()),
-                pass_fds=(child.fileno(),), cwd=REPO_ROOT, stdin=asyncio.subprocess.DEVNULL,
-            )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
+        proc, parent = await exec_baseline_worker("echo")
         try:
             client = await FramedClient.open(parent)
         except BaseException:

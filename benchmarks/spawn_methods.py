@@ -110,23 +110,31 @@ class TemplateSpawn(SpawnMethod):
             self.client = None
 
 
+async def exec_baseline_worker(mode: str, *args: str) -> tuple[asyncio.subprocess.Process, socket.socket]:
+    """``python -m benchmarks.baseline_worker MODE FD ARGS...`` in a fresh interpreter, FD being the child's
+    end of a new socketpair; returns the process and the parent's end. Raises ``OSError``; closes both
+    ends of the pair if the exec fails."""
+    parent, child = socket.socketpair()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.baseline_worker", mode, str(child.fileno()), *args,
+            pass_fds=(child.fileno(),), cwd=REPO_ROOT, stdin=asyncio.subprocess.DEVNULL,
+        )
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
+    return proc, parent
+
+
 class FreshInterpreterSpawn(SpawnMethod):
     """A fresh ``python -m benchmarks.baseline_worker worker FD`` per tenant (``create_subprocess_exec``)."""
 
     name = "fresh interpreter"
 
     async def spawn(self, tenant: str) -> SpawnedChild:
-        parent, child = socket.socketpair()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "benchmarks.baseline_worker", "worker", str(child.fileno()), tenant,
-                pass_fds=(child.fileno(),), cwd=REPO_ROOT, stdin=asyncio.subprocess.DEVNULL,
-            )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
+        proc, parent = await exec_baseline_worker("worker", tenant)
         parent.setblocking(False)
         return SpawnedChild(proc.pid, parent, proc.wait)
 
