@@ -93,16 +93,32 @@ def have_matplotlib() -> bool:
     return True
 
 
-def plot_bars(path: Path, title: str, ylabel: str, groups: list[str], series: dict[str, list[float]],
-              log: bool = False) -> Path | None:
-    """A grouped bar chart (one group per x label, one bar per series); ``None`` without matplotlib."""
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (no display on a server), or None."""
     if not have_matplotlib():
         return None
     import matplotlib
 
-    matplotlib.use("Agg")  # no display on a server
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(plt, fig, ax, path: Path) -> Path:
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(path: Path, title: str, ylabel: str, groups: list[str], series: dict[str, list[float]],
+              log: bool = False) -> Path | None:
+    """A grouped bar chart (one group per x label, one bar per series); ``None`` without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series.items()):
@@ -113,23 +129,15 @@ def plot_bars(path: Path, title: str, ylabel: str, groups: list[str], series: di
     ax.set_title(title)
     if log:
         ax.set_yscale("log")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_lines(path: Path, title: str, xlabel: str, ylabel: str, xs: list[float],
                series: dict[str, list[float]], logx: bool = False, logy: bool = False) -> Path | None:
     """A line chart with one line per series; ``None`` without matplotlib."""
-    if not have_matplotlib():
+    plt = _pyplot()
+    if plt is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, ys in series.items():
         ax.plot(xs, ys, marker="o", label=label)
@@ -140,8 +148,4 @@ def plot_lines(path: Path, title: str, xlabel: str, ylabel: str, xs: list[float]
         ax.set_xscale("log", base=2)
     if logy:
         ax.set_yscale("log")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
