@@ -1,8 +1,12 @@
-"""The error hierarchy of the parent side, split by who is at fault.
+"""The error hierarchy of the parent side, split by who is at fault. All derive from ``ForkServerError``.
 
-- ``UsageError``: our caller misused an object (wrong state, bad argument).
-- ``PeerError``: the other side (template, child) broke the protocol or went away.
-- ``CellClosed`` / ``InitAborted``: :class:`forkserver.OnceCell` outcomes.
+- Our caller's fault: ``UsageError`` (wrong state), ``InvalidTenantId`` and other ``ValueError``s (bad
+  arguments, raised before any I/O).
+- The peer broke or went away: ``ProtocolError`` / ``TemplateUnavailable`` (the template),
+  ``ProcessBroken`` / ``ProcessClosed`` (a walredo child's stream; retriable on a new process),
+  ``RedoProcessFailed`` (broke on every retry), ``RedoTimeout``.
+- The peer refused, deterministically: ``SpawnRefused`` (template), ``RedoFailed`` (redo engine).
+- Lifecycle outcomes: ``CellClosed`` / ``InitAborted`` (:class:`forkserver.OnceCell`), ``ManagerClosed``.
 """
 
 

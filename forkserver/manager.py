@@ -283,7 +283,7 @@ class WalRedoManager:
         """
         validate_tenant_id(tenant_id)
         self._check_running()
-        await self._call(tenant_id, lambda process: process.ping())
+        await self._call(tenant_id, WalRedoProcess.ping)
 
     def processes(self) -> dict[str, ProcessInfo]:
         """A snapshot of the live processes, by tenant id. Never waits; tenants still spawning are absent, and
