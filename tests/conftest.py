@@ -2,6 +2,7 @@
 
 ``wal_captures`` (session): ``wal_captures.get(name)`` runs the standard workload on a real PostgreSQL 15
 cluster of the configuration ``name`` (see ``pgcluster.CONFIGS``: default, checksums, pglz, lz4, zstd)
+(or an access-method configuration: ``pgcluster.INDEX_CONFIG_NAMES``, every tests/workloads script)
 once per test session, then returns the :class:`pgcluster.WalCapture` (WAL records, on-disk heap pages,
 pg_waldump output); the cluster itself is stopped and removed right after capture. Missing PostgreSQL
 binaries make the tests fail (never skip): ``scripts/test`` installs them.
@@ -51,7 +52,8 @@ def wal_captures() -> _PerConfig:
 def oracle_results(wal_captures) -> _PerConfig:
     """Lazily replayed and checked captures, one per configuration: ``get(name)`` ->
     :class:`oracle.OracleResult` of :func:`oracle.replay_capture`."""
-    return _PerConfig(lambda name: oracle.replay_capture(wal_captures.get(name), keep_samples=SAMPLES_PER_KIND))
+    return _PerConfig(lambda name: oracle.replay_capture(wal_captures.get(name), keep_samples=SAMPLES_PER_KIND,
+                                                         max_failures=100_000))
 
 
 @pytest.fixture(scope="session")

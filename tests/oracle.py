@@ -4,20 +4,22 @@ Used by tests/test_oracle.py, tests/test_heapam.py, tests/test_redo.py, tests/te
 scripts/capture-wal and scripts/bench_redo. Harness side only: nothing here runs in a walredo child.
 
 :func:`replay` walks the records in WAL order the way a standby replays them, keeping the engine's own
-state of every heap and visibility-map page of the heap relations the WAL touches. Each Heap/Heap2 record
-is applied to every page it touches (its block references and the VM pages whose bits it clears without
+state of every page of the relations the WAL touches through the rmgrs it is asked to follow (heap and
+visibility-map pages by default; index, sequence and generic-WAL pages with ``pgcluster.ALL_RMGRS``). Each
+record of those rmgrs is applied to every page it touches (its block references and the VM pages whose bits it clears without
 referencing them, :func:`walredo_template.pg.walreader.pages_touched`), XLOG FPI / FPI_FOR_HINT to their
 blocks, one ``apply_records`` call per record and page, each from the engine's previous result for that
 page. Where a record carries PostgreSQL's consistency image of the page (``wal_consistency_checking``: an
-image not flagged for apply), the engine's page and that image are compared masked (``heap_mask`` for
-heap pages; LSN and checksum only for VM pages, stricter than PostgreSQL's own check). The counts are
+image not flagged for apply), the engine's page and that image are compared masked by the record's rmgr
+mask, as PostgreSQL does (``heap_mask``, ``btree_mask``…; LSN and checksum only for VM pages, stricter than
+PostgreSQL's own check). The counts are
 kept per record kind (:func:`record_kind`: ``Heap/UPDATE [block 1]``, ``Heap2/VISIBLE [vm page]``,
 ``Heap/DELETE [implicit vm clear]``…), and the LSN of every checked record is kept.
 
 Where a page's state starts:
 
 - a record that initializes it or carries an image to apply starts it;
-- a heap page from before the capture, first touched by a record without either, is *seeded* from that
+- a page from before the capture (e.g. a catalog index page), first touched by a record without either, is *seeded* from that
   record's consistency image (counted in ``seeded``, not compared); without one it stays unknown
   (``not_started``) until a later record supplies it;
 - a VM page referenced by a block (Heap2/VISIBLE) with no known state is redone from no page, which the
@@ -31,7 +33,9 @@ page (``visibilitymap_prepare_truncate``; logged as an FPI only when hint bits a
 the VM pages past the new end of the map.
 
 :func:`compare_disk` then compares every page the engine followed with the page PostgreSQL left on disk
-after its clean shutdown: masked, and ``pd_lsn`` exactly (no mask). :func:`replay_capture` does both for a
+after its clean shutdown: masked by the page's access method, and ``pd_lsn`` exactly (no mask). Pages that
+change without WAL (:func:`disk_exempt`: sequence pages, the SP-GiST metapage) are set aside in
+``DiskCheck.exempt`` for their own tests. :func:`replay_capture` does both for a
 :class:`pgcluster.WalCapture`. With ``keep_samples=N`` the replay also keeps up to N single-record redo
 cases (page before, record) per :func:`sample_key`, for tests that mutate real records.
 """
@@ -43,12 +47,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from walredo_template import BufferTag
-from walredo_template.pg import heapam
-from walredo_template.pg.capture import masked as mask_page  # the one masking rule the harnesses share
 from walredo_template.pg.errors import RedoError
+from walredo_template.pg.mask import mask_vm_page
 from walredo_template.pg.walreader import HEAPBLOCKS_PER_VM_PAGE, pages_touched
 from walredo_template.pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, RM_XLOG_ID, decode_record
-from walredo_template.redo import apply_records
+from walredo_template.redo import RMGRS, apply_records
+from walredo_template.redo import record_name as _record_name
 
 MAIN_FORK = 0
 VM_FORK = 2
@@ -58,15 +62,38 @@ SMGR_TRUNCATE_HEAP = 0x0001
 SMGR_TRUNCATE_VM = 0x0002
 _SMGR_TRUNCATE = struct.Struct("<IIIIi")  # xl_smgr_truncate: blkno, spcNode, dbNode, relNode, flags
 XLOG_OPS = {0xB0: "FPI", 0xA0: "FPI_FOR_HINT"}
+HEAP_RMGRS = frozenset({RM_HEAP_ID, RM_HEAP2_ID})
+RM_SEQ_ID = 15
+RM_SPGIST_ID = 16
 
 
 def record_name(rmid: int, info: int) -> str:
     """``Heap/INSERT+INIT``-style name of a record type, as pg_waldump prints it."""
-    if rmid in (RM_HEAP_ID, RM_HEAP2_ID):
-        return heapam.record_name(rmid, info)
-    if rmid == RM_XLOG_ID:
-        return "XLOG/" + XLOG_OPS.get(info & 0xF0, f"{info & 0xF0:#04x}")
-    return f"rmgr{rmid}/{info:#04x}"
+    return _record_name(rmid, info)
+
+
+def mask_page(tag: BufferTag, page: bytes, rmid: int = RM_HEAP_ID) -> bytes:
+    """A masked copy of ``page`` by the mask of rmgr ``rmid`` (PostgreSQL's ``rm_mask``; the comparison of
+    a consistency image uses the record's rmgr). Visibility-map pages: LSN and checksum only (stricter than
+    PostgreSQL's heap_mask, which wipes the bitmap)."""
+    if tag.forknum == VM_FORK:
+        return mask_vm_page(page)
+    buf = bytearray(page)
+    RMGRS[rmid].mask(buf, tag.blknum)
+    return bytes(buf)
+
+
+def disk_exempt(tag: BufferTag, rmid: int | None) -> str | None:
+    """Why a page on disk is not a WAL state and is not compared with the engine's last page, or None.
+
+    Sequence pages: ``nextval`` logs ahead (SEQ_LOG_VALS) and then updates the page without WAL. The
+    SP-GiST metapage: its cache of last-used pages is updated without WAL.
+    """
+    if rmid == RM_SEQ_ID:
+        return "sequence page (nextval changes it between WAL records)"
+    if rmid == RM_SPGIST_ID and tag.blknum == 0:
+        return "SP-GiST metapage (unlogged last-used-page cache)"
+    return None
 
 
 def record_kind(rec, blk, tag: BufferTag) -> str:
@@ -101,6 +128,7 @@ class DiskCheck:
 
     equal: int = 0  # pages equal after masking
     mismatches: list = field(default_factory=list)  # (tag, what)
+    exempt: list = field(default_factory=list)  # (tag, engine page, disk page, why): see disk_exempt
     lsn_equal: int = 0  # pages whose pd_lsn equals the disk page's exactly (no mask)
     lsn_mismatches: list = field(default_factory=list)  # (tag, engine lsn, disk lsn)
     gone: int = 0  # pages of relations with no page on disk at all (dropped or rewritten since)
@@ -119,6 +147,7 @@ class OracleResult:
     seeded: int = 0  # heap pages whose state started from a consistency image (not compared)
     truncated: int = 0  # pages dropped by Storage/TRUNCATE
     pages: dict = field(default_factory=dict)  # tag -> final reconstructed page
+    page_rmgr: dict = field(default_factory=dict)  # tag -> rmid of the last non-XLOG record applied to it
     last_check_image: dict = field(default_factory=dict)  # tag -> (end_lsn, last consistency image)
     samples: list = field(default_factory=list)  # (tag, page before, end_lsn, record, sample_key)
     disk: DiskCheck | None = None  # set by compare_disk / replay_capture
@@ -132,21 +161,21 @@ class OracleResult:
         return sum(self.applied.values())
 
 
-def heap_relations(records) -> set[tuple[int, int, int]]:
-    """(spc, db, rel) of every relation a Heap/Heap2 record references."""
+def heap_relations(records, rmgrs=HEAP_RMGRS) -> set[tuple[int, int, int]]:
+    """(spc, db, rel) of every relation a record of ``rmgrs`` (default Heap/Heap2) references."""
     rels = set()
     for _s, _e, raw in records:
-        if raw[17] in (RM_HEAP_ID, RM_HEAP2_ID):
+        if raw[17] in rmgrs:
             for b in decode_record(raw, verify_crc=False).blocks.values():
                 rels.add((b.spcnode, b.dbnode, b.relnode))
     return rels
 
 
-def heap_tags(records) -> set[BufferTag]:
-    """Pages of the heap and visibility-map forks that Heap/Heap2 records reference."""
+def heap_tags(records, rmgrs=HEAP_RMGRS) -> set[BufferTag]:
+    """Pages that records of ``rmgrs`` (default Heap/Heap2: heap and visibility-map pages) reference."""
     tags = set()
     for _s, _e, raw in records:
-        if raw[17] in (RM_HEAP_ID, RM_HEAP2_ID):
+        if raw[17] in rmgrs:
             tags.update(b.tag for b in decode_record(raw, verify_crc=False).blocks.values())
     return tags
 
@@ -209,8 +238,11 @@ def _truncate(state: dict, rel: tuple[int, int, int], nblocks: int, flags: int) 
 
 
 def replay(records, *, wal_log_hints: bool, keep_check_images: bool = False, keep_samples: int = 0,
-           max_failures: int = 50) -> OracleResult:
+           max_failures: int = 50, rmgrs=HEAP_RMGRS) -> OracleResult:
     """Replay ``(start_lsn, end_lsn, raw)`` records in WAL order and compare; see the module docstring.
+
+    ``rmgrs``: the rmgrs whose records are replayed (default Heap/Heap2; ``pgcluster.ALL_RMGRS`` for
+    every relation page), with the XLOG FPIs of the relations they reference.
 
     ``wal_log_hints``: the cluster had data checksums or wal_log_hints on (passed to ``apply_records``).
     ``keep_check_images``: fill ``last_check_image``. ``keep_samples``: keep up to that many redo cases
@@ -220,8 +252,9 @@ def replay(records, *, wal_log_hints: bool, keep_check_images: bool = False, kee
     ``InvalidRecord``.
     """
     res = OracleResult()
-    rels = heap_relations(records)
+    rels = heap_relations(records, rmgrs)
     state = res.pages
+    page_rmgr = res.page_rmgr
     per_key: Counter = Counter()
     for _start, end, raw in records:
         rmid = raw[17]
@@ -230,7 +263,7 @@ def replay(records, *, wal_log_hints: bool, keep_check_images: bool = False, kee
             if trunc is not None and trunc[0] in rels:
                 res.truncated += _truncate(state, *trunc)
             continue
-        if not (rmid in (RM_HEAP_ID, RM_HEAP2_ID) or (rmid == RM_XLOG_ID and raw[16] & 0xF0 in XLOG_OPS)):
+        if not (rmid in rmgrs or (rmid == RM_XLOG_ID and raw[16] & 0xF0 in XLOG_OPS)):
             continue
         rec = decode_record(raw, verify_crc=False)
         for tag in pages_touched(raw):
@@ -270,13 +303,15 @@ def replay(records, *, wal_log_hints: bool, keep_check_images: bool = False, kee
                 continue
             res.applied[kind] += 1
             state[tag] = page
+            if rmid != RM_XLOG_ID:
+                page_rmgr[tag] = rmid
             if check:
                 want = blk.image()
                 if keep_check_images:
                     res.last_check_image[tag] = (end, want)
                 res.compared[kind] += 1
                 res.compared_at.add(end)
-                a, b = mask_page(tag, page), mask_page(tag, want)
+                a, b = mask_page(tag, page, rmid), mask_page(tag, want, rmid)
                 if a != b:
                     res.mismatches.append((tag, end, kind, first_difference(a, b)))
                     state[tag] = want  # go on from PostgreSQL's page so one bug is reported once
@@ -285,13 +320,17 @@ def replay(records, *, wal_log_hints: bool, keep_check_images: bool = False, kee
     return res
 
 
-def compare_disk(res: OracleResult, disk_pages: dict, tables: dict | None = None) -> DiskCheck:
+def compare_disk(res: OracleResult, disk_pages: dict, tables: dict | None = None,
+                 rel_rmgr: dict | None = None) -> DiskCheck:
     """Compare ``res.pages`` with ``disk_pages`` (tag -> page after the clean shutdown), store and return
     the :class:`DiskCheck`. ``tables`` (name -> (spc, db, rel)): relations whose every used page on disk
     must have been rebuilt (a heap page that is all zeros, from a bulk extension that is not logged, and a
-    VM page without bits may lack WAL)."""
+    VM page without bits may lack WAL). Each page is masked by the rmgr of the last record that changed it,
+    else by ``rel_rmgr`` ((spc, db, rel) -> rmid, for pages only XLOG FPIs wrote), else as a heap page;
+    pages :func:`disk_exempt` names are kept in ``exempt`` instead of compared."""
     out = DiskCheck()
     on_disk = {tag[:3] for tag in disk_pages}
+    rel_rmgr = rel_rmgr or {}
     for tag, page in res.pages.items():
         disk = disk_pages.get(tag)
         if disk is None:
@@ -300,7 +339,12 @@ def compare_disk(res: OracleResult, disk_pages: dict, tables: dict | None = None
             else:
                 out.gone += 1
             continue
-        a, b = mask_page(tag, page), mask_page(tag, disk)
+        rmid = res.page_rmgr.get(tag, rel_rmgr.get(tag[:3], RM_HEAP_ID))
+        why = disk_exempt(tag, rmid)
+        if why is not None:
+            out.exempt.append((tag, page, disk, why))
+            continue
+        a, b = mask_page(tag, page, rmid), mask_page(tag, disk, rmid)
         if a == b:
             out.equal += 1
         else:
@@ -321,6 +365,37 @@ def compare_disk(res: OracleResult, disk_pages: dict, tables: dict | None = None
 def replay_capture(cap, **kwargs) -> OracleResult:
     """:func:`replay` of a :class:`pgcluster.WalCapture` (``wal_log_hints`` from its configuration), then
     :func:`compare_disk` with its disk pages and tables. ``kwargs`` go to :func:`replay`."""
+    kwargs.setdefault("rmgrs", cap.config.rmgrs)
     res = replay(cap.records, wal_log_hints=cap.config.checksums, **kwargs)
-    compare_disk(res, cap.disk_pages, cap.tables)
+    compare_disk(res, cap.disk_pages, cap.tables, cap.rel_rmgr)
     return res
+
+
+def report(name: str, res: OracleResult, *, limit: int = 20) -> str:
+    """A readable summary of a replay: counts per record kind (compared / applied), every failure (up to
+    ``limit`` each), and the disk check when there is one."""
+    from walredo_template.pg.walreader import format_lsn
+
+    lines = [f"[oracle {name}] {res.total_compared} consistency images compared, {res.total_applied} records "
+             f"applied, {res.seeded} pages seeded, {res.not_started} applications before a page's start "
+             f"skipped, {res.truncated} pages truncated, {len(res.mismatches)} mismatches, "
+             f"{len(res.errors)} errors"]
+    lines.append(f"    {'record kind':44} {'compared':>8} {'applied':>8}")
+    for kind in sorted(set(res.compared) | set(res.applied)):
+        lines.append(f"    {kind:44} {res.compared[kind]:8} {res.applied[kind]:8}")
+    for tag, lsn, kind, what in res.mismatches[:limit]:
+        lines.append(f"    MISMATCH {kind} at {format_lsn(lsn)} on {tuple(tag)}: {what}")
+    for tag, lsn, kind, exc in res.errors[:limit]:
+        lines.append(f"    ERROR {kind} at {format_lsn(lsn)} on {tuple(tag)}: {type(exc).__name__}: {exc}")
+    disk = res.disk
+    if disk is not None:
+        lines.append(f"[oracle {name}] on disk: {disk.equal} pages equal, {disk.lsn_equal} with the same LSN, "
+                     f"{len(disk.mismatches)} differ, {len(disk.lsn_mismatches)} LSNs differ, {len(disk.exempt)} "
+                     f"exempt, {disk.gone} of relations no longer on disk, {len(disk.missing)} past a "
+                     f"relation's end, {len(disk.not_rebuilt)} workload pages not rebuilt")
+        for tag, what in disk.mismatches[:limit]:
+            lines.append(f"    DISK MISMATCH {tuple(tag)} ({record_name(res.page_rmgr.get(tag, 10), 0).split('/')[0]}): "
+                         f"{what}")
+        for tag, a, b in disk.lsn_mismatches[:limit]:
+            lines.append(f"    DISK LSN {tuple(tag)}: engine {a} disk {b}")
+    return "\n".join(lines)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 PG_BIN = os.environ.get("WALREDO_PG_BIN", "/usr/lib/postgresql/15/bin")
 PG_USER = "walredo_pg"
 BLCKSZ = 8192
+HEAP_RMGRS = frozenset({9, 10})  # Heap2, Heap
+ALL_RMGRS = HEAP_RMGRS | {11, 12, 13, 14, 15, 16, 17, 20}  # + Btree, Hash, Gin, Gist, Seq, SPGist, BRIN, Generic
 FORK_SUFFIX = {0: "", 1: "_fsm", 2: "_vm", 3: "_init"}
 
 
@@ -75,6 +77,7 @@ class PgCluster:
     wal_segsize_mb: int = 16
     extra_conf: dict[str, str] = field(default_factory=dict)
     user: str = PG_USER
+    consistency: str = "heap,heap2"  # wal_consistency_checking
 
     def __post_init__(self) -> None:
         self.base = None
@@ -129,7 +132,7 @@ class PgCluster:
             "max_wal_size": "'8GB'",
             "min_wal_size": "'64MB'",
             "checkpoint_timeout": "'1h'",
-            "wal_consistency_checking": "'heap,heap2'",
+            "wal_consistency_checking": f"'{self.consistency}'",
             "full_page_writes": "on",
             "wal_compression": self.wal_compression,
             "fsync": "off",  # a clean shutdown still writes every page; we only skip the flushes
@@ -228,7 +231,15 @@ class PgCluster:
         return self._relations("relkind IN ('r', 't', 'm') AND pg_relation_filenode(oid) IS NOT NULL "
                                "AND relpersistence = 'p'", db)
 
-    def _relations(self, where: str, db: str) -> list[tuple[int, int, int, str]]:
+    def all_relations(self, db: str = "postgres") -> list[tuple[int, int, int, str, str]]:
+        """Every permanent relation with storage in ``db`` (tables, indexes, sequences, catalogs too) as
+        (spc, db, rel, path, access method): pg_am.amname, or 'sequence' for a sequence."""
+        rels = self._relations("pg_relation_filenode(oid) IS NOT NULL AND relpersistence = 'p'", db,
+                               extra="CASE WHEN relkind = 'S' THEN 'sequence' ELSE "
+                                     "coalesce((SELECT amname FROM pg_am WHERE pg_am.oid = relam), '') END")
+        return rels  # type: ignore[return-value]
+
+    def _relations(self, where: str, db: str, extra: str = "") -> list:
         # A relation's RelFileNode as WAL names it: tablespace 0 means the database's default, and
         # shared catalogs live in database 0.
         out = self.psql(
@@ -236,12 +247,13 @@ class PgCluster:
             "WHERE datname = current_database()) ELSE reltablespace END::oid::int8, "
             "CASE WHEN relisshared THEN 0 ELSE (SELECT oid FROM pg_database "
             "WHERE datname = current_database()) END::int8, "
-            f"pg_relation_filenode(oid)::int8, pg_relation_filepath(oid) FROM pg_class WHERE {where}", db)
+            f"pg_relation_filenode(oid)::int8, pg_relation_filepath(oid){', ' + extra if extra else ''} "
+            f"FROM pg_class WHERE {where}", db)
         rels = []
         for line in out.splitlines():
             if line.strip():
-                spc, dbn, rel, path = line.split("|")
-                rels.append((int(spc), int(dbn), int(rel), path))
+                spc, dbn, rel, path, *more = line.split("|")
+                rels.append((int(spc), int(dbn), int(rel), path, *more))
         return rels
 
 
@@ -369,13 +381,48 @@ class ClusterConfig:
     pgbench_init_steps: str = "dtgp"
     vacuum_accounts: bool = False
     extra_sql: str = ""  # run after the standard workload (in the same cluster run: no extra cluster)
+    consistency: str = "heap,heap2"  # wal_consistency_checking
+    rmgrs: frozenset[int] = HEAP_RMGRS  # the rmgrs the oracle replays (oracle.replay's ``rmgrs``)
+    standard_workload: bool = True  # run_workload first
+    # tests/workloads/<name>.sql run after it, in this order; None: every one there, sorted by name
+    index_workloads: tuple[str, ...] | None = ()
 
     def run(self, cluster: "PgCluster") -> None:
-        run_workload(cluster, rows=self.rows, pgbench_transactions=self.pgbench_transactions,
-                     pgbench_init_steps=self.pgbench_init_steps, vacuum_accounts=self.vacuum_accounts)
+        if self.standard_workload:
+            run_workload(cluster, rows=self.rows, pgbench_transactions=self.pgbench_transactions,
+                         pgbench_init_steps=self.pgbench_init_steps, vacuum_accounts=self.vacuum_accounts)
         if self.extra_sql:
             cluster.psql(self.extra_sql)
+        names = index_workload_names() if self.index_workloads is None else self.index_workloads
+        for name in names:
+            run_index_workload(cluster, name)
 
+
+WORKLOADS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads")
+
+
+def index_workload_names() -> tuple[str, ...]:
+    """The access-method workloads in tests/workloads (``<name>.sql``), sorted by name."""
+    return tuple(sorted(f[:-4] for f in os.listdir(WORKLOADS_DIR) if f.endswith(".sql")))
+
+
+def run_index_workload(cluster: "PgCluster", name: str) -> None:
+    """Run tests/workloads/<name>.sql (psql, stops at the first error) and then a CHECKPOINT."""
+    with open(os.path.join(WORKLOADS_DIR, name + ".sql")) as f:
+        cluster.psql(f.read())
+    cluster.psql("CHECKPOINT")
+
+
+def index_config(name: str, *, workloads: tuple[str, ...] | None = None, **kw: object) -> "ClusterConfig":
+    """A configuration that runs only access-method workloads (all of tests/workloads by default) with
+    ``wal_consistency_checking = 'all'`` and replays every rmgr."""
+    return ClusterConfig(name, consistency="all", rmgrs=ALL_RMGRS, standard_workload=False,
+                         index_workloads=workloads, **kw)  # type: ignore[arg-type]
+
+
+# pg_am.amname (or 'sequence') -> the rmgr whose mask fits the relation's pages (bloom writes generic WAL)
+AM_RMGR = {"heap": 10, "btree": 11, "hash": 12, "gin": 13, "gist": 14, "sequence": 15, "spgist": 16, "brin": 17,
+           "bloom": 20}
 
 CONFIGS = {
     # the full workload; 1 MiB segments so that many records cross segment boundaries
@@ -385,7 +432,12 @@ CONFIGS = {
     "pglz": ClusterConfig("pglz", wal_compression="pglz"),
     "lz4": ClusterConfig("lz4", wal_compression="lz4"),
     "zstd": ClusterConfig("zstd", wal_compression="zstd", wal_segsize_mb=4),
+    "indexes": index_config("indexes"),
+    "indexes-checksums": index_config("indexes-checksums", checksums=True),
+    "indexes-lz4": index_config("indexes-lz4", wal_compression="lz4"),
 }
+# every access method's workload, in the default configuration, with checksums, and with lz4 images
+INDEX_CONFIG_NAMES = ["indexes", "indexes-checksums", "indexes-lz4"]
 
 
 @dataclass
@@ -408,6 +460,7 @@ class WalCapture:
     waldump: list
     page_size: int = 8192
     segment_size: int = 0
+    rel_rmgr: dict = field(default_factory=dict)  # (spc, db, rel) -> rmid whose mask fits its pages
 
 
 def capture(config: ClusterConfig, workload=None, *, waldump: bool = True) -> WalCapture:
@@ -419,12 +472,13 @@ def capture(config: ClusterConfig, workload=None, *, waldump: bool = True) -> Wa
 
     workload = workload or config.run
     cluster = PgCluster(checksums=config.checksums, wal_compression=config.wal_compression,
-                        wal_segsize_mb=config.wal_segsize_mb)
+                        wal_segsize_mb=config.wal_segsize_mb, consistency=config.consistency)
     try:
         cluster.start()
         start_lsn = cluster.current_lsn()
         workload(cluster)
-        rels = cluster.heap_relations()
+        rels = cluster.all_relations()
+        rel_rmgr = {(spc, dbn, rel): AM_RMGR[am] for spc, dbn, rel, _p, am in rels if am in AM_RMGR}
         tables = {}
         for name in ("t", "nokey", "trunc", "pgbench_accounts", "pgbench_branches", "pgbench_tellers",
                      "pgbench_history", "p1", "p2", "big"):
@@ -435,7 +489,7 @@ def capture(config: ClusterConfig, workload=None, *, waldump: bool = True) -> Wa
             tables[name] = (spc, dbn, rel)
         cluster.stop()
         disk_pages = {}
-        for spc, dbn, rel, path in rels:
+        for spc, dbn, rel, path, _am in rels:
             for fork in (0, 2):
                 for blkno, page in enumerate(cluster.relation_pages(path, fork)):
                     disk_pages[BufferTag(spc, dbn, rel, fork, blkno)] = page
@@ -447,7 +501,7 @@ def capture(config: ClusterConfig, workload=None, *, waldump: bool = True) -> Wa
                                  capture_output=True, text=True)
             lines = res.stdout.splitlines()
         return WalCapture(config, start_lsn, records, reader.end_reason, reader.end_lsn, disk_pages, tables,
-                          lines, reader.page_size, reader.segment_size)
+                          lines, reader.page_size, reader.segment_size, rel_rmgr)
     except subprocess.CalledProcessError as e:
         raise RuntimeError(f"PostgreSQL step failed: {e.cmd}: {e.stderr}\n{cluster.server_log()[-3000:]}") from e
     finally:

@@ -1,51 +1,70 @@
 """Entry point of the PostgreSQL 15 redo engine: rebuild one page from a base image and WAL records.
 
 :func:`apply_records` is what a walredo child runs for each request. It decodes each record
-(:mod:`.pg.xlogrecord`), replays it onto the one requested page (:mod:`.pg.heapam` for Heap/Heap2, the
-image restore here for XLOG FPI / FPI_FOR_HINT) and returns the page. Supported records:
+(:mod:`.pg.xlogrecord`) and hands it to its resource manager's redo through :data:`RMGRS`, one table keyed
+by rmgr id as PostgreSQL's ``RmgrTable``: each entry names the module that replays that rmgr's records onto
+the one requested page (all of them share :mod:`.pg.bufmgr`'s buffer rules) and PostgreSQL's mask for its
+pages (``rm_mask``, used by consistency comparisons). Rmgrs not in the table (transactions, storage,
+CLOG, databases, …) never touch a relation page; their records are refused as :class:`UnsupportedRecord`.
 
-    XLOG   FPI, FPI_FOR_HINT (restore the image of the requested block)
-    Heap   INSERT, DELETE, UPDATE, HOT_UPDATE (each +INIT_PAGE where PostgreSQL allows it), LOCK,
-           CONFIRM, INPLACE
-    Heap2  PRUNE, VACUUM, FREEZE_PAGE, VISIBLE (heap page and VM page), MULTI_INSERT(+INIT), LOCK_UPDATED
-    plus the implicit visibility-map clears of INSERT/MULTI_INSERT/UPDATE/DELETE/LOCK/LOCK_UPDATED when
-    the requested page is the VM page covering the heap block.
+    XLOG     FPI, FPI_FOR_HINT (restore the image of the requested block)          pg/xlog.py
+    Heap     INSERT, DELETE, UPDATE, HOT_UPDATE (each +INIT_PAGE where PostgreSQL allows it), LOCK,
+             CONFIRM, INPLACE                                                       pg/heapam.py
+    Heap2    PRUNE, VACUUM, FREEZE_PAGE, VISIBLE (heap page and VM page), MULTI_INSERT(+INIT),
+             LOCK_UPDATED, plus the implicit visibility-map clears of INSERT/MULTI_INSERT/UPDATE/DELETE/
+             LOCK/LOCK_UPDATED when the requested page is the VM page covering the heap block
+    Btree, Hash, Gin, Gist, Sequence, SPGist, BRIN, Generic: pg/nbtree.py, hash.py, gin.py, gist.py,
+             sequence.py, spgist.py, brin.py, generic.py (each module's docstring lists what it redoes)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from . import BufferTag
+from .pg import brin, generic, gin, gist, hash, heapam, nbtree, sequence, spgist, xlog
 from .pg import page as P
-from .pg.errors import BlockNotReferenced, InvalidPage, InvalidRecord, RedoError, UnsupportedRecord
-from .pg.heapam import RedoContext, find_block, redo_heap_record, restore_image
-from .pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, RM_XLOG_ID, decode_record
-
-XLOG_FPI_FOR_HINT = 0xA0
-XLOG_FPI = 0xB0
-XLR_RMGR_INFO_MASK = 0xF0
-_ZERO_PAGE = bytes(P.BLCKSZ)
+from .pg.bufmgr import RedoContext
+from .pg.errors import InvalidPage, InvalidRecord, RedoError, UnsupportedRecord
+from .pg.mask import heap_mask
+from .pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, DecodedRecord, decode_record
 
 
-def _redo_xlog(ctx: RedoContext, rec, lsn: int) -> None:
-    info = rec.info & XLR_RMGR_INFO_MASK
-    if info not in (XLOG_FPI, XLOG_FPI_FOR_HINT):
-        raise UnsupportedRecord(
-            f"unsupported record XLOG info {rec.info:#04x} (rmgr {RM_XLOG_ID})", rmid=rec.rmid, info=rec.info
-        )
-    name = "XLOG/FPI" if info == XLOG_FPI else "XLOG/FPI_FOR_HINT"
-    block_id = find_block(rec, ctx.tag)
-    if block_id is None:
-        raise BlockNotReferenced(f"{name} does not reference page {tuple(ctx.tag)}")
-    blk = rec.blocks[block_id]
-    if not blk.has_image:
-        if info == XLOG_FPI:
-            raise InvalidRecord("XLOG_FPI record did not contain a full-page image")
-        return  # FPI_FOR_HINT without an image (full_page_writes off): nothing to do
-    if not blk.apply_image:
-        raise InvalidRecord(f"{name}: block image is not marked to be applied")
-    restore_image(ctx, blk, lsn)
+class Rmgr(NamedTuple):
+    """One resource manager: its name, its redo for one page, PostgreSQL's mask for its pages, and the
+    ``Rmgr/OPERATION`` name of a record's info byte."""
+
+    name: str
+    redo: Callable[[RedoContext, DecodedRecord, int], None]
+    mask: Callable[[bytearray, int], None]
+    record_name: Callable[[int], str]
+
+
+def _heap_name(rmid: int) -> Callable[[int], str]:
+    return lambda info: heapam.record_name(rmid, info)
+
+
+def _xlog_mask(page: bytearray, blkno: int) -> None:
+    raise RedoError("XLOG pages have no mask of their own: mask by the page's access method")
+
+
+RMGRS: dict[int, Rmgr] = {
+    xlog.RM_ID: Rmgr(xlog.NAME, xlog.redo, _xlog_mask, xlog.record_name),
+    RM_HEAP2_ID: Rmgr("Heap2", heapam.redo_heap_record, heap_mask, _heap_name(RM_HEAP2_ID)),
+    RM_HEAP_ID: Rmgr("Heap", heapam.redo_heap_record, heap_mask, _heap_name(RM_HEAP_ID)),
+    **{m.RM_ID: Rmgr(m.NAME, m.redo, m.mask, m.record_name)
+       for m in (nbtree, hash, gin, gist, sequence, spgist, brin, generic)},
+}
+
+# rmgr id -> redo, the one lookup per record on the hot path
+_REDO: dict[int, Callable[[RedoContext, DecodedRecord, int], None]] = {k: v.redo for k, v in RMGRS.items()}
+
+
+def record_name(rmid: int, info: int) -> str:
+    """``Rmgr/OPERATION`` of a record, as pg_waldump prints it (``rmgrN/0xII`` outside :data:`RMGRS`)."""
+    rmgr = RMGRS.get(rmid)
+    return rmgr.record_name(info) if rmgr is not None else f"rmgr{rmid}/{info:#04x}"
 
 
 def apply_records(
@@ -77,31 +96,29 @@ def apply_records(
     if base_image is not None:
         if len(base_image) != P.BLCKSZ:
             raise InvalidPage(f"base image has {len(base_image)} bytes, expected {P.BLCKSZ}")
-        page = bytearray(base_image)
+        page: bytearray | None = bytearray(base_image)
         checked = False
-        if not P.is_new(page) or page != _ZERO_PAGE:  # memcmp, not a Python-level scan of 8192 bytes
-            P.check_page(page)
+        if not P.is_new(base_image) or base_image != P.ZERO_PAGE:  # memcmp, not a Python-level scan
+            P.check_page(base_image)
             checked = True
     else:
         page = None
         checked = False
     ctx = RedoContext(tag, page, wal_log_hints, checked)
+    redo_table = _REDO
     for end_lsn, raw in records:
         if not isinstance(end_lsn, int) or not 0 <= end_lsn < 1 << 64:
             raise InvalidRecord(f"invalid end LSN {end_lsn!r}")
         rec = decode_record(raw, verify_crc=verify_crc)
-        rmid = rec.rmid
-        if rmid == RM_HEAP_ID or rmid == RM_HEAP2_ID:
-            redo_heap_record(ctx, rec, end_lsn)
-        elif rmid == RM_XLOG_ID:
-            _redo_xlog(ctx, rec, end_lsn)
-        else:
+        redo = redo_table.get(rec.rmid)
+        if redo is None:
             raise UnsupportedRecord(
-                f"unsupported record: rmgr {rmid}, info {rec.info:#04x}", rmid=rmid, info=rec.info
+                f"unsupported record: rmgr {rec.rmid}, info {rec.info:#04x}", rmid=rec.rmid, info=rec.info
             )
+        redo(ctx, rec, end_lsn)
     if ctx.page is None:
         raise InvalidPage("no base image and no records to build the page from")
     return bytes(ctx.page)
 
 
-__all__ = ["apply_records", "RedoError"]
+__all__ = ["apply_records", "record_name", "RMGRS", "Rmgr", "RedoError"]

@@ -41,6 +41,8 @@ import struct
 from .. import BufferTag
 from . import page as P
 from . import visibilitymap as VM
+from .bufmgr import BLK_NEEDS_REDO, RedoContext, read_for_redo, restore_image
+from .bufmgr import block_matches as _matches
 from .errors import BlockNotReferenced, InvalidPage, InvalidRecord, UnsupportedRecord
 from .xlogrecord import BlockRef, DecodedRecord, RM_HEAP2_ID, RM_HEAP_ID
 
@@ -115,10 +117,6 @@ FROZEN_TRANSACTION_ID = 2
 INVALID_BLOCK_NUMBER = 0xFFFFFFFF
 MOVED_PARTITIONS_OFFSET_NUMBER = 0xFFFD
 
-# Outcome of reading a block for redo (XLogRedoAction)
-BLK_NEEDS_REDO = 0
-BLK_DONE = 1
-BLK_RESTORED = 2
 
 _INSERT = struct.Struct("<HB")
 _DELETE = struct.Struct("<IHBB")
@@ -137,26 +135,6 @@ _INFOMASKS = struct.Struct("<HH")
 _XMAX_CID = struct.Struct("<II")
 
 
-class RedoContext:
-    """The page being reconstructed and what a redo function needs besides the record.
-
-    ``page`` is the buffer (a ``bytearray`` replayed in place) or None while no image or initializing
-    record has supplied it. ``wal_log_hints`` says whether the cluster had data checksums or
-    wal_log_hints on (PostgreSQL's XLogHintBitIsNeeded): only then does VISIBLE stamp the heap page's LSN.
-    """
-
-    __slots__ = ("tag", "page", "wal_log_hints", "checked")
-
-    def __init__(self, tag: BufferTag, page: bytearray | None, wal_log_hints: bool = False,
-                 checked: bool = False):
-        self.tag = tag
-        self.page = page
-        self.wal_log_hints = wal_log_hints
-        # True while ``page`` is known to pass P.check_page: our own redo keeps the bounds valid, so only
-        # a base image or a restored image needs checking, once, before the first redo touches it.
-        self.checked = checked
-
-
 def record_name(rmid: int, info: int) -> str:
     if rmid == RM_HEAP_ID:
         return "Heap/" + HEAP_OP_NAMES[info & XLOG_HEAP_OPMASK] + ("+INIT" if info & XLOG_HEAP_INIT_PAGE else "")
@@ -167,71 +145,8 @@ def record_name(rmid: int, info: int) -> str:
 
 # --- block helpers -------------------------------------------------------------------------------
 
-def _matches(blk: BlockRef, tag: BufferTag) -> bool:
-    return (
-        blk.blkno == tag.blknum
-        and blk.relnode == tag.relnode
-        and blk.forknum == tag.forknum
-        and blk.dbnode == tag.dbnode
-        and blk.spcnode == tag.spcnode
-    )
-
-
 def _same_rel(blk: BlockRef, tag: BufferTag) -> bool:
     return blk.relnode == tag.relnode and blk.dbnode == tag.dbnode and blk.spcnode == tag.spcnode
-
-
-def find_block(rec: DecodedRecord, tag: BufferTag) -> int | None:
-    """The block id of ``rec`` that references ``tag``, or None."""
-    for block_id, blk in rec.blocks.items():
-        if _matches(blk, tag):
-            return block_id
-    return None
-
-
-def restore_image(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
-    """Restore a block image into the buffer as RestoreBlockImage + PageSetLSN (unless the page is new)."""
-    img = blk.image()
-    ctx.checked = False
-    if ctx.page is None:
-        ctx.page = bytearray(img)
-    else:
-        ctx.page[:] = img
-    if not P.is_new(ctx.page):
-        P.set_lsn(ctx.page, lsn)
-
-
-def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = False) -> int:
-    """XLogReadBufferForRedoExtended for the requested page; returns BLK_NEEDS_REDO/DONE/RESTORED.
-
-    ``zero`` is RBM_ZERO_AND_LOCK (the redo initializes the page): it must agree with the block's
-    WILL_INIT flag, as PostgreSQL insists. Raises :class:`InvalidRecord` when they disagree,
-    :class:`InvalidPage` when the redo needs an existing page and there is none or it is not a valid
-    PostgreSQL 15 page.
-    """
-    if blk.will_init != zero:
-        raise InvalidRecord(
-            "block with WILL_INIT flag must be zeroed by redo" if blk.will_init
-            else "block to be initialized in redo must be marked WILL_INIT"
-        )
-    if blk.apply_image:
-        restore_image(ctx, blk, lsn)
-        return BLK_RESTORED
-    page = ctx.page
-    if zero:
-        if page is None:
-            ctx.page = bytearray(P.BLCKSZ)
-        ctx.checked = True  # the caller PageInits it
-        return BLK_NEEDS_REDO
-    if page is None:
-        raise InvalidPage("no base image, and the first record for the page neither initializes it nor carries an image")
-    hi, lo = P.LSN.unpack_from(page)
-    if (hi << 32 | lo) >= lsn:
-        return BLK_DONE
-    if not ctx.checked:
-        P.check_page(page)
-        ctx.checked = True
-    return BLK_NEEDS_REDO
 
 
 def _block_data(blk: BlockRef, what: str) -> bytes:

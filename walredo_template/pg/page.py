@@ -77,7 +77,7 @@ _LU = struct.Struct("<HH")
 CTID = struct.Struct("<HHH")
 INFOMASKS = struct.Struct("<HH")  # t_infomask2, t_infomask
 
-_ZERO_PAGE = bytes(BLCKSZ)
+ZERO_PAGE = bytes(BLCKSZ)  # a never-initialized page
 
 
 def maxalign(n: int) -> int:
@@ -153,7 +153,7 @@ def check_page(page) -> None:
 def page_init(page: bytearray, special_size: int = 0) -> None:
     """PageInit: zero the page and set an empty header (heap and VM pages have no special space)."""
     special_size = maxalign(special_size)
-    page[:] = _ZERO_PAGE
+    page[:] = ZERO_PAGE
     _LUS.pack_into(page, OFF_LOWER, SIZE_OF_PAGE_HEADER, BLCKSZ - special_size, BLCKSZ - special_size)
     U16.pack_into(page, OFF_PAGESIZE_VERSION, PAGESIZE_VERSION)
 

@@ -1,0 +1,168 @@
+"""Buffer handling shared by every rmgr's redo: ``XLogReadBufferForRedoExtended`` for the one page rebuilt.
+
+A walredo request rebuilds a single page (``RedoContext.tag``). Every rmgr module (heap, btree, BRIN, …)
+reaches that page through the functions here, so the rules PostgreSQL's ``xlogutils.c`` applies to every
+block of every record live in one place:
+
+* a block image flagged "apply" is restored and its pd_lsn set to the record's end (unless the image is
+  of a new, all-zero page), and the record's own redo for that block is skipped (BLK_RESTORED);
+* a block the redo initializes (RBM_ZERO_AND_LOCK) must carry BKPBLOCK_WILL_INIT, and vice versa;
+* a page whose pd_lsn is already at or past the record is left alone (BLK_DONE);
+* otherwise the page must exist and be a valid PostgreSQL 15 page, the redo runs on it, and the caller
+  stamps pd_lsn with the record's end LSN (:func:`finish`).
+
+:func:`page_for_redo` is the form new rmgr code uses: it returns the page to redo, or None when there is
+nothing to do. :func:`read_for_redo` returns PostgreSQL's XLogRedoAction code (heap redo's form).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .. import BufferTag
+from . import page as P
+from .errors import BlockNotReferenced, InvalidPage, InvalidRecord, UnsupportedRecord
+from .xlogrecord import BlockRef, DecodedRecord
+
+# Outcome of reading a block for redo (XLogRedoAction)
+BLK_NEEDS_REDO = 0
+BLK_DONE = 1
+BLK_RESTORED = 2
+
+
+class RedoContext:
+    """The page being reconstructed and what a redo function needs besides the record.
+
+    ``page`` is the buffer (a ``bytearray`` replayed in place) or None while no image or initializing
+    record has supplied it. ``wal_log_hints`` says whether the cluster had data checksums or
+    wal_log_hints on (PostgreSQL's XLogHintBitIsNeeded): only then does VISIBLE stamp the heap page's LSN.
+    """
+
+    __slots__ = ("tag", "page", "wal_log_hints", "checked")
+
+    def __init__(self, tag: BufferTag, page: bytearray | None, wal_log_hints: bool = False,
+                 checked: bool = False):
+        self.tag = tag
+        self.page = page
+        self.wal_log_hints = wal_log_hints
+        # True while ``page`` is known to pass P.check_page: our own redo keeps the bounds valid, so only
+        # a base image or a restored image needs checking, once, before the first redo touches it.
+        self.checked = checked
+
+
+def block_matches(blk: BlockRef, tag: BufferTag) -> bool:
+    """Whether the block reference names the page ``tag``."""
+    return (
+        blk.blkno == tag.blknum
+        and blk.relnode == tag.relnode
+        and blk.forknum == tag.forknum
+        and blk.dbnode == tag.dbnode
+        and blk.spcnode == tag.spcnode
+    )
+
+
+def find_block(rec: DecodedRecord, tag: BufferTag) -> int | None:
+    """The block id of ``rec`` that references ``tag``, or None."""
+    for block_id, blk in rec.blocks.items():
+        if block_matches(blk, tag):
+            return block_id
+    return None
+
+
+def referenced_block(ctx: RedoContext, rec: DecodedRecord, name: str) -> BlockRef:
+    """The block reference of ``rec`` naming the page being rebuilt. Raises :class:`BlockNotReferenced`
+    (``name`` is the record's name, e.g. ``Btree/INSERT_LEAF``) when the record does not touch it."""
+    tag = ctx.tag
+    for blk in rec.blocks.values():
+        if block_matches(blk, tag):
+            return blk
+    raise BlockNotReferenced(f"{name} does not reference page {tuple(tag)}")
+
+
+def restore_image(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
+    """Restore a block image into the buffer as RestoreBlockImage + PageSetLSN (unless the page is new)."""
+    img = blk.image()
+    ctx.checked = False
+    if ctx.page is None:
+        ctx.page = bytearray(img)
+    else:
+        ctx.page[:] = img
+    if not P.is_new(ctx.page):
+        P.set_lsn(ctx.page, lsn)
+
+
+def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = False) -> int:
+    """XLogReadBufferForRedoExtended for the requested page; returns BLK_NEEDS_REDO/DONE/RESTORED.
+
+    ``zero`` is RBM_ZERO_AND_LOCK (the redo initializes the page): it must agree with the block's
+    WILL_INIT flag, as PostgreSQL insists. Raises :class:`InvalidRecord` when they disagree,
+    :class:`InvalidPage` when the redo needs an existing page and there is none or it is not a valid
+    PostgreSQL 15 page.
+    """
+    if blk.will_init != zero:
+        raise InvalidRecord(
+            "block with WILL_INIT flag must be zeroed by redo" if blk.will_init
+            else "block to be initialized in redo must be marked WILL_INIT"
+        )
+    if blk.apply_image:
+        restore_image(ctx, blk, lsn)
+        return BLK_RESTORED
+    page = ctx.page
+    if zero:
+        if page is None:
+            ctx.page = bytearray(P.BLCKSZ)
+        ctx.checked = True  # the caller PageInits it
+        return BLK_NEEDS_REDO
+    if page is None:
+        raise InvalidPage("no base image, and the first record for the page neither initializes it nor carries an image")
+    hi, lo = P.LSN.unpack_from(page)
+    if (hi << 32 | lo) >= lsn:
+        return BLK_DONE
+    if not ctx.checked:
+        P.check_page(page)
+        ctx.checked = True
+    return BLK_NEEDS_REDO
+
+
+def page_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = False) -> bytearray | None:
+    """:func:`read_for_redo`, returning the page to redo (BLK_NEEDS_REDO) or None (restored or done).
+
+    With ``zero`` the returned page is all zeros for the caller to initialize (e.g.
+    :func:`.page.page_init` with the access method's special size). Same errors as :func:`read_for_redo`.
+    """
+    if read_for_redo(ctx, blk, lsn, zero=zero) != BLK_NEEDS_REDO:
+        return None
+    page = ctx.page
+    assert page is not None
+    if zero:
+        page[:] = P.ZERO_PAGE
+    return page
+
+
+def finish(page: bytearray, lsn: int) -> None:
+    """PageSetLSN after a redo step (MarkBufferDirty has no counterpart here)."""
+    P.set_lsn(page, lsn)
+
+
+def main_struct(rec: DecodedRecord, st: struct.Struct, name: str) -> tuple[Any, ...]:
+    """Unpack the fixed part of the record's main data. Raises :class:`InvalidRecord` when it is short."""
+    md = rec.main_data
+    if len(md) < st.size:
+        raise InvalidRecord(f"{name}: main data has {len(md)} bytes, expected at least {st.size}")
+    return st.unpack_from(md)
+
+
+def block_data(blk: BlockRef, name: str) -> bytes:
+    """The block's data. Raises :class:`InvalidRecord` when the block carries none."""
+    data = blk.data
+    if data is None:
+        raise InvalidRecord(f"{name}: block {blk.block_id} carries no data")
+    return data
+
+
+def unsupported(rec: DecodedRecord, rmgr_name: str) -> UnsupportedRecord:
+    """The typed error for an info code an rmgr does not know (names rmgr and info)."""
+    return UnsupportedRecord(
+        f"unsupported record {rmgr_name} info {rec.info:#04x} (rmgr {rec.rmid})", rmid=rec.rmid, info=rec.info
+    )
