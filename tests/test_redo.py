@@ -21,6 +21,7 @@ from walredo_template.pg.errors import (
 )
 from walredo_template.pg.mask import mask_heap_page
 from walredo_template.pg.xlogrecord import decode_record
+from recordbuilder import Block, build_record
 from walredo_template.redo import apply_records
 
 
@@ -106,17 +107,13 @@ def test_block_not_referenced(cases):
 
 
 def test_unsupported_record_names_rmgr_and_info(default_capture):
-    for _s, end, raw in default_capture.records:
-        rec = decode_record(raw)
-        if rec.rmid == 11 and rec.blocks:  # btree
-            blk = rec.blocks[0]
-            with pytest.raises(UnsupportedRecord) as ei:
-                apply_records(blk.tag, None, [(end, raw)])
-            assert ei.value.rmid == 11 and ei.value.info == rec.info
-            assert "rmgr 11" in str(ei.value)
-            break
-    else:
-        raise AssertionError("no btree record")
+    # An rmgr outside the table (Storage, 2) that references a page (hand-made: PostgreSQL's never do).
+    tag = BufferTag(1663, 5, 16384, 0, 0)
+    raw = build_record(2, 0x20, [Block(0, tag, data=b"x")], main_data=b"\0" * 20)
+    with pytest.raises(UnsupportedRecord) as ei:
+        apply_records(tag, None, [(0x1000100, raw)])
+    assert ei.value.rmid == 2 and ei.value.info == 0x20
+    assert "rmgr 2" in str(ei.value)
     for _s, end, raw in default_capture.records:
         rec = decode_record(raw)
         if rec.rmid == 0 and rec.info & 0xF0 == 0x00:  # CHECKPOINT_SHUTDOWN
