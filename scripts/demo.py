@@ -31,7 +31,7 @@ async def replay_tenant(mgr, tenant, requests, concurrency, wal_log_hints):
             page = await mgr.request_redo(
                 tenant, req.tag, req.lsn, req.base_image, req.records, wal_log_hints=wal_log_hints
             )
-            if not pages_match(req.tag, page, req.expected):
+            if not pages_match(req.tag, page, req.expected, req.rmgr):
                 mismatches.append((tenant, req.tag, req.lsn, req.source))
 
     await asyncio.gather(*(client() for _ in range(concurrency)))

@@ -380,7 +380,7 @@ async def test_50_tenants_mixed_requests_against_the_wal_capture(mgr):
         pages = [r for r in results if r is not None]
         assert len(pages) == len(mine)
         for req, page in zip(mine, pages):
-            assert pages_match(req.tag, page, req.expected), (t, req.tag, req.lsn, req.source)
+            assert pages_match(req.tag, page, req.expected, req.rmgr), (t, req.tag, req.lsn, req.source)
             checked += 1
 
     await asyncio.gather(*(tenant_work(i, t) for i, t in enumerate(ts)))

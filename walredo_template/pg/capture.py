@@ -11,7 +11,9 @@ described in ``tests/data/wal-small/README.md``. Two kinds of expected pages com
 - **disk pages**: the page PostgreSQL wrote at its clean shutdown, requested from the page's very first
   record (no base image), i.e. the whole history of the page in one request.
 
-Comparisons are masked with PostgreSQL's own rules (:mod:`walredo_template.pg.mask`).
+Comparisons are masked with PostgreSQL's own rules: each page by its access method's mask (the ``rmgr`` a
+format-2 capture records per page: heap, btree, GIN…, through ``walredo_template.redo.RMGRS``). Pages that
+change without WAL (sequences, the SP-GiST metapage) get no disk request.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ import msgpack
 
 from walredo_template import BufferTag
 
-from .mask import mask_heap_page, mask_vm_page
+from .mask import mask_vm_page
 from .walreader import group_by_page
 from .xlogrecord import decode_record
 
 VM_FORKNUM = 2
+RM_HEAP_ID = 10
+RM_SEQ_ID = 15
+RM_SPGIST_ID = 16
+FORMAT = 2
 RM_SMGR_ID = 2
 XLOG_SMGR_TRUNCATE = 0x20
 
@@ -43,23 +49,39 @@ class PageRequest:
     records: list[tuple[int, bytes]]
     expected: bytes
     source: str  # "consistency-image" or "disk"
+    rmgr: int = RM_HEAP_ID  # the rmgr whose mask compares the page (its access method's)
 
 
 def load_capture(path: str) -> dict:
-    """Read a ``capture.msgpack``; raises ``ValueError`` if it is not a format-1 PostgreSQL 15 capture."""
+    """Read a ``capture.msgpack``; raises ``ValueError`` if it is not a format-1 or 2 PostgreSQL 15 capture
+    (format 1 has heap and visibility-map pages only, and no ``rmgr`` per page)."""
     with open(path, "rb") as f:
         doc = msgpack.unpackb(f.read(), raw=False)
-    if not isinstance(doc, dict) or doc.get("format") != 1 or doc.get("pg_version") != 15:
-        raise ValueError(f"{path}: not a format-1 PostgreSQL 15 WAL capture")
+    if not isinstance(doc, dict) or doc.get("format") not in (1, FORMAT) or doc.get("pg_version") != 15:
+        raise ValueError(f"{path}: not a format-1 or {FORMAT} PostgreSQL 15 WAL capture")
     return doc
 
 
-def masked(tag: BufferTag, page: bytes) -> bytes:
-    return mask_vm_page(page) if tag.forknum == VM_FORKNUM else mask_heap_page(page, tag.blknum)
+def masked(tag: BufferTag, page: bytes, rmgr: int = RM_HEAP_ID) -> bytes:
+    """A copy of ``page`` masked by rmgr ``rmgr``'s mask (PostgreSQL's ``rm_mask``); visibility-map pages
+    by LSN and checksum only (stricter than PostgreSQL's heap_mask, which wipes the bitmap)."""
+    if tag.forknum == VM_FORKNUM:
+        return mask_vm_page(page)
+    from walredo_template.redo import RMGRS  # the engine's table (harness side: imported on first use)
+
+    buf = bytearray(page)
+    RMGRS[rmgr].mask(buf, tag.blknum)
+    return bytes(buf)
 
 
-def pages_match(tag: BufferTag, got: bytes, expected: bytes) -> bool:
-    return masked(tag, got) == masked(tag, expected)
+def pages_match(tag: BufferTag, got: bytes, expected: bytes, rmgr: int = RM_HEAP_ID) -> bool:
+    return masked(tag, got, rmgr) == masked(tag, expected, rmgr)
+
+
+def disk_is_wal_state(tag: BufferTag, rmgr: int) -> bool:
+    """False for pages PostgreSQL changes without WAL (sequence pages, the SP-GiST metapage's cache of
+    last-used pages): their page on disk is not the result of their records."""
+    return not (rmgr == RM_SEQ_ID or (rmgr == RM_SPGIST_ID and tag.blknum == 0))
 
 
 def page_requests(doc: dict, *, image_every: int = 16) -> list[PageRequest]:
@@ -70,21 +92,23 @@ def page_requests(doc: dict, *, image_every: int = 16) -> list[PageRequest]:
     out: list[PageRequest] = []
     for page in doc["pages"]:
         tag = BufferTag(*page["tag"])
+        rmgr = page.get("rmgr", RM_HEAP_ID)
         chain = groups.get(tag, [])
-        out.extend(_image_requests(tag, chain, image_every))
+        out.extend(_image_requests(tag, chain, image_every, rmgr))
         start = _first_self_contained(tag, chain)
-        if start is None:
+        if start is None or not disk_is_wal_state(tag, rmgr):
             continue
         if tag.forknum == VM_FORKNUM and tag[:3] in truncated:
             # A truncation clears the VM bits of cut-off heap blocks with no block reference to this page
             # (the pageserver applies it at ingest); the disk page is not a pure function of `chain`.
             continue
         history = chain[start:]
-        out.append(PageRequest(tag, history[-1][0], None, history, page["disk"], "disk"))
+        out.append(PageRequest(tag, history[-1][0], None, history, page["disk"], "disk", rmgr))
     return out
 
 
-def _image_requests(tag: BufferTag, chain: Sequence[tuple[int, bytes]], image_every: int) -> list[PageRequest]:
+def _image_requests(tag: BufferTag, chain: Sequence[tuple[int, bytes]], image_every: int,
+                    rmgr: int) -> list[PageRequest]:
     out = []
     base: bytes | None = None  # the last materialized image (PostgreSQL's), and the records since it
     since: list[tuple[int, bytes]] = []
@@ -101,7 +125,7 @@ def _image_requests(tag: BufferTag, chain: Sequence[tuple[int, bytes]], image_ev
         since.append((end_lsn, raw))
         if block is not None and block.has_image and not block.apply_image:
             image = block.image()
-            out.append(PageRequest(tag, end_lsn, base, list(since), image, "consistency-image"))
+            out.append(PageRequest(tag, end_lsn, base, list(since), image, "consistency-image", rmgr))
             if len(since) >= image_every:
                 base, since = image, []
     return out
