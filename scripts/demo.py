@@ -1,4 +1,5 @@
-"""Demo: real WAL redo through WalRedoManager, several tenants, every page checked.
+"""Demo: real WAL redo through WalRedoManager, several tenants, every page checked (heap, visibility-map,
+index, sequence and bloom pages).
 
 Each tenant replays the whole committed capture (tests/data/wal-small): one request per PostgreSQL
 consistency image (page at that record's LSN, from the last materialized image plus the records since)
@@ -16,7 +17,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from collections import Counter  # noqa: E402
+
 from forkserver import WalRedoManager  # noqa: E402
+from walredo_template.redo import RMGRS  # noqa: E402
 from walredo_template.pg.capture import load_capture, page_requests, pages_match  # noqa: E402
 
 DEFAULT_CAPTURE = os.path.join(REPO, "tests", "data", "wal-small", "capture.msgpack")
@@ -63,6 +67,8 @@ async def main(args) -> int:
         ("WAL capture", f"{len(doc['records'])} records, {len(doc['pages'])} pages, "
                         f"wal_compression={doc['wal_compression']}"),
         ("pages reconstructed", f"{total} ({records} records applied)"),
+        ("pages by access method", ", ".join(f"{k} {v * len(tenants)}" for k, v in sorted(
+            Counter(RMGRS[r.rmgr].name if r.tag.forknum != 2 else "visibility map" for r in requests).items()))),
         ("mismatches", str(len(mismatches))),
         ("requests/s", f"{total / elapsed:,.0f} ({records / elapsed:,.0f} records/s, {elapsed:.2f} s)"),
     ]
