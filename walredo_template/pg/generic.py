@@ -18,7 +18,9 @@ otherwise the fragments are copied onto the page in order, the hole between the 
 pd_upper is zeroed (the delta says nothing about it, and GenericXLogFinish zeroed it on the primary),
 and pd_lsn := the record's end. A block without data is an empty delta (only the hole and the LSN). No
 generic block is ever registered WILL_INIT: one that is would make PostgreSQL PANIC (RBM_NORMAL with
-WILL_INIT) and is :class:`InvalidRecord` here.
+WILL_INIT) and is :class:`InvalidRecord` here. A delta needs an initialized page to apply to (bufmgr's
+rule: a missing or never-initialized page is :class:`InvalidPage`); bloom logs every new page as a full
+image.
 
 Stricter than PostgreSQL, which trusts the record: a fragment whose header or bytes run past the block
 data, or whose range runs past the page, a delta that leaves the page without a valid header (bounds out
@@ -66,6 +68,8 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         _apply_delta(page, delta)
     lower = P.get_lower(page)
     upper = P.get_upper(page)
+    if upper < lower:  # cannot happen on a checked page; a negative slice would resize the buffer
+        raise InvalidPage(f"corrupted page pointers: lower = {lower}, upper = {upper}")
     page[lower:upper] = _ZEROS[:upper - lower]
     P.set_lsn(page, lsn)
 
