@@ -32,9 +32,12 @@ main data layout::
                     block 0 revmap page: the entry of heapBlk's range made invalid ((0xFFFF, 0xFFFF, 0))
                     block 1 regular page: regOffset removed as in UPDATE's block 2
 
-As everywhere in this engine only the requested page is rebuilt. PostgreSQL never checks that a revmap or
-metapage update lands on a page of that type; this module does (InvalidPage otherwise), because writing a
-TID or pd_lower = 40 into another kind of page would turn its bytes into line pointers.
+As everywhere in this engine only the requested page is rebuilt. PostgreSQL's redo never checks the type
+of the page it changes; this module does (InvalidPage otherwise): a revmap entry goes only into a revmap
+page (inside its pd_lower..pd_upper), lastRevmapPage and pd_lower = 40 only into a metapage, tuples only
+into regular pages, because a TID or pd_lower = 40 written into another kind of page turns its bytes into
+line pointers. After each tuple operation every line pointer with storage must still lie inside the tuple
+space (bufpage.c checks only the item it acts on and shifts the others).
 """
 
 from __future__ import annotations
@@ -111,6 +114,25 @@ def _require_type(page: bytearray, pagetype: int, what: str) -> None:
         raise InvalidPage(f"{what}: page type is {found:#06x}, expected {pagetype:#06x}")
 
 
+def _check_items(page: bytearray, name: str) -> None:
+    """Every line pointer with storage must point inside pd_upper..pd_special: PostgreSQL's item
+    operations only check the item they act on, and shift the others, so a corrupt base page could
+    otherwise come out with a pointer past the page."""
+    lower, upper, special = P._LUS.unpack_from(page, P.OFF_LOWER)
+    n = (lower - P.SIZE_OF_PAGE_HEADER) >> 2
+    if n <= 0:
+        return
+    for w in P.lp_array(n).unpack_from(page, P.SIZE_OF_PAGE_HEADER):
+        length = w >> 17
+        if length and ((w & 0x7FFF) < upper or (w & 0x7FFF) + length > special):
+            raise InvalidPage(f"{name}: line pointer {w:#010x} lies outside the tuple space {upper}..{special}")
+
+
+def _regular_page(page: bytearray, name: str) -> bytearray:
+    _require_type(page, BRIN_PAGETYPE_REGULAR, name)
+    return page
+
+
 def _set_revmap_entry(page: bytearray, pages_per_range: int, heap_blk: int, tid: bytes, name: str) -> None:
     """brinSetHeapBlockItemptr: store ``tid`` (6 bytes) as the revmap entry of ``heap_blk``'s range."""
     if pages_per_range == 0:
@@ -146,8 +168,9 @@ def _insert_part(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int, 
             found = page_for_redo(ctx, blk, lsn)
             if found is None:
                 return
-            page = found
+            page = _regular_page(found, name)
         IP.add_item(page, block_data(blk, name), offnum, overwrite=True)
+        _check_items(page, name)
         finish(page, lsn)
     elif blk.block_id == 1:
         regular = rec.blocks.get(0)
@@ -162,10 +185,11 @@ def _insert_part(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int, 
         raise InvalidRecord(f"{name}: block {blk.block_id} has no role in this record")
 
 
-def _remove_tuple(ctx: RedoContext, blk: BlockRef, lsn: int, offnum: int) -> None:
+def _remove_tuple(ctx: RedoContext, blk: BlockRef, lsn: int, offnum: int, name: str) -> None:
     page = page_for_redo(ctx, blk, lsn)
     if page is not None:
-        IP.delete_item_no_compact(page, offnum)
+        IP.delete_item_no_compact(_regular_page(page, name), offnum)
+        _check_items(page, name)
         finish(page, lsn)
 
 
@@ -189,7 +213,7 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     elif op == XLOG_BRIN_UPDATE:
         old_off, heap_blk, ppr, offnum = main_struct(rec, _UPDATE, name)
         if bid == 2:
-            _remove_tuple(ctx, blk, lsn, old_off)
+            _remove_tuple(ctx, blk, lsn, old_off, name)
         else:
             _insert_part(ctx, rec, blk, lsn, heap_blk, ppr, offnum, name)
     elif op == XLOG_BRIN_SAMEPAGE_UPDATE:
@@ -198,7 +222,8 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
             raise InvalidRecord(f"{name}: block {bid} has no role in this record")
         page = page_for_redo(ctx, blk, lsn)
         if page is not None:
-            IP.overwrite_item(page, offnum, block_data(blk, name))
+            IP.overwrite_item(_regular_page(page, name), offnum, block_data(blk, name))
+            _check_items(page, name)
             finish(page, lsn)
     elif op == XLOG_BRIN_DESUMMARIZE:
         ppr, heap_blk, reg_off = main_struct(rec, _DESUMMARIZE, name)
@@ -208,7 +233,7 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
                 _set_revmap_entry(page, ppr, heap_blk, _INVALID_TID, name)
                 finish(page, lsn)
         elif bid == 1:
-            _remove_tuple(ctx, blk, lsn, reg_off)
+            _remove_tuple(ctx, blk, lsn, reg_off, name)
         else:
             raise InvalidRecord(f"{name}: block {bid} has no role in this record")
     elif op == XLOG_BRIN_REVMAP_EXTEND:
