@@ -15,6 +15,8 @@ INSERT INTO brin_big SELECT g, md5(g::text), (g * 7919) % 10007, repeat('p', 420
   FROM generate_series(1, 1400) g;
 CREATE INDEX brin_big_idx ON brin_big USING brin (id, k, n)
   WITH (pages_per_range = 1, autosummarize = off);
+-- from here on the first change of each page carries a full-page image to restore (BLK_RESTORED)
+CHECKPOINT;
 
 -- summaries grow: new versions land on the same heap page (same-page heap update), widening the text range
 UPDATE brin_big SET k = md5(id::text) || md5((id + 1)::text) || md5((id + 2)::text), n = n + 20000

@@ -122,10 +122,10 @@ def _check_items(page: bytearray, name: str) -> None:
     n = (lower - P.SIZE_OF_PAGE_HEADER) >> 2
     if n <= 0:
         return
-    for w in P.lp_array(n).unpack_from(page, P.SIZE_OF_PAGE_HEADER):
-        length = w >> 17
-        if length and ((w & 0x7FFF) < upper or (w & 0x7FFF) + length > special):
-            raise InvalidPage(f"{name}: line pointer {w:#010x} lies outside the tuple space {upper}..{special}")
+    bad = [w for w in P.lp_array(n).unpack_from(page, P.SIZE_OF_PAGE_HEADER)
+           if w >> 17 and not upper <= w & 0x7FFF <= special - (w >> 17)]
+    if bad:
+        raise InvalidPage(f"{name}: line pointer {bad[0]:#010x} lies outside the tuple space {upper}..{special}")
 
 
 def _regular_page(page: bytearray, name: str) -> bytearray:
