@@ -168,6 +168,8 @@ def test_insert_sets_the_revmap_entry_of_the_range():
         redo(REVMAP, base, 0x10, blocks, insert_main(1, 0, 1))
     with pytest.raises(InvalidRecord, match="no block 0"):
         redo(REVMAP, base, 0x10, [Block(1, REVMAP)], insert_main(1, 1, 1))
+    with pytest.raises(InvalidRecord, match="no block 1"):  # PostgreSQL reads every block of the record
+        redo(REG2, regular(), 0x10, [Block(0, REG2, data=tup(1))], insert_main(1, 1, 1))
 
 
 def test_insert_offset_zero_appends():
@@ -215,7 +217,7 @@ def test_update_removes_the_old_tuple_leaving_an_unused_pointer():
     with pytest.raises(InvalidRecord, match="invalid index offnum"):
         redo(REG, base, 0x20, blocks, update_main(4, 9, 1, 1))
     with pytest.raises(InvalidRecord, match="block 3 has no role"):
-        redo(REG, base, 0x20, [Block(0, REG2, data=tup(2)), Block(1, REVMAP), Block(3, REG)],
+        redo(REG, base, 0x20, [Block(0, REG2, data=tup(2)), Block(1, REVMAP), Block(2, META), Block(3, REG)],
              update_main(1, 9, 1, 1))
     with pytest.raises(InvalidRecord, match="main data"):
         redo(REG, base, 0x20, blocks, update_main(2, 9, 1, 1)[:13])
@@ -264,6 +266,10 @@ def test_revmap_extend_updates_a_pre_v11_metapage_and_initializes_the_target():
     assert redo(target, None, 0x40, blocks_img, struct.pack("<I", 2)) == revmap_page(lsn=LSN)
     with pytest.raises(InvalidRecord, match="WILL_INIT"):
         redo(target, regular(tup(1)), 0x40, [Block(0, META), Block(1, target)], struct.pack("<I", 2))
+    with pytest.raises(InvalidRecord, match="targetBlk 3"):
+        redo(META, base, 0x40, blocks, struct.pack("<I", 3))
+    with pytest.raises(InvalidRecord, match="no block 1"):
+        redo(META, base, 0x40, [Block(0, META)], struct.pack("<I", 2))
 
 
 def test_create_index_initializes_the_metapage():

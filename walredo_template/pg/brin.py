@@ -70,6 +70,12 @@ OP_NAMES = {
     XLOG_BRIN_DESUMMARIZE: "DESUMMARIZE",
 }
 
+# the block ids each record's redo reads (PostgreSQL PANICs when one is missing, whichever page it rebuilds)
+_BLOCKS = {
+    XLOG_BRIN_CREATE_INDEX: (0,), XLOG_BRIN_INSERT: (0, 1), XLOG_BRIN_UPDATE: (0, 1, 2),
+    XLOG_BRIN_SAMEPAGE_UPDATE: (0,), XLOG_BRIN_REVMAP_EXTEND: (0, 1), XLOG_BRIN_DESUMMARIZE: (0, 1),
+}
+
 BRIN_PAGETYPE_META = 0xF091
 BRIN_PAGETYPE_REVMAP = 0xF092
 BRIN_PAGETYPE_REGULAR = 0xF093
@@ -173,13 +179,11 @@ def _insert_part(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int, 
         _check_items(page, name)
         finish(page, lsn)
     elif blk.block_id == 1:
-        regular = rec.blocks.get(0)
-        if regular is None:
-            raise InvalidRecord(f"{name}: no block 0 (the regular page the revmap entry points to)")
         found = page_for_redo(ctx, blk, lsn)
         if found is None:
             return
-        _set_revmap_entry(found, pages_per_range, heap_blk, _tid(regular.blkno, offnum), name)
+        # the entry points at block 0, the page the tuple went to
+        _set_revmap_entry(found, pages_per_range, heap_blk, _tid(rec.blocks[0].blkno, offnum), name)
         finish(found, lsn)
     else:
         raise InvalidRecord(f"{name}: block {blk.block_id} has no role in this record")
@@ -198,7 +202,9 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
 
     Raises :class:`UnsupportedRecord` for an unknown opcode, :class:`BlockNotReferenced` when the record
     does not touch the page, :class:`InvalidRecord` for short main data, missing block data or a tuple that
-    does not fit, :class:`InvalidPage` for a page that cannot take the change.
+    does not fit or a block PostgreSQL's redo reads missing (REVMAP_EXTEND: also a targetBlk other than
+    block 1's block number, which PostgreSQL only asserts), :class:`InvalidPage` for a page that cannot
+    take the change.
     """
     info = rec.info & 0xF0
     op = info & XLOG_BRIN_OPMASK
@@ -207,6 +213,10 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     name = record_name(info)
     blk = referenced_block(ctx, rec, name)
     bid = blk.block_id
+    blocks = rec.blocks
+    for need in _BLOCKS[op]:
+        if need not in blocks:
+            raise InvalidRecord(f"{name}: the record has no block {need}")
     if op == XLOG_BRIN_INSERT:
         heap_blk, ppr, offnum = main_struct(rec, _INSERT, name)
         _insert_part(ctx, rec, blk, lsn, heap_blk, ppr, offnum, name)
@@ -238,6 +248,8 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
             raise InvalidRecord(f"{name}: block {bid} has no role in this record")
     elif op == XLOG_BRIN_REVMAP_EXTEND:
         (target,) = main_struct(rec, _EXTEND, name)
+        if target != blocks[1].blkno:  # an Assert in brin_xlog_revmap_extend
+            raise InvalidRecord(f"{name}: targetBlk {target} is not block 1's block {blocks[1].blkno}")
         if bid == 0:
             page = page_for_redo(ctx, blk, lsn)
             if page is not None:
