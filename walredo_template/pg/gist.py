@@ -83,6 +83,8 @@ OP_NAMES = {
     XLOG_GIST_ASSIGN_LSN: "ASSIGN_LSN",
 }
 
+_RECORD_NAMES = {op: f"{NAME}/{name}" for op, name in OP_NAMES.items()}
+
 # GISTPageOpaqueData flags
 F_LEAF = 1 << 0
 F_DELETED = 1 << 1
@@ -103,6 +105,7 @@ _DELETE = struct.Struct("<IH")  # SizeOfGistxlogDelete = 6: the offsets follow w
 _SPLIT = struct.Struct("<I4xQBxHB3x")
 _PAGE_DELETE = struct.Struct("<QH")  # SizeOfGistxlogPageDelete = 10
 _OPAQUE = struct.Struct("<IIIHH")
+_LUS = struct.Struct("<HHH")  # pd_lower, pd_upper, pd_special
 _NSN = struct.Struct("<II")
 _FLAGS_AT = 12  # offset of flags inside the special space
 _I32 = struct.Struct("<i")
@@ -120,10 +123,11 @@ def record_name(info: int) -> str:
 # --- page helpers --------------------------------------------------------------------------------
 
 def _special(page: bytearray) -> int:
-    """pd_special, checked to leave room for GISTPageOpaqueData (PostgreSQL would write past the page)."""
+    """pd_special, which must leave exactly GISTPageOpaqueData's 16 bytes (gistcheckpage's rule; the
+    special space is where the redo writes flags, NSN and rightlink)."""
     special: int = P.U16.unpack_from(page, P.OFF_SPECIAL)[0]
-    if special > MAX_SPECIAL or special < P.SIZE_OF_PAGE_HEADER:
-        raise InvalidPage(f"GiST page has pd_special {special}: no room for the 16-byte special space")
+    if special != MAX_SPECIAL:
+        raise InvalidPage(f"not a GiST page: pd_special {special}, expected {MAX_SPECIAL}")
     return special
 
 
@@ -144,6 +148,47 @@ def init_page(page: bytearray, flags: int) -> None:
     """gistinitpage: an empty page with the GiST special space (no rightlink, NSN 0, the given flags)."""
     P.page_init(page, SIZEOF_OPAQUE)
     _OPAQUE.pack_into(page, MAX_SPECIAL, 0, 0, INVALID_BLOCK, flags, GIST_PAGE_ID)
+
+
+def _check_items(page: bytearray, special: int, name: str) -> None:
+    """Every line pointer with storage must lie inside pd_upper..pd_special. PostgreSQL's item operations
+    only check the items they act on, so a corrupt page that came from outside (a base image, a restored
+    image) would otherwise pass its bad pointers on. A deleted page has no items: what pd_lower covers
+    is its deleteXid, and nothing more."""
+    lower, upper, _special = _LUS.unpack_from(page, P.OFF_LOWER)
+    if _flags(page, special) & F_DELETED:
+        if lower > DELETED_CONTENTS_END:
+            raise InvalidPage(f"{name}: deleted GiST page with pd_lower {lower}")
+        return
+    n = (lower - P.SIZE_OF_PAGE_HEADER) >> 2
+    if n <= 0:
+        return
+    bad = [w for w in P.lp_array(n).unpack_from(page, P.SIZE_OF_PAGE_HEADER)
+           if w >> 17 and not upper <= w & 0x7FFF <= special - (w >> 17)]
+    if bad:
+        raise InvalidPage(f"{name}: line pointer {bad[0]:#010x} lies outside the tuple space {upper}..{special}")
+
+
+# The request whose page had its line pointers checked last (a reference, so its id cannot be reused).
+_items_checked: list[RedoContext | None] = [None]
+
+
+def _page(ctx: RedoContext, blk: BlockRef, lsn: int, name: str) -> tuple[bytearray, int] | None:
+    """XLogReadBufferForRedo for a redo that changes items: the page and its pd_special, or None (restored,
+    or already past the record). The first time a request redoes its page its line pointers are checked
+    (:func:`_check_items`). A deleted page is refused: PostgreSQL never changes the items of one (inserts
+    and VACUUM skip it), and its "line pointers" are its deleteXid."""
+    fresh = not ctx.checked or _items_checked[0] is not ctx
+    page = page_for_redo(ctx, blk, lsn)
+    if page is None:
+        return None
+    special = _special(page)
+    if fresh:
+        _check_items(page, special, name)
+        _items_checked[0] = ctx
+    if _flags(page, special) & F_DELETED:
+        raise InvalidPage(f"{name}: block {blk.block_id} is a deleted GiST page")
+    return page, special
 
 
 def _tuples(data: bytes | memoryview, pos: int, count: int | None, name: str) -> list[memoryview]:
@@ -184,8 +229,9 @@ def _append(page: bytearray, tuples: list[memoryview]) -> None:
 
 # --- redo ----------------------------------------------------------------------------------------
 
-def _clear_follow_right(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
+def _clear_follow_right(ctx: RedoContext, blk: BlockRef, lsn: int, name: str) -> None:
     """gistRedoClearFollowRight: NSN := LSN and F_FOLLOW_RIGHT cleared, on the page redone or restored."""
+    fresh = not ctx.checked or _items_checked[0] is not ctx
     if read_for_redo(ctx, blk, lsn) == BLK_DONE:
         return
     page = ctx.page
@@ -194,6 +240,9 @@ def _clear_follow_right(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
         P.check_page(page)
         ctx.checked = True
     special = _special(page)
+    if fresh or blk.apply_image:
+        _check_items(page, special, name)
+        _items_checked[0] = ctx
     _set_nsn(page, special, lsn)
     _set_flags(page, special, _flags(page, special) & ~F_FOLLOW_RIGHT)
     finish(page, lsn)
@@ -202,16 +251,16 @@ def _clear_follow_right(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
 def _redo_page_update(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     name = f"{NAME}/PAGE_UPDATE"
     if blk.block_id == 1:
-        _clear_follow_right(ctx, blk, lsn)
+        _clear_follow_right(ctx, blk, lsn, name)
         return
     if blk.block_id != 0:
         return  # gistxlog.c reads only blocks 0 and 1
-    page = page_for_redo(ctx, blk, lsn)
-    if page is None:
+    got = _page(ctx, blk, lsn, name)
+    if got is None:
         return
+    page, special = got
     ntodelete, ntoinsert = main_struct(rec, _UPDATE, name)
     data = blk.data or b""
-    special = _special(page)
     if ntodelete == 1 and ntoinsert == 1:
         offnum = _offsets(data, 0, 1, name)[0]
         tuples = _tuples(data, 2, ntoinsert, name)
@@ -232,12 +281,12 @@ def _redo_delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) 
     name = f"{NAME}/DELETE"
     if blk.block_id != 0:
         return
-    page = page_for_redo(ctx, blk, lsn)
-    if page is None:
+    got = _page(ctx, blk, lsn, name)
+    if got is None:
         return
+    page, special = got
     _xid, ntodelete = main_struct(rec, _DELETE, name)
     md = rec.main_data
-    special = _special(page)
     if len(md) > _DELETE.size:  # the offsets are in the main data, so they survive a full-page image
         IP.multi_delete(page, _offsets(md, _DELETE.size, ntodelete, name))
     _set_flags(page, special, (_flags(page, special) & ~F_HAS_GARBAGE) | F_TUPLES_DELETED)
@@ -247,7 +296,7 @@ def _redo_delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) 
 def _redo_page_split(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     name = f"{NAME}/PAGE_SPLIT"
     if blk.block_id == 0:
-        _clear_follow_right(ctx, blk, lsn)
+        _clear_follow_right(ctx, blk, lsn, name)
         return
     origrlink, orignsn, origleaf, npage, markfollowright = main_struct(rec, _SPLIT, name)
     i = blk.block_id - 1  # position of this page in the split
@@ -286,6 +335,7 @@ def _redo_page_split(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: i
     for off, tup in enumerate(tuples, 1):
         IP.add_item(page, tup, off)
     ctx.checked = True
+    _items_checked[0] = ctx  # a page built here has only the pointers just added
     flags = _flags(page, MAX_SPECIAL)
     if isroot:
         rightlink = INVALID_BLOCK
@@ -304,15 +354,15 @@ def _redo_page_delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
     name = f"{NAME}/PAGE_DELETE"
     if blk.block_id > 1:
         return
-    page = page_for_redo(ctx, blk, lsn)
-    if page is None:
+    got = _page(ctx, blk, lsn, name)
+    if got is None:
         return
+    page, special = got
     delete_xid, downlink = main_struct(rec, _PAGE_DELETE, name)
     if blk.block_id == 1:
         IP.delete_item(page, downlink)
         finish(page, lsn)
         return
-    special = _special(page)
     lower, upper = P.get_lower(page), P.get_upper(page)
     # GistPageSetDeleted asserts an empty page; on one that is not, it would write over line pointers
     if lower > P.SIZE_OF_PAGE_HEADER or upper < DELETED_CONTENTS_END:
@@ -333,7 +383,7 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     op = rec.info & 0xF0
     if op not in OP_NAMES:
         raise unsupported(rec, NAME)
-    blk = referenced_block(ctx, rec, record_name(op))
+    blk = referenced_block(ctx, rec, _RECORD_NAMES[op])
     if op == XLOG_GIST_PAGE_UPDATE:
         _redo_page_update(ctx, rec, blk, lsn)
     elif op == XLOG_GIST_PAGE_SPLIT:
@@ -364,7 +414,7 @@ def mask(page: bytearray, blkno: int) -> None:
     LP_NORMAL, so an item that is unused or a redirect on one side only still differs. On a deleted page
     the "line pointers" are the deleteXid, which PostgreSQL's mask_lp_flags would partly wipe; here they
     are compared. An all-zero page is left as it is. Raises :class:`InvalidPage` for bounds it cannot
-    mask or a special space too small for GiST's.
+    mask or a special space that is not GiST's 16 bytes.
     """
     if len(page) != P.BLCKSZ:
         raise InvalidPage(f"page has {len(page)} bytes, expected {P.BLCKSZ}")
