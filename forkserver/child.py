@@ -19,8 +19,17 @@ Order matters and each step says why:
 6. stdin/stdout pointed at /dev/null and every other fd closed except the child's socket and stderr, so no
    control socket, pidfd, wake-up pipe or other tenant's socket stays reachable from this tenant's code;
    ``sys.std*`` rebound to fds 0/1/2 if they wrapped something else;
-7. run ``worker(sock, tenant)``; it returns when its socket reaches EOF;
-8. leave only through ``os._exit``: never unwind into the template's selector loop.
+7. the sandbox, when the template has a policy (:mod:`forkserver.sandbox`: optionally another uid, no new
+   privileges, not dumpable, resource limits, the seccomp allowlist): last before the worker's first
+   request, because everything above needs syscalls the allowlist refuses. A pool child enters it after the
+   worker's ``prepare()`` and before it waits for its tenant, so the policy is off the spawn's path; a
+   child forked on request enters it right before the worker runs. A failure to enter it ends the child
+   (status 70): a child never serves unconfined when a policy was asked for;
+8. run ``worker(sock, tenant)``; it returns when its socket reaches EOF;
+9. leave only through ``os._exit``: never unwind into the template's selector loop.
+
+The key of the template's control socket is not in a child's memory: it lives in a mapping that fork wipes
+(:mod:`forkserver.secret`).
 """
 
 from __future__ import annotations
@@ -38,18 +47,21 @@ from typing import NoReturn
 
 import setproctitle
 
-from forkserver import fdpass
+from forkserver import fdpass, sandbox
 
 __all__ = ["run_child", "run_idle", "plan_signal_reset"]
 
 Worker = Callable[[socket.socket, str], object]
 
 
-def run_child(sock_fd: int, tenant: str, worker: Worker, forget: Iterable[socket.socket] = ()) -> NoReturn:
+def run_child(sock_fd: int, tenant: str, worker: Worker, forget: Iterable[socket.socket] = (),
+              policy: sandbox.Policy | None = None) -> NoReturn:
     """Turn the freshly forked process into tenant ``tenant``'s worker on socket ``sock_fd``. Never returns.
 
+    ``policy``: the sandbox to enter before the worker runs (``None``: none; see :mod:`forkserver.sandbox`).
+
     Exit status: 0 when the worker returns, the ``SystemExit`` code if it raises one, 1 on any other
-    exception (traceback on stderr), 70 if the hygiene itself failed.
+    exception (traceback on stderr), 70 if the hygiene (or entering the sandbox) failed.
     """
     def body(status: _Status) -> None:
         _forget(forget)
@@ -59,41 +71,49 @@ def run_child(sock_fd: int, tenant: str, worker: Worker, forget: Iterable[socket
         setproctitle.setproctitle(f"walredo {tenant}")
         fd = _close_fds_except(sock_fd)
         _rebind_stdio()
+        # Built before the sandbox: with the family given, the socket object asks the kernel nothing.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
+        _confine(policy, held=4)
         status.code = 1
-        _run_worker(fd, tenant, worker)
+        _serve(worker, sock, tenant)
         status.code = 0
 
     _exit_after(body)
 
 
-def run_idle(chan_fd: int, worker: Worker, forget: Iterable[socket.socket] = ()) -> NoReturn:
-    """Pre-forked child: do the tenant-independent hygiene now, wait on ``chan_fd`` (a ``SOCK_SEQPACKET``
-    socket to the template) for one assignment — the tenant id (ASCII) with exactly one fd, the child's
-    socket — then close the channel, set the title and run ``worker(sock, tenant)``. Never returns.
+def run_idle(chan_fd: int, worker: Worker, forget: Iterable[socket.socket] = (),
+             policy: sandbox.Policy | None = None) -> NoReturn:
+    """Pre-forked child: do the tenant-independent hygiene now, run the worker's ``prepare()``, enter the
+    sandbox (``policy``), then wait on ``chan_fd`` (a ``SOCK_SEQPACKET`` socket to the template) for one
+    assignment — the tenant id (ASCII) with exactly one fd, the child's socket — then close the channel, set
+    the title and run ``worker(sock, tenant)``. Never returns.
 
-    Titled ``walredo (idle)`` while it waits. Until the assignment only stderr, /dev/null on 0/1 and the
-    channel are open; after it, stderr and the child's socket (the channel is closed before the worker runs).
-    Exit status as for :func:`run_child`; 0 without running the worker on EOF or a malformed assignment (the
-    template is gone or stopping).
+    Everything but the assignment happens while the child waits in the pool, off the spawn's path: the
+    sandbox costs a spawn nothing. Titled ``walredo (idle)`` while it waits. Until the assignment only
+    stderr, /dev/null on 0/1 and the channel are open; after it, stderr and the child's socket (the channel
+    is closed before the worker runs). Exit status as for :func:`run_child`; 0 without running the worker on
+    EOF or a malformed assignment (the template is gone or stopping).
     """
     def body(status: _Status) -> None:
         _forget(forget)
         _default_signals()
         os.setpgid(0, 0)
         atexit._clear()
-        chan = _close_fds_except(chan_fd)
+        chan = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=_close_fds_except(chan_fd))
         _rebind_stdio()
         # Not the template's title it inherited: `ps` would show a second template.
         setproctitle.setproctitle("walredo (idle)")
         _prepare(worker)
+        # One fd spare under RLIMIT_NOFILE: the assignment brings the child's socket.
+        _confine(policy, held=4)
         assignment = _await_assignment(chan)
         if assignment is None:
             status.code = 0
             return
-        sock_fd, tenant = assignment
+        sock, tenant = assignment
         setproctitle.setproctitle(f"walredo {tenant}")
         status.code = 1
-        _run_worker(sock_fd, tenant, worker)
+        _serve(worker, sock, tenant)
         status.code = 0
 
     _exit_after(body)
@@ -150,18 +170,33 @@ def _forget(socks: Iterable[socket.socket]) -> None:
             pass
 
 
-def _run_worker(sock_fd: int, tenant: str, worker: Worker) -> None:
-    sock = socket.socket(fileno=sock_fd)
-    sock.setblocking(True)
-    worker(sock, tenant)
-
-
-def _await_assignment(chan_fd: int) -> tuple[int, str] | None:
-    """Block until the template sends ``tenant`` with the child's socket; return ``(sock_fd, tenant)`` with
-    the channel closed, or ``None`` (channel closed too) on EOF or anything malformed."""
-    chan = socket.socket(fileno=chan_fd)
+def _serve(worker: Worker, sock: socket.socket, tenant: str) -> None:
     try:
-        chan.setblocking(True)
+        worker(sock, tenant)
+    finally:
+        # Closed here, not left to the finalizer: an unclosed socket's ResourceWarning formats its repr,
+        # which asks the kernel for both addresses (getsockname/getpeername), outside the allowlist.
+        sock.close()
+
+
+def _confine(policy: sandbox.Policy | None, held: int) -> None:
+    """Enter the sandbox (``policy``), the child holding ``held`` fds (0-2 and its socket or channel)."""
+    if policy is None:
+        return
+    if policy.user is not None and not policy.seccomp:
+        sandbox.become(policy.user)
+    if policy.seccomp:
+        sandbox.enter(memory_limit=policy.memory_limit, nofile=held + 1, user=policy.user)
+
+
+def _await_assignment(chan: socket.socket) -> tuple[socket.socket, str] | None:
+    """Block until the template sends ``tenant`` with the child's socket; return ``(sock, tenant)`` with
+    the channel closed, or ``None`` (channel closed too) on EOF or anything malformed.
+
+    May run in the sandbox: only recvmsg and close. The channel and the child's socket are blocking (the
+    template never changes their mode), and the socket object is built with its family given so that
+    constructing it makes no syscall."""
+    try:
         while True:
             try:
                 data, fds = fdpass.recv(chan, 256, maxfds=1)
@@ -179,12 +214,8 @@ def _await_assignment(chan_fd: int) -> tuple[int, str] | None:
     if len(fds) != 1 or not tenant:
         fdpass.close_fds(fds)
         return None
-    sock_fd = fds[0]
-    if sock_fd < 3:
-        # Only if the template ran with std fds closed: keep the socket above 0-2 like run_child does.
-        low, sock_fd = sock_fd, fcntl.fcntl(sock_fd, fcntl.F_DUPFD_CLOEXEC, 3)
-        os.close(low)
-    return sock_fd, tenant
+    # Always above 0-2: the hygiene left 0, 1 and 2 open.
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fds[0]), tenant
 
 
 # Python's own start-up convention, kept in the child: these raise OSError (BrokenPipeError, EFBIG) in the

@@ -392,7 +392,8 @@ def _template_env() -> dict:
     return env
 
 
-def _start_template(python: str, worker: str, socket_path: str, key: bytes, timeout: float):
+def _start_template(python: str, worker: str, socket_path: str, key: bytes, timeout: float,
+                    extra_args: tuple[str, ...] = ()):
     """Blocking (executor thread): start the template, wait for its readiness line.
 
     Returns ``(Popen, parent_pipe_w)``. Errors: :class:`TemplateUnavailable` (the process is gone)."""
@@ -401,7 +402,7 @@ def _start_template(python: str, worker: str, socket_path: str, key: bytes, time
         os.write(w, key)
         proc = subprocess.Popen(
             [python, "-m", "forkserver.launcher", "--socket", socket_path, "--worker", worker,
-             "--parent-fd", str(r)],
+             "--parent-fd", str(r), *extra_args],
             pass_fds=(r,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=_template_env(),
             process_group=0,  # its own group: a Ctrl-C aimed at us must not kill it behind our back
         )
@@ -485,16 +486,35 @@ class TemplateClient:
 
     @classmethod
     async def launch(cls, worker: str = DEFAULT_WORKER, *, python: str | None = None,
-                     start_timeout: float = 30.0, spawn_timeout: float = 10.0) -> "TemplateClient":
+                     start_timeout: float = 30.0, spawn_timeout: float = 10.0, sandbox: bool = True,
+                     child_user: str | None = None, child_memory_limit: int | None = None,
+                     pool: int | None = None) -> "TemplateClient":
         """Start a template we own (from an executor thread) and connect to it.
 
-        The template gets a fresh 32-byte key over an inherited pipe whose EOF later tells it we died; its
-        socket lives in a private ``mkdtemp`` directory. It is restarted (with backoff) if it dies.
+        The template gets a fresh 32-byte key over an inherited pipe whose EOF later tells it we died (it
+        keeps it in memory its children do not inherit); its socket lives in a private ``mkdtemp``
+        directory. It is restarted (with backoff) if it dies.
+
+        Every child enters the sandbox (:mod:`forkserver.sandbox`) before it serves unless ``sandbox`` is
+        False (the template logs a warning); ``child_memory_limit``: each child's address-space limit in bytes
+        (rounded down to MiB; default 256 MiB; 0: none); ``child_user``: children drop to this user and its
+        group first (the template must run as root); ``pool``: pre-forked children (default: the template's).
 
         Errors: :class:`TemplateUnavailable` if it fails to start (e.g. the worker does not import) or to
         authenticate within ``start_timeout``. Cancel-safe: a cancelled launch stops and reaps the template
         (in the executor) before the cancellation propagates.
         """
+        extra: list[str] = []
+        if not sandbox:
+            extra.append("--no-sandbox")
+        if child_user is not None:
+            extra += ["--child-user", str(child_user)]
+        if child_memory_limit is not None:
+            if child_memory_limit < 0:
+                raise ValueError("child_memory_limit must be >= 0")
+            extra += ["--child-memory-limit", str(max(1, child_memory_limit >> 20) if child_memory_limit else 0)]
+        if pool is not None:
+            extra += ["--pool", str(int(pool))]
         loop = asyncio.get_running_loop()
         key = os.urandom(control.KEY_SIZE)
         mkdir = loop.run_in_executor(None, functools.partial(tempfile.mkdtemp, prefix="walredo-template-"))
@@ -506,7 +526,7 @@ class TemplateClient:
         self = cls(_loop=loop, _key=key, _socket_path=os.path.join(sockdir, "control.sock"),
                    spawn_timeout=spawn_timeout,
                    launched={"worker": worker, "python": python or sys.executable, "dir": sockdir,
-                             "start_timeout": start_timeout})
+                             "start_timeout": start_timeout, "args": tuple(extra)})
         try:
             await self._start_and_connect()
         except BaseException:
@@ -654,7 +674,7 @@ class TemplateClient:
         loop = self._loop
         self._starting = loop.run_in_executor(
             None, _start_template, opts["python"], opts["worker"], self.socket_path, self._key,
-            opts["start_timeout"])
+            opts["start_timeout"], opts["args"])
         try:
             proc, pipe_w = await asyncio.shield(self._starting)
         except asyncio.CancelledError:

@@ -63,7 +63,6 @@ Many requests may be in flight on one connection; replies carry the request ``id
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import math
 import os
@@ -77,6 +76,7 @@ import msgpack
 
 from forkserver.errors import InvalidTenantId, ProtocolError
 from forkserver.fdpass import close_fds
+from forkserver.secret import KEY_SIZE, Key
 
 __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_FRAME_UNAUTHENTICATED", "KEY_SIZE", "TENANT_RE",
@@ -88,7 +88,6 @@ __all__ = [
 PROTOCOL_VERSION = 1
 MAX_FRAME = 64 * 1024
 MAX_FRAME_UNAUTHENTICATED = 512
-KEY_SIZE = 32
 NONCE_SIZE = 32
 MAX_OPTIONS = 32
 TENANT_RE = re.compile(r"[0-9a-f]{32}(?:-[0-9a-f]{4})?", re.ASCII)
@@ -422,8 +421,10 @@ _RECEIVES = {
 }
 
 
-def _mac(key: bytes, label: bytes, a: bytes, b: bytes) -> bytes:
-    return hmac.new(key, label + a + b, hashlib.sha256).digest()
+def _mac(key: bytes | Key, label: bytes, a: bytes, b: bytes) -> bytes:
+    if isinstance(key, Key):
+        return key.mac(label + a + b)
+    return hmac.digest(key, label + a + b, "sha256")
 
 
 class ControlConnection:
@@ -439,14 +440,16 @@ class ControlConnection:
     may still hold an ``error`` frame worth a best-effort send before closing the socket.
     """
 
-    def __init__(self, role: Role, key: bytes, *, nonce: bytes | None = None, pid: int | None = None):
+    def __init__(self, role: Role, key: bytes | Key, *, nonce: bytes | None = None, pid: int | None = None):
         if len(key) != KEY_SIZE:
             raise ValueError(f"key must be {KEY_SIZE} bytes")
         self.role = role
         # Looked up once: indexing the tables by the enum on every message runs Enum.__hash__ (Python code).
         self._sends = _SENDS[role]
         self._receives = _RECEIVES[role]
-        self._key = bytes(key)
+        # A Key is shared, never copied: the template's stays in memory its children do not inherit
+        # (forkserver.secret); a bytes key (the parent's side, tests) is copied as before.
+        self._key = key if isinstance(key, Key) else bytes(key)
         self._nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
         self._peer_nonce = b""
         self._pid = pid if pid is not None else os.getpid()

@@ -1,6 +1,7 @@
 """``walredo-template``: run the template in the foreground (systemd style).
 
-    walredo-template --socket PATH [--worker MOD:FUNC]
+    walredo-template --socket PATH [--worker MOD:FUNC] [--pool N]
+                     [--child-memory-limit MIB] [--child-user USER] [--no-sandbox]
 
 Preloads the worker, binds ``PATH`` (directory 0700, socket 0600), writes a fresh 32-byte key as hex to
 ``PATH.key`` (0600; give it to ``TemplateClient.connect(PATH, key=PATH + ".key")``), prints one readiness line
@@ -12,6 +13,11 @@ and serves until SIGTERM/SIGINT, removing the socket and key file on the way out
 
 ``TemplateClient.launch`` runs the same entry point with ``--parent-fd N`` instead of a key file: it reads the
 32 raw key bytes from fd ``N`` and afterwards treats EOF on it as "the launching parent died".
+
+Every child enters the sandbox (:mod:`forkserver.sandbox`) before it serves: ``--child-memory-limit`` sets
+its address-space limit (MiB, default 256; 0 = none), ``--child-user USER`` (root only) makes it drop to
+that user and group first, ``--no-sandbox`` turns the policy off for debugging (logged on every start).
+The key lives in memory the children do not inherit (:mod:`forkserver.secret`).
 
 Exit codes: 0 clean stop, 2 bad arguments / worker import failure, 3 socket or key set-up failure.
 """
@@ -25,7 +31,8 @@ import sys
 
 import setproctitle
 
-from forkserver import control
+from forkserver import sandbox
+from forkserver.secret import Key
 from forkserver.template import Template, prepare_socket_dir
 
 DEFAULT_WORKER = "walredo_template.worker:main"
@@ -45,24 +52,39 @@ def load_worker(spec: str):
     return obj
 
 
-def _read_key_from_fd(fd: int) -> bytes:
-    key = b""
-    while len(key) < control.KEY_SIZE:
-        chunk = os.read(fd, control.KEY_SIZE - len(key))
-        if not chunk:
-            raise EOFError("the parent closed the key pipe before sending the whole key")
-        key += chunk
-    return key
-
-
-def _write_key_file(path: str, key: bytes) -> None:
+def _write_key_file(path: str, key: Key) -> None:
     try:
         os.unlink(path)  # a stale key from a template that died; bind() already proved none is live
     except FileNotFoundError:
         pass
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
+    try:
+        key.write_hex(fd)  # from the key's own page: no hex copy in ordinary memory
+    finally:
+        os.close(fd)
+
+
+def _policy(args, fail) -> sandbox.Policy | None | int:
+    """The children's policy from the flags, or an exit code after reporting why it cannot be had."""
+    user = None
+    if args.child_user is not None:
+        if os.geteuid() != 0:
+            return fail(2, "--child-user needs the template to run as root")
+        try:
+            user = sandbox.lookup_user(args.child_user)
+        except KeyError as e:
+            return fail(2, str(e.args[0]))
+    if args.child_memory_limit is not None and args.child_memory_limit < 0:
+        return fail(2, "--child-memory-limit must be >= 0")
+    if args.no_sandbox:
+        print("walredo-template: WARNING: --no-sandbox: children run WITHOUT the seccomp filter, "
+              "resource limits and no-new-privileges; every child can open files, connect and exec as "
+              f"uid {user.uid if user else os.geteuid()}. For debugging only.", file=sys.stderr, flush=True)
+        return sandbox.Policy(seccomp=False, memory_limit=None, user=user) if user else None
+    limit = sandbox.DEFAULT_MEMORY_LIMIT
+    if args.child_memory_limit is not None:
+        limit = args.child_memory_limit << 20 if args.child_memory_limit else None
+    return sandbox.Policy(seccomp=True, memory_limit=limit, user=user)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,12 +95,22 @@ def main(argv: list[str] | None = None) -> int:
         "--pool", type=int, default=None,
         help="children kept pre-forked, waiting for a tenant (default: $WALREDO_TEMPLATE_POOL or 1; 0 = fork on request)",
     )
+    parser.add_argument("--child-memory-limit", type=int, default=None, metavar="MIB",
+                        help="each child's address-space limit in MiB (default 256; 0 = none)")
+    parser.add_argument("--child-user", default=None, metavar="USER",
+                        help="children drop to this user and its group before the sandbox (root only)")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="children run without the sandbox (seccomp, limits): for debugging only")
     parser.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     def fail(code: int, msg: str) -> int:
         print(f"walredo-template: {msg}", file=sys.stderr, flush=True)
         return code
+
+    policy = _policy(args, fail)
+    if isinstance(policy, int):
+        return policy
 
     try:
         worker = load_worker(args.worker)  # the preload: children inherit it already imported
@@ -87,18 +119,20 @@ def main(argv: list[str] | None = None) -> int:
 
     key_file = None
     try:
+        # Read (or made) straight into memory the children do not inherit: no bytes copy ever exists here.
         if args.parent_fd is not None:
-            key = _read_key_from_fd(args.parent_fd)
+            key = Key.from_fd(args.parent_fd)
             os.set_blocking(args.parent_fd, False)
         else:
-            key = os.urandom(control.KEY_SIZE)
-        template = Template(args.socket, worker, key, parent_fd=args.parent_fd, pool_size=args.pool)
+            key = Key.generate()
+        template = Template(args.socket, worker, key, parent_fd=args.parent_fd, pool_size=args.pool,
+                            policy=policy)
         template.bind()
         if args.parent_fd is None:
             key_file = template.socket_path + ".key"
             _write_key_file(key_file, key)
             template.key_file = key_file
-    except (OSError, EOFError, ValueError) as e:
+    except (OSError, EOFError, ValueError) as e:  # SandboxError is an OSError (no libseccomp)
         return fail(3, f"cannot set up {args.socket}: {e}")
 
     key_desc = key_file if key_file else f"fd:{args.parent_fd}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from .errors import (
 )
 from .metrics import Outcome, RedoMetrics, StopCause
 from .oncecell import OnceCell
+from .sandbox import EXIT_MEMORY_LIMIT
 from .process import ProcessState, WalRedoProcess
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,16 @@ class WalRedoManager:
         quiesce_period: how often the quiesce task looks for idle processes (default 20 s).
         worker: ``module:function`` the launched template runs in each child.
         registry: a ``prometheus_client.CollectorRegistry`` for the metrics (default: a private one).
+        sandbox: every child of the launched template enters :mod:`forkserver.sandbox` before it serves
+            (default); False turns it off for debugging (the template logs a warning).
+        child_user: children of the launched template drop to this user and its group (the parent must run
+            as root).
+        child_memory_limit: address-space limit of each child in bytes (default 256 MiB; 0: none).
+
+    A child killed by its sandbox (SIGSYS) or stopped by its memory limit is a broken process like any
+    crash (the request is retried on a new one); its cause is logged once with the tenant and pid
+    ("sandbox violation" / "memory limit") and counted in ``pageserver_wal_redo_processes_stopped_total``
+    as ``sandbox_violation`` / ``memory_limit``, once the process is reaped.
     """
 
     def __init__(
@@ -104,6 +116,9 @@ class WalRedoManager:
         quiesce_period: float = 20.0,
         worker: str = DEFAULT_WORKER,
         registry=None,
+        sandbox: bool = True,
+        child_user: str | None = None,
+        child_memory_limit: int | None = None,
     ) -> None:
         if not (request_timeout > 0 and idle_timeout > 0 and quiesce_period > 0):
             raise ValueError("request_timeout, idle_timeout and quiesce_period must be positive")
@@ -112,6 +127,11 @@ class WalRedoManager:
         self._template = template
         self._owns_template = template is None
         self._worker = worker
+        self._launch_options = {"sandbox": sandbox, "child_user": child_user,
+                                "child_memory_limit": child_memory_limit}
+        if not sandbox:
+            log.warning("WalRedoManager(sandbox=False): walredo children run WITHOUT their sandbox "
+                        "(seccomp allowlist, resource limits); for debugging only")
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
         self.retries = retries
@@ -167,7 +187,7 @@ class WalRedoManager:
             self._launching = asyncio.get_running_loop().create_future()
             try:
                 try:
-                    template = await TemplateClient.launch(worker=self._worker)
+                    template = await TemplateClient.launch(worker=self._worker, **self._launch_options)
                 except BaseException:
                     if self._state is ManagerState.STARTING:
                         self._state = ManagerState.NEW
@@ -371,7 +391,7 @@ class WalRedoManager:
         assert self._template is not None
         started = time.perf_counter()
         handle = await self._template.spawn(tenant_id)
-        process = WalRedoProcess(handle)
+        process = WalRedoProcess(handle, tenant=tenant_id)
         self.metrics.launch_seconds.observe(time.perf_counter() - started)
         self.metrics.started.inc()
         return process
@@ -385,11 +405,29 @@ class WalRedoManager:
         if not cell.take_if(process):
             process.close()  # idempotent: already closed by whoever retired it
             return
-        self.metrics.count_stop(cause)
-        log.info("stopping walredo process %d: %s", process.pid, cause.value)
-        task = asyncio.get_running_loop().create_task(process.aclose())
+        if cause is StopCause.BROKEN:
+            # Why it broke is only known from its exit status: counted once it is reaped.
+            task = asyncio.get_running_loop().create_task(self._reap_broken(process))
+        else:
+            self.metrics.count_stop(cause)
+            log.info("stopping walredo process %d (tenant %s): %s", process.pid, process.tenant, cause.value)
+            task = asyncio.get_running_loop().create_task(process.aclose())
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
+
+    async def _reap_broken(self, process: WalRedoProcess) -> None:
+        status = await process.aclose()
+        cause = broken_cause(status)
+        self.metrics.count_stop(cause)
+        if cause is StopCause.SANDBOX_VIOLATION:
+            log.error("walredo process %d (tenant %s) stopped: sandbox violation (killed by SIGSYS: a syscall "
+                      "outside the seccomp allowlist)", process.pid, process.tenant)
+        elif cause is StopCause.MEMORY_LIMIT:
+            log.error("walredo process %d (tenant %s) stopped: memory limit (an allocation failed at its "
+                      "address-space limit)", process.pid, process.tenant)
+        else:
+            log.info("stopping walredo process %d (tenant %s): broken (exit status %s)", process.pid,
+                     process.tenant, status)
 
     async def _dispose_on_shutdown(self, process: WalRedoProcess) -> None:
         self.metrics.count_stop(StopCause.SHUTDOWN)
@@ -449,6 +487,16 @@ class WalRedoManager:
                 self._retire(cell, process, StopCause.IDLE)
                 stopped.append(tenant_id)
         return stopped
+
+
+def broken_cause(status: int | None) -> StopCause:
+    """The stop cause of a broken process from its exit status: killed by SIGSYS (its seccomp filter) →
+    ``SANDBOX_VIOLATION``; the worker's memory-limit exit → ``MEMORY_LIMIT``; anything else ``BROKEN``."""
+    if status == -signal.SIGSYS:
+        return StopCause.SANDBOX_VIOLATION
+    if status == EXIT_MEMORY_LIMIT:
+        return StopCause.MEMORY_LIMIT
+    return StopCause.BROKEN
 
 
 def _redo_request(tag, lsn, base_image, records, pg_version, wal_log_hints) -> RedoRequest:

@@ -31,7 +31,9 @@ class StopCause(enum.Enum):
 
     IDLE = "idle"
     TIMEOUT = "timeout"
-    BROKEN = "broken"  # died or its stream broke while serving
+    BROKEN = "broken"  # died or its stream broke while serving (other than the two causes below)
+    SANDBOX_VIOLATION = "sandbox_violation"  # killed by its seccomp filter (SIGSYS): a syscall off the list
+    MEMORY_LIMIT = "memory_limit"  # an allocation failed at its address-space limit (forkserver.sandbox)
     SHUTDOWN = "shutdown"
 
 

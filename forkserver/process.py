@@ -358,7 +358,11 @@ class WalRedoProcess:
             self._break(f"the child sent a response with no request in flight: {event!r:.100}")
             return False
         slot = self._pending[0]
-        if event.id != slot.id:
+        # `too-large` is the one response without an id: the child refused the frame unread (its memory
+        # limit), so it never saw the id; responses are in order, so it answers this slot.
+        refused_unread = (event.id is None and slot.kind is _Kind.REDO and isinstance(event, protocol.Error)
+                          and event.code == "too-large")
+        if event.id != slot.id and not refused_unread:
             self._break(f"response id {event.id} does not match request id {slot.id}")
             return False
         if slot.kind is _Kind.PING:

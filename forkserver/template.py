@@ -22,6 +22,11 @@ copy-on-write faults — are off the request path. With the pool empty (a burst)
 as before. Pool children are not counted as ``live`` in stats (``idle`` counts them), get no ``exited`` event,
 are replaced if they die, and are killed and reaped when the template stops.
 
+Every child enters the template's sandbox policy (:mod:`forkserver.sandbox`; the launcher's default, off with
+``--no-sandbox``) before its worker serves: the filter is compiled once here, and a pool child loads it
+during its idle phase, after the worker's ``prepare()``. The control key is a :class:`~forkserver.secret.Key`
+(a page that fork wipes), shared by reference with every connection: no child inherits a copy.
+
 On SIGTERM/SIGINT the template removes its socket (and key file if it wrote one) and exits; children keep
 serving their parent. When the parent pipe reports the parent's death the children are useless (their sockets
 hit EOF and they exit); the template reaps them for a short grace period, SIGKILLs any straggler, removes its
@@ -44,9 +49,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from forkserver import child, control, fdpass
+from forkserver import child, control, fdpass, sandbox
 from forkserver.control import BadRequest, ControlConnection, Role, Spawn, StatsRequest
 from forkserver.errors import InvalidTenantId, ProtocolError
+from forkserver.secret import Key
 
 __all__ = ["Template", "TemplateState", "prepare_socket_dir"]
 
@@ -130,16 +136,27 @@ class Template:
     """The template's server loop. Construct, then :meth:`serve` (blocks until SIGTERM/SIGINT or parent
     death; returns the process exit code).
 
-    ``key_file`` is removed on exit (the caller wrote it); ``parent_fd`` is a pipe read end whose EOF means the
-    launching parent is gone."""
+    ``key`` is a :class:`~forkserver.secret.Key` (kept in memory children do not inherit) or 32 bytes (copied
+    into one; the caller's bytes are the caller's business). ``key_file`` is removed on exit (the caller
+    wrote it); ``parent_fd`` is a pipe read end whose EOF means the launching parent is gone. ``policy``:
+    the sandbox every child enters before it serves (:mod:`forkserver.sandbox`); ``None`` (the class default,
+    for tests of the loop itself): children run unconfined. The launcher passes a policy unless told
+    ``--no-sandbox``.
 
-    def __init__(self, socket_path: str, worker, key: bytes, *, key_file: str | None = None,
-                 parent_fd: int | None = None, log=None, pool_size: int | None = None):
+    Errors: ``ValueError`` (key size, pool size), :class:`~forkserver.sandbox.SandboxError` (the filter does
+    not compile: no libseccomp)."""
+
+    def __init__(self, socket_path: str, worker, key: bytes | Key, *, key_file: str | None = None,
+                 parent_fd: int | None = None, log=None, pool_size: int | None = None,
+                 policy: sandbox.Policy | None = None):
         if len(key) != control.KEY_SIZE:
             raise ValueError("key must be 32 bytes")
         self.socket_path = os.path.abspath(socket_path)
         self.worker = worker
-        self._key = key
+        self._key = key if isinstance(key, Key) else Key.from_bytes(key)
+        self.policy = policy
+        if policy is not None and policy.seccomp:
+            sandbox.prepare()  # compiled once here; each child only loads it
         self.key_file = key_file
         self.parent_fd = parent_fd
         self._log_file = log if log is not None else sys.stderr
@@ -365,7 +382,8 @@ class Template:
 
     def stats(self) -> dict:
         return {"spawns": self.spawns, "live": len(self._children) - len(self._idle), "idle": len(self._idle),
-                "connections": len(self._conns), "pid": os.getpid()}
+                "connections": len(self._conns), "pid": os.getpid(),
+                "sandbox": self.policy is not None and self.policy.seccomp}
 
     def _spawn(self, conn: _Conn, req: Spawn) -> None:
         try:
@@ -390,7 +408,7 @@ class Template:
             conn.proto.send(control.Error(req.request_id, "fork-failed", str(e)))
             return
         if pid == 0:
-            child.run_child(req.fd, req.tenant, self.worker, forget=self._python_sockets())
+            child.run_child(req.fd, req.tenant, self.worker, forget=self._python_sockets(), policy=self.policy)
         self.spawns += 1
         self._children[pid] = conn
         try:
@@ -459,7 +477,7 @@ class Template:
                 return
             if pid == 0:
                 ours.detach()  # closed by the child's fd hygiene; the object must not close a reused number
-                child.run_idle(theirs.detach(), self.worker, forget=self._python_sockets())
+                child.run_idle(theirs.detach(), self.worker, forget=self._python_sockets(), policy=self.policy)
             theirs.close()
             self._children[pid] = None
             try:

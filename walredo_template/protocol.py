@@ -51,9 +51,17 @@ Error codes (:data:`ERROR_CODES`): ``unsupported-record``, ``invalid-record``, `
 ``invalid-page``, ``missing-compression-library`` (the redo engine refused its input: deterministic),
 ``bad-request`` (the redo request is well-formed but its values are not valid, e.g. a base image that
 is not 8192 bytes), ``unsupported-pg-version``, ``internal`` (the engine failed unexpectedly; no page is
-returned for that request and the child keeps serving), and ``protocol``: the child could not decode a
-frame; it sends this error (``id`` nil) after the responses to every earlier request, then closes the
+returned for that request and the child keeps serving), ``too-large`` (the frame announced more bytes than
+the child's memory limit lets it decode and redo, see below), and ``protocol``: the child could not decode
+a frame; it sends this error (``id`` nil) after the responses to every earlier request, then closes the
 socket. Nothing follows a ``protocol`` error.
+
+A decoder built with ``refuse_above=n`` (the walredo child: what its memory limit allows, see
+:func:`forkserver.sandbox.request_budget`) treats a frame whose length is above ``n`` but within ``max``
+as a request it refuses without reading: it yields :class:`Oversized` as soon as the 4 length bytes have
+arrived and discards the payload as it arrives, never buffering it. The child answers it with a
+``too-large`` error **without an id** (it never saw the payload that holds it): responses are in request
+order, so the parent attributes it to the request in that position. The stream continues.
 
 A redo request whose frame is well-formed but whose values are out of range (negative LSN, tag member
 above u32, base image not 8192 bytes, no base image and no records) gets ``bad-request`` and the stream
@@ -92,6 +100,7 @@ ERROR_CODES = frozenset(
         "bad-request",
         "unsupported-pg-version",
         "internal",
+        "too-large",
         "protocol",
     }
 )
@@ -161,6 +170,15 @@ class Error:
     code: str
     message: str
     id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """Decoder event (not a wire message): a request frame of ``size`` bytes above the decoder's
+    ``refuse_above`` bound, refused unread (its payload is discarded); answered with ``too-large``."""
+
+    size: int
+    bound: int
 
 
 Request = Union[Ping, Redo]
@@ -464,10 +482,14 @@ class _Decoder:
 
     _parsers: dict[str, Any]
 
-    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE, *, refuse_above: int | None = None) -> None:
         if max_frame_size < 1:
             raise ValueError("max_frame_size must be positive")
         self.max_frame_size = max_frame_size
+        # Frames longer than this (but within max_frame_size) are refused unread (Oversized): the stream
+        # survives, the payload is never buffered. None: every frame within max_frame_size is decoded.
+        self.refuse_above = refuse_above
+        self._skip = 0  # payload bytes of a refused frame still to discard
         self._buf = bytearray()
         # Read position in _buf: consumed frames are dropped lazily (in receive_data) so a burst of small
         # pipelined frames is not quadratic.
@@ -486,10 +508,16 @@ class _Decoder:
         if self._pos:
             del self._buf[: self._pos]
             self._pos = 0
+        if self._skip:
+            # Inside a refused frame: drop its bytes without copying them.
+            n = min(self._skip, len(data))
+            self._skip -= n
+            data = data[n:]
         self._buf += data
 
-    def next_event(self) -> Request | Response | None:
-        """Return the next complete message, or ``None`` if more bytes are needed.
+    def next_event(self) -> Request | Response | Oversized | None:
+        """Return the next complete message (or :class:`Oversized` for a refused frame, only with
+        ``refuse_above``), or ``None`` if more bytes are needed.
 
         Raises ``FrameTooLarge``, ``MalformedFrame`` or ``InvalidMessage`` (all ``ProtocolError``).
         """
@@ -502,6 +530,12 @@ class _Decoder:
         (n,) = _LEN.unpack_from(self._buf, self._pos)
         if n > self.max_frame_size:
             raise self._broken(FrameTooLarge(f"frame of {n} bytes exceeds the bound of {self.max_frame_size}"))
+        if self.refuse_above is not None and n > self.refuse_above:
+            # Refused before its payload is buffered: what is here is dropped, the rest as it arrives.
+            here = min(n, avail - 4)
+            self._pos += 4 + here
+            self._skip = n - here
+            return Oversized(n, self.refuse_above)
         if avail < 4 + n:
             return None
         start = self._pos + 4
@@ -563,6 +597,7 @@ __all__ = [
     "FrameTooLarge",
     "InvalidMessage",
     "MalformedFrame",
+    "Oversized",
     "Page",
     "Ping",
     "Pong",

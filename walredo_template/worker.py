@@ -5,6 +5,14 @@ every child shares those pages) and, after fork, calls :func:`main` with the chi
 socketpair. Child hygiene (closing fds, signals, ``os._exit``) is the template's job; this module only
 serves the socket until it ends.
 
+Sandbox: the template confines every child before this worker serves (:mod:`forkserver.sandbox`; an
+allowlist of a dozen syscalls, no file can be opened). So everything the engine may need is imported here,
+at import time — including the optional lz4/zstandard modules the record decoder imports lazily, which an
+import after the sandbox would have to look up on disk. Within the child's memory limit, a frame that
+announces more than :func:`forkserver.sandbox.request_budget` is refused unread (``too-large``, the child
+keeps serving), and an allocation that fails anyway (``MemoryError``) ends the child with
+:data:`forkserver.sandbox.EXIT_MEMORY_LIMIT`, which the manager reports as "memory limit".
+
 The wire format is :mod:`walredo_template.protocol`. Responses are in request order. Everything decoded
 from one ``recv`` is answered with one ``sendall``, so a parent that pipelines requests gets its
 responses batched too — up to about a millisecond of work, so an answer computed early in a burst of
@@ -13,11 +21,15 @@ slow redo requests is not held back behind the whole burst.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import mmap
+import os
 import socket
+import sys
 import time
 
+from forkserver import sandbox
 from walredo_template import protocol
 from walredo_template.pg import errors as pg_errors
 from walredo_template.protocol import Ping, Redo
@@ -26,6 +38,21 @@ from walredo_template.protocol import Ping, Redo
 from walredo_template.redo import apply_records
 
 log = logging.getLogger(__name__)
+
+
+def _preload_optional(*names: str) -> None:
+    """Import modules the engine imports lazily, now (in the template, before the sandbox). One that is not
+    installed is recorded as missing in ``sys.modules`` (None), so that the engine's later ``import`` fails
+    at once with ImportError instead of searching the disk, which the sandbox would punish with SIGSYS."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules.setdefault(name, None)  # type: ignore[assignment]
+
+
+# walredo_template.pg.xlogrecord decompresses lz4/zstd full-page images with these.
+_preload_optional("lz4", "lz4.block", "zstandard")
 
 # One recv reads up to this much: big enough that a pipelined burst of requests arrives in one call.
 RECV_SIZE = 1 << 20
@@ -55,8 +82,9 @@ def redo_error_code(exc: pg_errors.RedoError) -> str:
 def handle_request(request: Ping | Redo) -> bytes:
     """Answer one decoded request with one encoded response frame. Never raises for bad input.
 
-    A redo-engine error is a typed ``error`` response. Any other exception from the engine is a bug: it
-    is logged and answered ``internal`` — never a page, so a bug can cost a request but cannot return a
+    A redo-engine error is a typed ``error`` response. ``MemoryError`` propagates (the memory limit: the
+    caller ends the child). Any other exception from the engine is a bug: it is logged and answered
+    ``internal`` — never a page, so a bug can cost a request but cannot return a
     wrong page. The engine is a pure function of its arguments, so the child keeps serving.
     """
     if isinstance(request, Ping):
@@ -80,6 +108,8 @@ def handle_request(request: Ping | Redo) -> bytes:
         )
     except pg_errors.RedoError as e:
         return protocol.encode_error(redo_error_code(e), str(e) or type(e).__name__, rid)
+    except MemoryError:
+        raise  # the memory limit: main() ends the child (its state after a failed allocation is unknown)
     except Exception as e:  # a bug in the engine; BaseException (SystemExit, ...) still ends the child
         log.exception("redo engine failed on %s at %X", request.tag, request.lsn)
         return protocol.encode_error("internal", f"{type(e).__name__}: {e}", rid)
@@ -122,8 +152,10 @@ def main(sock: socket.socket, tenant: str) -> None:
     ``protocol`` error (then the socket is closed: the stream cannot be resynchronised). Never raises
     for bad input. ``tenant`` is informational (log context).
     """
-    sock.setblocking(True)
-    decoder = protocol.RequestDecoder()
+    # No sock.setblocking(): the template hands over a blocking socket, and the ioctl it would make is not
+    # on the sandbox's allowlist.
+    decoder = protocol.RequestDecoder(refuse_above=sandbox.request_budget())
+    memory_message = f"walredo {tenant}: memory limit reached; exiting\n".encode()
     # One reusable receive buffer: recv(n) would allocate (and shrink) a fresh n-byte object per call.
     # Anonymous mmap, not bytearray: a bytearray is zero-filled at once (256 page faults, ~1.3 ms on the
     # path to the first answer, and 1 MiB of private memory per idle child); mmap pages appear only when a
@@ -145,8 +177,15 @@ def main(sock: socket.socket, tenant: str) -> None:
             since = time.perf_counter()
             try:
                 for request in decoder:
+                    if isinstance(request, protocol.Oversized):
+                        out.append(protocol.encode_error(
+                            "too-large", f"a request of {request.size} bytes is more than this walredo "
+                            f"child's memory limit allows ({request.bound} bytes)"))
+                        continue
                     try:
                         out.append(handle_request(request))  # type: ignore[arg-type]
+                    except MemoryError:
+                        raise
                     except Exception as e:  # a bug outside the engine: still one answer per request
                         log.exception("walredo %s: failed to answer %r", tenant, type(request).__name__)
                         out.append(protocol.encode_error("internal", f"{type(e).__name__}: {e}", request.id))
@@ -163,6 +202,17 @@ def main(sock: socket.socket, tenant: str) -> None:
                 return
             if broken:
                 return
+    except MemoryError:
+        # Past the memory limit (RLIMIT_AS): a half-done allocation may have left any state behind, so the
+        # child ends with the status the manager reports as "memory limit"; the parent's next request for
+        # this tenant gets a new child. os._exit at once, with the socket still open: the parent sees EOF
+        # only once the exit status is set, so its kill of the broken child cannot replace this status with
+        # SIGKILL. The message was formatted before anything could fail.
+        try:
+            os.write(2, memory_message)
+        except OSError:
+            pass
+        os._exit(sandbox.EXIT_MEMORY_LIMIT)
     finally:
         sock.close()
 
