@@ -105,6 +105,21 @@ _U64 = struct.Struct("<Q")
 _INTERVAL = struct.Struct("<HH")
 
 
+# The request whose page had its line pointers checked last (a reference, so its id cannot be reused).
+_items_checked: list[RedoContext | None] = [None]
+
+
+def _page(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray | None:
+    """page_for_redo (XLogReadBufferForRedo), plus :func:`.nbtree_page.check_items` the first time a
+    request redoes its page and after an image restore."""
+    fresh = not ctx.checked or _items_checked[0] is not ctx
+    page = page_for_redo(ctx, blk, lsn)
+    if page is not None and fresh:
+        B.check_items(page)
+        _items_checked[0] = ctx
+    return page
+
+
 def _require(rec: DecodedRecord, block_id: int, name: str) -> BlockRef:
     """A block the redo reads (PostgreSQL PANICs when the record lacks it)."""
     blk = rec.blocks.get(block_id)
@@ -115,7 +130,7 @@ def _require(rec: DecodedRecord, block_id: int, name: str) -> BlockRef:
 
 def _clear_incomplete_split(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
     """_bt_clear_incomplete_split: the child whose downlink the record inserts."""
-    page = page_for_redo(ctx, blk, lsn)
+    page = _page(ctx, blk, lsn)
     if page is not None:
         B.clear_flags(page, B.BTP_INCOMPLETE_SPLIT)
         finish(page, lsn)
@@ -135,7 +150,7 @@ def _insert(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         offnum = _INSERT.unpack_from(md)[0]
         if info == XLOG_BTREE_INSERT_UPPER or info == XLOG_BTREE_INSERT_META:
             _require(rec, 1, name)  # PostgreSQL clears the child's flag first
-        page = page_for_redo(ctx, blk, lsn)
+        page = _page(ctx, blk, lsn)
         if page is None:
             return
         data = blk.data
@@ -196,7 +211,7 @@ def _split(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         B.restore_items(page, blk.data or b"")
         finish(page, lsn)
     elif bid == 2:
-        spage = page_for_redo(ctx, blk, lsn)
+        spage = _page(ctx, blk, lsn)
         if spage is not None:
             _U32.pack_into(spage, B.special(spage), right.blkno)  # btpo_prev
             finish(spage, lsn)
@@ -207,7 +222,7 @@ def _split(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
 def _split_left(ctx: RedoContext, blk: BlockRef, lsn: int, name: str, onleft: bool, level: int,
                 firstright: int, newitemoff: int, postingoff: int, rightblk: int) -> None:
     """The left half of a split, rebuilt in a temp page in item order as _bt_split builds it."""
-    page = page_for_redo(ctx, blk, lsn)
+    page = _page(ctx, blk, lsn)
     if page is None:
         return
     sp = B.special(page)
@@ -268,7 +283,7 @@ def _dedup(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     (nintervals,) = main_struct(rec, _DEDUP, name)
     if blk.block_id != 0:
         return
-    page = page_for_redo(ctx, blk, lsn)
+    page = _page(ctx, blk, lsn)
     if page is None:
         return
     data = blk.data or b""
@@ -317,7 +332,7 @@ def _delete(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         ndeleted, nupdated = main_struct(rec, _VACUUM, name)
     if blk.block_id != 0:
         return
-    page = page_for_redo(ctx, blk, lsn)
+    page = _page(ctx, blk, lsn)
     if page is None:
         return
     data = blk.data or b""
@@ -357,7 +372,7 @@ def _halfdead(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     _require(rec, 0, name)
     _require(rec, 1, name)
     if blk.block_id == 1:
-        page = page_for_redo(ctx, blk, lsn)
+        page = _page(ctx, blk, lsn)
         if page is None:
             return
         words = B.item_words(page)
@@ -404,7 +419,7 @@ def _unlink(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     elif bid in (1, 2):
         if bid == 1 and leftsib == B.P_NONE:
             return  # PostgreSQL reads block 1 only when there is a left sibling
-        spage = page_for_redo(ctx, blk, lsn)
+        spage = _page(ctx, blk, lsn)
         if spage is not None:
             sp = B.special(spage)
             if bid == 1:
