@@ -131,7 +131,9 @@ def _offsets(buf: bytes, start: int, count: int, name: str) -> tuple[int, ...]:
         raise InvalidRecord(f"{name}: {count} offsets do not fit in {len(buf) - start} bytes")
     st = _OFFSETS.get(count)
     if st is None:
-        st = _OFFSETS[count] = struct.Struct(f"<{count}H")
+        st = struct.Struct(f"<{count}H")
+        if count <= 2048:  # more than a page's worth only comes from a broken record: not cached
+            _OFFSETS[count] = st
     return st.unpack_from(buf, start)
 
 
@@ -144,14 +146,20 @@ def _init_block(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray:
     return page
 
 
+# The request whose page had its line pointers checked last (a reference, so its id cannot be reused).
+_items_checked: list[RedoContext | None] = [None]
+
+
 def _read(ctx: RedoContext, blk: BlockRef, lsn: int) -> int:
-    """XLogReadBufferForRedo(Extended, RBM_NORMAL); a page from outside this request (a base image) also
-    has its line pointers checked the first time it is redone."""
+    """XLogReadBufferForRedo(Extended, RBM_NORMAL). The first time a request redoes its page, and after an
+    image restore, the page's line pointers are checked too (:func:`.hash_page.check_items`): records that
+    leave the items alone must not pass a corrupt base image on as a page of theirs."""
     fresh = not ctx.checked
     action = read_for_redo(ctx, blk, lsn)
-    if action == BLK_NEEDS_REDO and fresh:
+    if action == BLK_NEEDS_REDO and (fresh or _items_checked[0] is not ctx):
         assert ctx.page is not None
         H.check_items(ctx.page)
+        _items_checked[0] = ctx
     return action
 
 
@@ -388,8 +396,6 @@ def _squeeze_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int)
         return
     if bid == 3 and prev_same_wrt:
         return  # PostgreSQL does not read block 3 then
-    if bid > 6:
-        return
     page = _page(ctx, blk, lsn)
     if page is None:
         return
@@ -467,31 +473,41 @@ def _vacuum_one_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: i
             finish(meta, lsn)
 
 
-_REDO: dict[int, Callable[[RedoContext, DecodedRecord, BlockRef, int], None]] = {
-    XLOG_HASH_INIT_META_PAGE: _init_meta_page,
-    XLOG_HASH_INIT_BITMAP_PAGE: _init_bitmap_page,
-    XLOG_HASH_INSERT: _insert,
-    XLOG_HASH_ADD_OVFL_PAGE: _add_ovfl_page,
-    XLOG_HASH_SPLIT_ALLOCATE_PAGE: _split_allocate_page,
-    XLOG_HASH_SPLIT_PAGE: _split_page,
-    XLOG_HASH_SPLIT_COMPLETE: _split_complete,
-    XLOG_HASH_MOVE_PAGE_CONTENTS: _move_page_contents,
-    XLOG_HASH_SQUEEZE_PAGE: _squeeze_page,
-    XLOG_HASH_DELETE: _delete,
-    XLOG_HASH_SPLIT_CLEANUP: _split_cleanup,
-    XLOG_HASH_UPDATE_META_PAGE: _update_meta_page,
-    XLOG_HASH_VACUUM_ONE_PAGE: _vacuum_one_page,
+# info code -> (redo, the highest block id PostgreSQL registers for it)
+_REDO: dict[int, tuple[Callable[[RedoContext, DecodedRecord, BlockRef, int], None], int]] = {
+    XLOG_HASH_INIT_META_PAGE: (_init_meta_page, 0),
+    XLOG_HASH_INIT_BITMAP_PAGE: (_init_bitmap_page, 1),
+    XLOG_HASH_INSERT: (_insert, 1),
+    XLOG_HASH_ADD_OVFL_PAGE: (_add_ovfl_page, 4),
+    XLOG_HASH_SPLIT_ALLOCATE_PAGE: (_split_allocate_page, 2),
+    XLOG_HASH_SPLIT_PAGE: (_split_page, 0),
+    XLOG_HASH_SPLIT_COMPLETE: (_split_complete, 1),
+    XLOG_HASH_MOVE_PAGE_CONTENTS: (_move_page_contents, 2),
+    XLOG_HASH_SQUEEZE_PAGE: (_squeeze_page, 6),
+    XLOG_HASH_DELETE: (_delete, 1),
+    XLOG_HASH_SPLIT_CLEANUP: (_split_cleanup, 0),
+    XLOG_HASH_UPDATE_META_PAGE: (_update_meta_page, 0),
+    XLOG_HASH_VACUUM_ONE_PAGE: (_vacuum_one_page, 1),
 }
+_FULL_NAMES = {op: f"{NAME}/{name}" for op, name in OP_NAMES.items()}
 
 
 def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     """Replay a Hash record onto ``ctx.page`` (see the module docstring). Raises :class:`UnsupportedRecord`
     for an unknown info code, :class:`BlockNotReferenced` when the record does not touch ``ctx.tag``, and
-    :class:`InvalidRecord` / :class:`InvalidPage` where the record and the page do not fit together."""
-    fn = _REDO.get(rec.info & 0xF0)
-    if fn is None:
+    :class:`InvalidRecord` / :class:`InvalidPage` where the record and the page do not fit together (a
+    block id PostgreSQL never registers for the record type included). A block PostgreSQL registers only
+    in some cases and whose redo skips it otherwise (block 0 of MOVE_PAGE_CONTENTS / SQUEEZE_PAGE / DELETE
+    when the primary bucket page is the page written, block 3 of SQUEEZE_PAGE when the write page is the
+    freed page's predecessor) is left as it is, as PostgreSQL's redo does."""
+    op = rec.info & 0xF0
+    entry = _REDO.get(op)
+    if entry is None:
         raise unsupported(rec, NAME)
-    blk = referenced_block(ctx, rec, record_name(rec.info))
+    fn, max_block = entry
+    blk = referenced_block(ctx, rec, _FULL_NAMES[op])
+    if blk.block_id > max_block:
+        raise InvalidRecord(f"{_FULL_NAMES[op]}: block {blk.block_id} has no role in this record")
     fn(ctx, rec, blk, lsn)
 
 
