@@ -32,7 +32,7 @@ EXPECTED_KINDS = [
     "Btree/SPLIT_R", "Btree/SPLIT_R [block 1]", "Btree/SPLIT_R [block 2]", "Btree/SPLIT_R [block 3]",
     "Btree/DEDUP", "Btree/DELETE", "Btree/VACUUM",
     "Btree/MARK_PAGE_HALFDEAD", "Btree/MARK_PAGE_HALFDEAD [block 1]",
-    "Btree/UNLINK_PAGE", "Btree/UNLINK_PAGE [block 1]", "Btree/UNLINK_PAGE [block 2]",
+    "Btree/UNLINK_PAGE", "Btree/UNLINK_PAGE [block 1]", "Btree/UNLINK_PAGE [block 2]", "Btree/UNLINK_PAGE [block 3]",
     "Btree/UNLINK_PAGE_META", "Btree/UNLINK_PAGE_META [block 2]", "Btree/UNLINK_PAGE_META [block 4]",
     "Btree/NEWROOT", "Btree/NEWROOT [block 1]", "Btree/NEWROOT [block 2]",
     "Btree/META_CLEANUP",
@@ -282,7 +282,7 @@ def test_halfdead_parent_and_leaf():
 
 
 def test_unlink_internal_target_with_leaf_and_no_left_sibling():
-    # Never in the workload: UNLINK_PAGE (no metapage) of an internal page, so block 3 re-creates the leaf.
+    # An internal target (block 3 re-creates the leaf) without a left sibling, where block 1 is left alone.
     main = struct.pack("<III4xQIII", 0, 12, 1, (1 << 32) | 999, 20, 21, 40)
     blocks = [Block(0, tag(11), will_init=True), Block(1, tag(4)), Block(2, tag(12)), Block(3, tag(10), will_init=True)]
     target = redo(tag(11), None, nbtree.XLOG_BTREE_UNLINK_PAGE, blocks, main)

@@ -10,6 +10,10 @@ INSERT INTO btree_wide SELECT g, lpad(md5(g::text), 200, 'x') FROM generate_seri
 -- descending and ascending runs: rightmost and leftmost split points
 INSERT INTO btree_wide SELECT g, lpad((100000 - g)::text, 200, '0') FROM generate_series(1, 300) g;
 INSERT INTO btree_wide SELECT g, lpad(g::text, 200, 'z') FROM generate_series(1, 300) g;
+-- a key range covering whole internal pages' subtrees: VACUUM deletes internal pages too (UNLINK_PAGE
+-- with the leaf as block 3)
+DELETE FROM btree_wide WHERE substr(k, 169, 1) < 'c' AND k LIKE 'x%';
+VACUUM btree_wide;
 
 -- Low cardinality: deduplication, posting lists, posting-list splits (new heap TIDs inside a posting list's
 -- range: rows deleted and vacuumed so that their heap slots are reused by later inserts).
