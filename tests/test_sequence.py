@@ -216,6 +216,11 @@ def test_logged_states(wal_captures, name):
             tup = rec.main_data[12:]
             states.append(S.SEQ_DATA.unpack_from(tup, tup[P.T_HOFF]))
     assert any(log > 0 and _which(last) == "seq_f" for last, log, _c in states)
+    # seq_a (cache 1) over its first 100 nextvals: the first logs SEQ_LOG_VALS values past the start, each
+    # later one when those are used up, SEQ_LOG_VALS + 1 further (sooner only after a checkpoint)
+    a = [last for last, _log, called in states if called and 1000000 < last <= 1000100 + SEQ_LOG_VALS]
+    assert a[0] == 1000000 + SEQ_LOG_VALS and len(a) >= 100 // (SEQ_LOG_VALS + 1) + 1, a
+    assert all(0 < y - x <= SEQ_LOG_VALS + 1 for x, y in zip(a, a[1:])), a
     assert any(not called for _l, _g, called in states) and any(called for _l, _g, called in states)
 
 
