@@ -2,7 +2,7 @@
 
 Page layouts and initialisation are in :mod:`.hash_page`. Each record is replayed only for the page being
 rebuilt (``ctx.tag``), by the role its block id gives it. Block reads are ``XLogReadBufferForRedo``
-(:func:`.bufmgr.page_for_redo`: a restored image or a page already past the record is left alone) unless
+(:func:`.bufmgr.read_for_redo`: a restored image or a page already past the record is left alone) unless
 said otherwise; "init" blocks are ``XLogInitBufferForRedo`` (the block must carry WILL_INIT, the page is
 built from nothing even if an image came with it). Main data layouts (``access/hash_xlog.h``)::
 
@@ -106,8 +106,6 @@ _MOVE = struct.Struct("<HB")
 _SQUEEZE = struct.Struct("<IIHBB")
 _DELETE = struct.Struct("<BB")
 _VACUUM_ONE = struct.Struct("<Ii")
-_INDEX_SIZE_MASK = 0x1FFF
-_OFFSETS: dict[int, struct.Struct] = {}
 
 
 def record_name(info: int) -> str:
@@ -123,18 +121,6 @@ def _u32_data(blk: BlockRef, name: str) -> int:
     if len(data) < 4:
         raise InvalidRecord(f"{name}: block {blk.block_id} data has {len(data)} bytes, expected 4")
     return int(_U32.unpack_from(data)[0])
-
-
-def _offsets(buf: bytes, start: int, count: int, name: str) -> tuple[int, ...]:
-    """``count`` u16 offset numbers at ``buf[start:]``."""
-    if count < 0 or start + 2 * count > len(buf):
-        raise InvalidRecord(f"{name}: {count} offsets do not fit in {len(buf) - start} bytes")
-    st = _OFFSETS.get(count)
-    if st is None:
-        st = struct.Struct(f"<{count}H")
-        if count <= 2048:  # more than a page's worth only comes from a broken record: not cached
-            _OFFSETS[count] = st
-    return st.unpack_from(buf, start)
 
 
 def _init_block(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray:
@@ -189,31 +175,6 @@ def _meta_page(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray | None:
     return page
 
 
-def _add_tuples(page: bytearray, data: bytes | None, ntups: int, name: str) -> None:
-    """The write page of MOVE_PAGE_CONTENTS / SQUEEZE_PAGE: ``ntups`` offsets, then as many tuples, each
-    added with its MAXALIGNed length (so the record's padding lands on the page, as in PostgreSQL)."""
-    if ntups == 0:
-        return
-    buf = data or b""
-    offsets = _offsets(buf, 0, ntups, name)
-    pos = 2 * ntups
-    end = len(buf)
-    n = 0
-    while pos < end:
-        if pos + 8 > end:
-            raise InvalidRecord(f"{name}: truncated index tuple at {pos} of {end}")
-        size = P.maxalign(_U16.unpack_from(buf, pos + 6)[0] & _INDEX_SIZE_MASK)
-        if size == 0 or pos + size > end:
-            raise InvalidRecord(f"{name}: index tuple of {size} bytes at {pos} does not fit in {end}")
-        if n >= ntups:
-            raise InvalidRecord(f"{name}: more tuples than the {ntups} offsets")
-        IP.add_item(page, buf[pos:pos + size], offsets[n])
-        pos += size
-        n += 1
-    if n != ntups:
-        raise InvalidRecord(f"{name}: {n} tuples for {ntups} offsets")
-
-
 def _cleanup_lock_only(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
     """A read PostgreSQL makes only to hold the primary bucket's cleanup lock: an image is restored, the
     page is otherwise untouched."""
@@ -225,8 +186,6 @@ def _cleanup_lock_only(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
 def _init_meta_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     name = "Hash/INIT_META_PAGE"
     num_tuples, procid, ffactor = main_struct(rec, _INIT_META, name)
-    if blk.block_id != 0:
-        return
     page = _init_block(ctx, blk, lsn)
     H.init_metapage(page, num_tuples, procid, ffactor)
     finish(page, lsn)
@@ -369,21 +328,13 @@ def _move_page_contents(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn
     elif bid == 1:
         page = _page(ctx, blk, lsn)
         if page is not None:
-            _add_tuples(page, blk.data, ntups, name)
+            H.add_moved_tuples(page, blk.data, ntups, name)
             finish(page, lsn)
     elif bid == 2:
         page = _page(ctx, blk, lsn)
         if page is not None:
-            _delete_listed(page, blk.data, name)
+            H.delete_listed(page, blk.data, name)
             finish(page, lsn)
-
-
-def _delete_listed(page: bytearray, data: bytes | None, name: str) -> None:
-    """PageIndexMultiDelete of the u16 offsets that make up a block's data (none when it has no data)."""
-    if data:
-        offnums = _offsets(data, 0, len(data) // 2, name)
-        if offnums:
-            IP.multi_delete(page, offnums)
 
 
 def _squeeze_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
@@ -400,7 +351,7 @@ def _squeeze_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int)
     if page is None:
         return
     if bid == 1:
-        _add_tuples(page, blk.data, ntups, name)
+        H.add_moved_tuples(page, blk.data, ntups, name)
         if prev_same_wrt:
             H.set_link(page, H.OFF_NEXTBLKNO, nextblkno)
     elif bid == 2:
@@ -426,7 +377,7 @@ def _delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> No
     elif blk.block_id == 1:
         page = _page(ctx, blk, lsn)
         if page is not None:
-            _delete_listed(page, blk.data, name)
+            H.delete_listed(page, blk.data, name)
             if clear_dead:
                 H.set_flag(page, H.flag(page) & ~H.LH_PAGE_HAS_DEAD_TUPLES)
             finish(page, lsn)
@@ -461,7 +412,7 @@ def _vacuum_one_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: i
         if page is not None:
             md = rec.main_data
             if len(md) > _VACUUM_ONE.size:
-                offnums = _offsets(md, _VACUUM_ONE.size, ntuples, name)
+                offnums = H.offsets(md, _VACUUM_ONE.size, ntuples, name)
                 if offnums:
                     IP.multi_delete(page, offnums)
             H.set_flag(page, H.flag(page) & ~H.LH_PAGE_HAS_DEAD_TUPLES)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import struct
 
+from . import indexpage as IP
 from . import page as P
 from .errors import InvalidPage, InvalidRecord
 from .mask import mask_page_hint_bits, mask_page_lsn_and_checksum, mask_unused_space
@@ -238,6 +239,57 @@ def change_bit(page: bytearray, bit: int, value: bool) -> None:
         page[pos] |= 1 << (bit & 7)
     else:
         page[pos] &= ~(1 << (bit & 7)) & 0xFF
+
+
+# --- tuples moved and deleted by MOVE_PAGE_CONTENTS / SQUEEZE_PAGE / DELETE ----------------------
+
+_INDEX_SIZE_MASK = 0x1FFF
+_OFFSETS: dict[int, struct.Struct] = {}
+
+
+def offsets(buf: bytes, start: int, count: int, name: str) -> tuple[int, ...]:
+    """``count`` u16 offset numbers at ``buf[start:]``."""
+    if count < 0 or start + 2 * count > len(buf):
+        raise InvalidRecord(f"{name}: {count} offsets do not fit in {len(buf) - start} bytes")
+    st = _OFFSETS.get(count)
+    if st is None:
+        st = struct.Struct(f"<{count}H")
+        if count <= 2048:  # more than a page's worth only comes from a broken record: not cached
+            _OFFSETS[count] = st
+    return st.unpack_from(buf, start)
+
+
+def add_moved_tuples(page: bytearray, data: bytes | None, ntups: int, name: str) -> None:
+    """The write page of MOVE_PAGE_CONTENTS / SQUEEZE_PAGE: ``ntups`` offsets, then as many tuples, each
+    added with its MAXALIGNed length (so the record's padding lands on the page, as in PostgreSQL)."""
+    if ntups == 0:
+        return
+    buf = data or b""
+    where = offsets(buf, 0, ntups, name)
+    pos = 2 * ntups
+    end = len(buf)
+    n = 0
+    while pos < end:
+        if pos + 8 > end:
+            raise InvalidRecord(f"{name}: truncated index tuple at {pos} of {end}")
+        size = P.maxalign(U16.unpack_from(buf, pos + 6)[0] & _INDEX_SIZE_MASK)
+        if size == 0 or pos + size > end:
+            raise InvalidRecord(f"{name}: index tuple of {size} bytes at {pos} does not fit in {end}")
+        if n >= ntups:
+            raise InvalidRecord(f"{name}: more tuples than the {ntups} offsets")
+        IP.add_item(page, buf[pos:pos + size], where[n])
+        pos += size
+        n += 1
+    if n != ntups:
+        raise InvalidRecord(f"{name}: {n} tuples for {ntups} offsets")
+
+
+def delete_listed(page: bytearray, data: bytes | None, name: str) -> None:
+    """PageIndexMultiDelete of the u16 offsets that make up a block's data (none when it has no data)."""
+    if data:
+        offnums = offsets(data, 0, len(data) // 2, name)
+        if offnums:
+            IP.multi_delete(page, offnums)
 
 
 # --- hash_mask -----------------------------------------------------------------------------------
