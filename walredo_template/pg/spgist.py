@@ -133,6 +133,23 @@ def _init(ctx: RedoContext, blk: BlockRef, lsn: int, flags: int) -> bytearray:
     assert page is not None
     S.init_page(page, flags)
     ctx.checked = True
+    _items_checked[0] = ctx  # a page built here has only the pointers redo adds
+    return page
+
+
+# The request whose page had its line pointers checked last (a reference, so its id cannot be reused).
+_items_checked: list[RedoContext | None] = [None]
+
+
+def _read(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray | None:
+    """page_for_redo (XLogReadBufferForRedo). The first time a request redoes its page, and after an image
+    restore, every line pointer is checked (:func:`.spgist_page.check_items`): redo only checks the items
+    it acts on, and must not pass on a corrupt base page as a valid one."""
+    fresh = not ctx.checked or _items_checked[0] is not ctx
+    page = page_for_redo(ctx, blk, lsn)
+    if page is not None and fresh:
+        S.check_items(page)
+        _items_checked[0] = ctx
     return page
 
 
@@ -147,7 +164,7 @@ def _add_leaf(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> 
     new_page, nulls, off_leaf, off_head, off_parent, node = _header(rec, _ADD_LEAF, what)
     md = rec.main_data
     if blk.block_id == 0:
-        page = _init(ctx, blk, lsn, _leaf_flags(nulls)) if new_page else page_for_redo(ctx, blk, lsn)
+        page = _init(ctx, blk, lsn, _leaf_flags(nulls)) if new_page else _read(ctx, blk, lsn)
         if page is None:
             return
         size = S.leaf_size(md, _ADD_LEAF.size, what)
@@ -160,7 +177,7 @@ def _add_leaf(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> 
             S.replace_at(page, off_leaf, tup)  # the chain's head was DEAD: replaced in place
         finish(page, lsn)
     elif blk.block_id == 1 and off_parent:
-        page = page_for_redo(ctx, blk, lsn)
+        page = _read(ctx, blk, lsn)
         if page is not None:
             S.update_node_link(page, off_parent, node, _block(rec, 0, what).blkno, off_leaf)
             finish(page, lsn)
@@ -178,7 +195,7 @@ def _move_leafs(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
     to_insert = _offsets(md, pos, ninsert, what)
     pos += 2 * ninsert
     if blk.block_id == 1:
-        page = _init(ctx, blk, lsn, _leaf_flags(nulls)) if new_page else page_for_redo(ctx, blk, lsn)
+        page = _init(ctx, blk, lsn, _leaf_flags(nulls)) if new_page else _read(ctx, blk, lsn)
         if page is None:
             return
         view = memoryview(md)
@@ -187,13 +204,13 @@ def _move_leafs(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
             S.add_or_replace(page, offnum, view[pos:pos + size])
             pos += size
     elif blk.block_id == 0:
-        page = page_for_redo(ctx, blk, lsn)
+        page = _read(ctx, blk, lsn)
         if page is None:
             return
         first = S.SPGIST_PLACEHOLDER if is_build else S.SPGIST_REDIRECT
         S.multi_delete(page, to_delete, first, S.SPGIST_PLACEHOLDER, dst, to_insert[-1], xid)
     elif blk.block_id == 2:
-        page = page_for_redo(ctx, blk, lsn)
+        page = _read(ctx, blk, lsn)
         if page is None:
             return
         S.update_node_link(page, off_parent, node, dst, to_insert[-1])
@@ -213,7 +230,7 @@ def _add_node(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> 
     if 1 not in rec.blocks:
         # the enlarged tuple fits where the old one was
         if blk.block_id == 0:
-            page = page_for_redo(ctx, blk, lsn)
+            page = _read(ctx, blk, lsn)
             if page is not None:
                 S.replace_at(page, offnum, tup)
                 finish(page, lsn)
@@ -222,12 +239,12 @@ def _add_node(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> 
     new_blkno = rec.blocks[1].blkno
     if blk.block_id == 1:
         # AddNode is never used on nulls pages: a new page is a plain inner page
-        page = _init(ctx, blk, lsn, 0) if new_page else page_for_redo(ctx, blk, lsn)
+        page = _init(ctx, blk, lsn, 0) if new_page else _read(ctx, blk, lsn)
         if page is None:
             return
         S.add_or_replace(page, off_new, tup)
     elif blk.block_id == 0:
-        page = page_for_redo(ctx, blk, lsn)
+        page = _read(ctx, blk, lsn)
         if page is None:
             return
         if is_build:
@@ -237,7 +254,7 @@ def _add_node(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> 
             S.replace_at(page, offnum, S.dead_tuple(S.SPGIST_REDIRECT, new_blkno, off_new, xid))
             S.add_counts(page, 1, 0)
     elif blk.block_id == 2 and parent_blk == 2:
-        page = page_for_redo(ctx, blk, lsn)
+        page = _read(ctx, blk, lsn)
         if page is None:
             return
     else:
@@ -259,12 +276,12 @@ def _split_tuple(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) 
     postfix = view[pos:pos + S.inner_size(md, pos, what)]
     if blk.block_id == 1 and not same_blk:
         # SplitTuple is never used on nulls pages: a new page is a plain inner page
-        page = _init(ctx, blk, lsn, 0) if new_page else page_for_redo(ctx, blk, lsn)
+        page = _init(ctx, blk, lsn, 0) if new_page else _read(ctx, blk, lsn)
         if page is None:
             return
         S.add_or_replace(page, off_postfix, postfix)
     elif blk.block_id == 0:
-        page = page_for_redo(ctx, blk, lsn)
+        page = _read(ctx, blk, lsn)
         if page is None:
             return
         S.replace_at(page, off_prefix, prefix)
@@ -296,14 +313,14 @@ def _picksplit(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) ->
     view = memoryview(md)
     role = blk.block_id
     if role == 2:
-        page = _init(ctx, blk, lsn, S.SPGIST_NULLS if nulls else 0) if init_inner else page_for_redo(ctx, blk, lsn)
+        page = _init(ctx, blk, lsn, S.SPGIST_NULLS if nulls else 0) if init_inner else _read(ctx, blk, lsn)
         if page is None:
             return
         S.add_or_replace(page, off_inner, view[pos:pos + inner_size])
         if inner_is_parent:
             S.update_node_link(page, off_parent, node, inner_blkno, off_inner)
     elif role == 3:
-        page = page_for_redo(ctx, blk, lsn)
+        page = _read(ctx, blk, lsn)
         if page is None:
             return
         S.update_node_link(page, off_parent, node, inner_blkno, off_inner)
@@ -311,7 +328,7 @@ def _picksplit(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) ->
         if role == 0 and root_split:
             return  # a root split touches the root only as the new inner page
         init = init_src if role == 0 else init_dest
-        page = _init(ctx, blk, lsn, _leaf_flags(nulls)) if init else page_for_redo(ctx, blk, lsn)
+        page = _init(ctx, blk, lsn, _leaf_flags(nulls)) if init else _read(ctx, blk, lsn)
         if page is None:
             return
         if role == 0 and not init:
@@ -345,7 +362,7 @@ def _vacuum_leaf(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) 
         arrays.append(_offsets(md, pos, n, what))
         pos += 2 * n
     to_dead, to_placeholder, move_src, move_dest, chain_src, chain_dest = arrays
-    page = page_for_redo(ctx, blk, lsn)
+    page = _read(ctx, blk, lsn)
     if page is None:
         return
     S.multi_delete(page, to_dead, S.SPGIST_DEAD, S.SPGIST_DEAD)
@@ -368,7 +385,7 @@ def _vacuum_root(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) 
     if blk.block_id != 0:
         return
     to_delete = _offsets(rec.main_data, _VACUUM_ROOT.size, ndelete, what)
-    page = page_for_redo(ctx, blk, lsn)
+    page = _read(ctx, blk, lsn)
     if page is None:
         return
     IP.multi_delete(page, to_delete)
@@ -381,7 +398,7 @@ def _vacuum_redirect(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: i
     if blk.block_id != 0:
         return
     offsets = _offsets(rec.main_data, _VACUUM_REDIRECT.size, nto, what)
-    page = page_for_redo(ctx, blk, lsn)
+    page = _read(ctx, blk, lsn)
     if page is None:
         return
     for offnum in offsets:
@@ -412,7 +429,14 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     fn = _REDO.get(rec.info & 0xF0)
     if fn is None:
         raise unsupported(rec, NAME)
-    fn(ctx, rec, referenced_block(ctx, rec, record_name(rec.info)), lsn)
+    blk = referenced_block(ctx, rec, record_name(rec.info))
+    page = ctx.page
+    if page is not None and ctx.checked and _items_checked[0] is not ctx:
+        # a base image (its header already checked): refuse a corrupt one even where this record leaves
+        # the page alone
+        S.check_items(page)
+        _items_checked[0] = ctx
+    fn(ctx, rec, blk, lsn)
 
 
 def mask(page: bytearray, blkno: int) -> None:

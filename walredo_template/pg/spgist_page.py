@@ -107,6 +107,33 @@ def _item(page: bytearray, offnum: int, need: int) -> int:
     return off
 
 
+def check_items(page: bytearray) -> None:
+    """The items of a page from outside (a base image, a restored image) are as PostgreSQL lays them out:
+    MAXALIGNed, within the tuple space, not overlapping, and the opaque area fits. Run once per request,
+    so a corrupt page is refused before redo moves its items around (a compaction would carry an
+    overlapping item past pd_special)."""
+    lower, upper, special = P._LUS.unpack_from(page, P.OFF_LOWER)
+    if special + OPAQUE_SIZE > P.BLCKSZ:
+        raise InvalidPage(f"pd_special {special} leaves no room for the SP-GiST opaque area")
+    nline = (lower - P.SIZE_OF_PAGE_HEADER) >> 2
+    if nline <= 0:
+        return
+    words = P.lp_array(nline).unpack_from(page, P.SIZE_OF_PAGE_HEADER)
+    # SP-GiST pages hold only LP_NORMAL items with storage (deletes remove the line pointer itself)
+    odd = [w for w in words if w & 0xFFFF8000 and (w & 0x18000 != 0x8000 or not w >> 17)]
+    if odd:
+        raise InvalidPage(f"line pointer {odd[0]:#010x} is not a normal item with storage")
+    spans = sorted((w & 0x7FFF, w >> 17) for w in words if w >> 17)
+    end = upper
+    for off, length in spans:
+        if off < end or off & 7:
+            raise InvalidPage(f"item at {off} (length {length}) overlaps another or lies outside the tuple "
+                              f"space {upper}..{special}")
+        end = off + ((length + 7) & ~7)
+    if end > special:
+        raise InvalidPage(f"an item runs past pd_special {special}")
+
+
 def check_offsets(page: bytearray, offnums: Sequence[int]) -> None:
     """Every offset names an existing line pointer (redo reads or swaps it)."""
     maxoff = IP.items(page)
