@@ -20,10 +20,10 @@ into the policy, in this order (each step says why it comes where it does):
 
 The allowlist is what the walredo worker needs once it is ready, measured with ``strace -f`` on a template
 whose children served real requests (heap redo from ``tests/data/wal-small`` through ``WalRedoManager``,
-lz4/zstd/pglz full-page images, malformed frames, redo-engine refusals, oversized frames, EOF):
+lz4/zstd/uncompressed full-page images, mutated records, malformed frames, redo-engine refusals, oversized frames, EOF):
 
 =================  ===================================================================================
-syscall            why the child needs it
+syscall            why the child needs it (14)
 =================  ===================================================================================
 recvfrom           ``sock.recv_into``: reading requests from its socket
 sendto             ``sock.sendall``: writing responses
@@ -58,10 +58,11 @@ modules at import time, so the template preloads them); (b) tracebacks leave out
 Memory: ``RLIMIT_AS`` bounds everything the process maps (heap, anonymous and shared mmaps alike), so a
 request cannot make a child grow until the host's OOM killer picks a victim: an allocation past the limit
 fails (``MemoryError``) instead. The walredo worker then exits with :data:`EXIT_MEMORY_LIMIT`, and refuses,
-before allocating, a frame that announces more than :func:`request_budget` allows. 256 MiB: a forked child
-maps about 80 MiB (the interpreter, the preloaded engine, glibc and the native extensions), and 256 MiB
-leaves room for a redo request of ~40 MiB, far above any real page's chain of records (Neon's walredo
-processes run at ~22 MiB RSS), while 2,000 children could not together claim more than their limits.
+before allocating, a frame that announces more than :func:`request_budget` allows. 256 MiB: a forked walredo
+child maps about 32 MiB (the interpreter, the preloaded engine, glibc and the native extensions), decoding
+and redoing a request takes up to ~3x its size on top (measured: 2.1x for 8 MiB, 3.0x for 32 MiB), so 256
+MiB serves a request of up to ~54 MiB — far above any real page's chain of records (Neon's walredo
+processes run at ~22 MiB RSS) — while one bad request can cost the host at most 256 MiB, not its OOM killer.
 
 Self-test: ``tests/test_sandbox.py`` runs a worker that enters the policy and then tries open, socket,
 execve, fork, ptrace, kill and reading the template's memory; each attempt must end it with SIGSYS.
@@ -104,7 +105,7 @@ ALLOWED_SYSCALLS = (
 )
 
 # How much address space a request of n bytes may take while it is decoded and redone: the receive buffer's
-# copy in the decoder, msgpack's copy of the records, the engine's working copies. Measured peak ~2.6x.
+# copy in the decoder, msgpack's copy of the records, the engine's working copies. Measured peak 2.1-3.0x.
 _REQUEST_MEMORY_FACTOR = 4
 # Kept free for everything else (the page, the response, the interpreter's own allocations).
 _REQUEST_MEMORY_RESERVE = 16 << 20
