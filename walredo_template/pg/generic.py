@@ -75,27 +75,26 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
 
 
 def _apply_delta(page: bytearray, delta: bytes) -> None:
-    """Copy every fragment of ``delta`` onto ``page``, after checking them all (nothing is written when a
-    fragment is malformed), then check the page header the fragments leave."""
+    """Copy the fragments of ``delta`` onto ``page`` in order, each checked before it is written, then
+    check the page header they leave. On an error the page may be partly written: the request fails and
+    the buffer is dropped with it (apply_records returns no page)."""
     end = len(delta)
     unpack = FRAGMENT_HEADER.unpack_from
-    frags: list[tuple[int, int, int]] = []  # (page offset, delta offset, length)
+    src = memoryview(delta)
     pos = 0
     while pos < end:
         if pos + 4 > end:
             raise InvalidRecord(f"{RECORD_NAME}: truncated fragment header at delta offset {pos} of {end}")
         offset, length = unpack(delta, pos)
         pos += 4
-        if pos + length > end:
+        stop = pos + length
+        if stop > end:
             raise InvalidRecord(f"{RECORD_NAME}: fragment of {length} bytes at delta offset {pos} runs past "
                                 f"the {end}-byte delta")
         if offset + length > P.BLCKSZ:
             raise InvalidRecord(f"{RECORD_NAME}: fragment {offset}+{length} runs past the page")
-        frags.append((offset, pos, length))
-        pos += length
-    src = memoryview(delta)
-    for offset, start, length in frags:
-        page[offset:offset + length] = src[start:start + length]
+        page[offset:offset + length] = src[pos:stop]
+        pos = stop
     try:
         P.check_page(page)
     except InvalidPage as e:
