@@ -166,6 +166,12 @@ class _SockFprog(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Resolved (and its argument conversion set up) at import, in the template: a child forked on request then
+# skips dlsym and the function object's construction on its spawn path.
+_libc_prctl = _libc.prctl
+_libc_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc_prctl.restype = ctypes.c_int
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _compiled: tuple[ctypes.Array, _SockFprog] | None = None  # the BPF program and the struct that points at it
 _entered: Entered | None = None
 
@@ -221,13 +227,12 @@ def enter(*, memory_limit: int | None = DEFAULT_MEMORY_LIMIT, nofile: int | None
     prepare()
     assert _compiled is not None
     # Read before the filter forbids it: what the process holds now sizes the limits.
-    fds = _open_fds()
     mapped = _mapped_bytes()
     if memory_limit is not None and memory_limit <= mapped:
         raise SandboxError(errno.ENOMEM, f"memory limit {memory_limit} is below the {mapped} bytes the "
                                          "process maps already")
     if nofile is None:
-        nofile = len(fds) + 1
+        nofile = len(_open_fds()) + 1
     if user is not None:
         become(user)
     _prctl(_PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
@@ -268,8 +273,7 @@ def _no_updatecache(filename, module_globals=None):
 
 
 def _prctl(option: int, arg: int, arg3: int = 0, *, what: str) -> None:
-    if _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(arg3), ctypes.c_ulong(0),
-                   ctypes.c_ulong(0)) != 0:
+    if _libc_prctl(option, arg, arg3, 0, 0) != 0:
         err = ctypes.get_errno()
         raise SandboxError(err, f"prctl({what}): {os.strerror(err)}")
 
@@ -288,8 +292,13 @@ def _open_fds() -> list[int]:
 
 
 def _mapped_bytes() -> int:
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    # os.open/os.read, not open(): no io objects to build (each is copy-on-write faults in a fresh fork).
+    fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        first = os.read(fd, 64).split(b" ", 1)[0]
+    finally:
+        os.close(fd)
+    return int(first) * _PAGE_SIZE
 
 
 def _compile(names: tuple[str, ...]) -> bytes:

@@ -8,12 +8,14 @@ misbehave on one LSN.
     b"plant <hex>\\n"    -> b"planted\\n": keep a copy of that key in an ordinary bytes object (the
                           scanner's positive control)
     b"enter\\n"          -> b"entered\\n": forkserver.sandbox.enter(), as a custom worker would
-    b"try <what> [arg]\\n" -> b"survived\\n" if the attempt did not end the process (see ATTEMPTS)
+    b"try <what> [arg]\\n" -> b"survived ...\\n" if the attempt did not end the process (see ATTEMPTS;
+                          ``traceback`` is one that must survive)
     b"ping\\n"           -> b"pong <pid>\\n"
 
 The key arrives XOR 0xff and is rebuilt byte by byte in a private page the scan skips, so that the scanner
 itself holds no copy anywhere else.
 
+``prepared``: :func:`main` with a ``prepare()`` that reads a file (it must run before the sandbox).
 ``walredo_open_on_lsn`` / ``walredo_hungry_on_lsn``: the real walredo worker, except that a redo at
 :data:`EVIL_LSN` opens /etc/passwd (a sandbox violation) or allocates without bound (the memory limit).
 """
@@ -74,7 +76,18 @@ def _signal(pid: str):
     os.kill(int(pid), 0)
 
 
-ATTEMPTS = {"open": _open, "socket": _socket, "execve": _execve, "fork": _fork, "ptrace": _ptrace,
+def _traceback():
+    # What the worker does on an engine bug: log.exception. Must survive (linecache looks for no file).
+    import logging
+
+    try:
+        raise ValueError("an engine bug")
+    except ValueError:
+        logging.getLogger("tests.sandbox_worker").exception("formatting a traceback in the sandbox")
+    raise OSError(0, "logged")
+
+
+ATTEMPTS = {"traceback": _traceback, "open": _open, "socket": _socket, "execve": _execve, "fork": _fork, "ptrace": _ptrace,
             "kill1": _kill1, "connect": _connect, "procmem": _procmem, "signal": _signal}
 
 
@@ -153,6 +166,8 @@ def main(sock: socket.socket, tenant: str) -> None:
                 reply = f"survived {e!r}"
             else:
                 reply = "survived"
+        elif cmd == "prepared?":
+            reply = "prepared yes" if _prepared else "prepared no"
         elif cmd == "ping":
             reply = f"pong {os.getpid()}"
         else:
@@ -185,3 +200,21 @@ def walredo_open_on_lsn(sock: socket.socket, tenant: str) -> None:
 def walredo_hungry_on_lsn(sock: socket.socket, tenant: str) -> None:
     worker.handle_request = _misbehave_on_evil_lsn(_hog)
     worker.main(sock, tenant)
+
+
+_prepared: list[bytes] = []
+
+
+def _prepare() -> None:
+    # Opens a file: only possible because the template runs prepare() before the child enters the sandbox.
+    with open("/etc/hostname", "rb") as f:
+        _prepared.append(f.read())
+
+
+def prepared(sock: socket.socket, tenant: str) -> None:
+    """:func:`main` with a ``prepare()`` that reads a file (the template runs it in a pool child's idle
+    phase, before the sandbox)."""
+    main(sock, tenant)
+
+
+prepared.prepare = _prepare  # type: ignore[attr-defined]

@@ -181,6 +181,34 @@ async def test_before_entering_the_child_holds_no_copy_of_the_key(self_test_clie
         await asyncio.wait_for(c.wait(), 10)
 
 
+async def test_a_traceback_in_the_sandbox_does_not_look_for_source_files(self_test_client):
+    child = await self_test_client.spawn(tenant())
+    assert (await command(child, "enter")) == b"entered"
+    assert (await command(child, "try traceback")).startswith(b"survived")
+    assert (await command(child, "ping")) == f"pong {child.pid}".encode()
+    child.close()
+    assert await asyncio.wait_for(child.wait(), 10) == 0
+
+
+async def test_a_pool_child_is_confined_while_idle_after_its_prepare(proc_guard):  # noqa: F811
+    """The policy is entered in the idle phase: before any spawn, the waiting child already runs under it
+    (and the worker's prepare(), which opens a file, ran before it)."""
+    import psutil
+
+    async with await TemplateClient.launch("tests.sandbox_worker:prepared", pool=1) as client:
+        template = psutil.Process(client.template_pid)
+        async with asyncio.timeout(10):
+            while not (idle := [c for c in template.children() if "walredo (idle)" in " ".join(c.cmdline())]):
+                await asyncio.sleep(0.01)
+            while proc_status(idle[0].pid)["Seccomp"] != "2":
+                await asyncio.sleep(0.01)
+        child = await client.spawn(tenant())
+        assert child.pid == idle[0].pid
+        assert (await command(child, "prepared?")) == b"prepared yes"
+        child.close()
+        assert await asyncio.wait_for(child.wait(), 10) == 0
+
+
 @pytest.mark.parametrize("what", ["connect", "procmem", "signal"])
 async def test_after_entering_the_template_and_siblings_are_out_of_reach(self_test_client, what):
     client = self_test_client
