@@ -41,7 +41,10 @@ u16 flags, u16 gist_page_id (0xFF81).
 
 Where gistxlog.c only asserts (tuple counts matching ntoinsert, trailing bytes after a split page's
 tuples, the page to delete being empty), this raises :class:`InvalidRecord`, so a malformed record never
-yields a page PostgreSQL's debug build would refuse.
+yields a page PostgreSQL's debug build would refuse. Pages are refused (:class:`InvalidPage`) when their
+pd_special is not GiST's (gistcheckpage's rule), when a page that came from outside has a line pointer
+outside its tuple space (checked once per request and after an image restore), and when a record would
+change the items of a deleted page (PostgreSQL never does; what pd_lower covers there is the deleteXid).
 """
 
 from __future__ import annotations
