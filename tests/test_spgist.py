@@ -5,8 +5,11 @@
   compared, the pages on disk match, and the exempt metapages differ from the engine's at most in their
   unlogged last-used-page cache.
 * Hand-made records for the paths PostgreSQL never produced there: a new page whose block also carries
-  an image, MOVE_LEAFS replacing a DEAD tuple, the isBuild variants, ADD_NODE's parent on the new page or
-  on a third page, PICKSPLIT re-initializing its source, roles the redo does not touch, malformed records.
+  an image, MOVE_LEAFS replacing a DEAD tuple, the isBuild variants (an index build logs no SP-GiST
+  records), ADD_NODE's parent on the page the tuple moves to, a root split's ignored block 0, roles the
+  redo does not touch, VACUUM_REDIRECT's odd firstPlaceholder, malformed records; and, again by hand,
+  paths the workload does produce (PICKSPLIT re-initializing its source, ADD_NODE's parent on a third
+  page) with exact expectations.
 * Hypothesis mutations of real records and base pages: a structurally valid page or a RedoError.
 """
 
@@ -40,7 +43,7 @@ XID = 4242
 EXPECTED_KINDS = [
     "SPGist/ADD_LEAF", "SPGist/ADD_LEAF [block 1]",
     "SPGist/MOVE_LEAFS", "SPGist/MOVE_LEAFS [block 1]", "SPGist/MOVE_LEAFS [block 2]",
-    "SPGist/ADD_NODE", "SPGist/ADD_NODE [block 1]",
+    "SPGist/ADD_NODE", "SPGist/ADD_NODE [block 1]", "SPGist/ADD_NODE [block 2]",
     "SPGist/SPLIT_TUPLE", "SPGist/SPLIT_TUPLE [block 1]",
     "SPGist/PICKSPLIT", "SPGist/PICKSPLIT [block 1]", "SPGist/PICKSPLIT [block 2]", "SPGist/PICKSPLIT [block 3]",
     "SPGist/VACUUM_LEAF", "SPGist/VACUUM_ROOT", "SPGist/VACUUM_REDIRECT",
