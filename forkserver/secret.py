@@ -23,6 +23,9 @@ __all__ = ["KEY_SIZE", "Key"]
 
 KEY_SIZE = 32
 _HEX = b"0123456789abcdef"
+# Linux's value on every architecture; CPython's mmap module only names it when built against headers that
+# have it (the 3.11 here does not).
+_MADV_WIPEONFORK = getattr(mmap, "MADV_WIPEONFORK", 18)
 
 
 class Key:
@@ -35,8 +38,8 @@ class Key:
     def __init__(self) -> None:
         self._mm = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE)
         try:
-            self._mm.madvise(mmap.MADV_WIPEONFORK)
-        except (AttributeError, OSError):
+            self._mm.madvise(_MADV_WIPEONFORK)
+        except OSError:
             self._mm.madvise(mmap.MADV_DONTFORK)  # older kernel: the child has no mapping there at all
         try:
             self._mm.madvise(mmap.MADV_DONTDUMP)

@@ -309,3 +309,20 @@ def test_options_validation():
     for bad in ({1: 2}, {"a": [1]}, {"a": float("nan")}, {str(i): i for i in range(40)}, {"a": 2**70}):
         with pytest.raises(ValueError):
             control.validate_options(bad)
+
+
+def test_a_template_key_in_a_secret_page_authenticates_a_bytes_key_parent():
+    from forkserver.secret import Key
+
+    key = Key.from_bytes(KEY)
+    t = ControlConnection(Role.TEMPLATE, key, pid=1)
+    p = ControlConnection(Role.PARENT, KEY)
+    t.start()
+    assert pump(t, p) == [] and pump(p, t) == [] and pump(t, p) == []
+    assert t.state is State.READY and p.state is State.READY
+    assert t._key is key  # shared, not copied into the connection
+    wrong = ControlConnection(Role.TEMPLATE, Key.from_bytes(bytes(32)), pid=1)
+    wrong.start()
+    pump(wrong, p2 := ControlConnection(Role.PARENT, KEY))
+    with pytest.raises(ProtocolError):
+        pump(p2, wrong)

@@ -330,3 +330,27 @@ def test_validate_redo_records_fast_check_and_detailed_loop_agree():
         p.validate_redo(tag, 9, None, [(9, b"x", 1)], 15)
     with pytest.raises(TypeError):
         p.validate_redo(tag, 9, None, [(9, "x")], 15)
+
+
+# --- frames refused unread (the child's memory budget) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000, 1 << 20])
+def test_a_frame_above_refuse_above_is_refused_unread_and_the_stream_goes_on(chunk):
+    big = p.encode_redo(TAG, 1, PAGE, [(1, b"r" * 5000)], 15, id=1)
+    data = p.encode_ping(0) + big + p.encode_ping(2)
+    d = p.RequestDecoder(refuse_above=1000)
+    events = []
+    for i in range(0, len(data), chunk):
+        d.receive_data(data[i:i + chunk])
+        events.extend(d)
+        assert d.buffered <= max(chunk, 1000) + 4  # the refused payload is never buffered
+    assert events == [p.Ping(0), p.Oversized(len(big) - 4, 1000), p.Ping(2)]
+
+
+def test_refuse_above_does_not_lift_the_hard_bound():
+    d = p.RequestDecoder(max_frame_size=100, refuse_above=10)
+    d.receive_data(struct.pack(">I", 101))
+    with pytest.raises(p.FrameTooLarge):
+        d.next_event()
+    assert "too-large" in p.ERROR_CODES
