@@ -20,7 +20,8 @@ into the policy, in this order (each step says why it comes where it does):
 
 The allowlist is what the walredo worker needs once it is ready, measured with ``strace -f`` on a template
 whose children served real requests (heap redo from ``tests/data/wal-small`` through ``WalRedoManager``,
-lz4/zstd/uncompressed full-page images, mutated records, malformed frames, redo-engine refusals, oversized frames, EOF):
+lz4/zstd/uncompressed full-page images, mutated records, malformed frames, redo-engine refusals, oversized
+frames, EOF), pool children and children forked on request alike:
 
 =================  ===================================================================================
 syscall            why the child needs it (14)
