@@ -61,3 +61,14 @@ INSERT INTO gist_text
   FROM generate_series(1, 2500) g;
 DELETE FROM gist_text WHERE id % 5 = 0;
 VACUUM gist_text;
+
+-- indexes built on filled tables by the buffering build: their pages reach WAL as full-page images
+-- (log_newpage_range), then inserts split the leaves. Not the sorted build (the default for points):
+-- it writes its pages with LSN 0/1 before logging them, so the disk never has the LSN a replay gives.
+CREATE TABLE gist_built (id int, p point, b box);
+INSERT INTO gist_built SELECT g, point(g % 50, g / 50), box(point(g % 50, g / 50), point(g % 50 + 1, g / 50 + 1))
+  FROM generate_series(1, 3000) g;
+CREATE INDEX gist_built_p ON gist_built USING gist (p) WITH (buffering = on);
+CREATE INDEX gist_built_b ON gist_built USING gist (b) WITH (buffering = on);
+INSERT INTO gist_built SELECT 5000 + g, point(g % 50 + 0.5, g / 50 + 0.5), box(point(g % 50, 0), point(g % 50 + 2, 2))
+  FROM generate_series(1, 600) g;
