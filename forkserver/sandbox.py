@@ -121,7 +121,7 @@ _SECCOMP_MODE_FILTER = 2
 _SCMP_ACT_KILL_PROCESS = 0x80000000
 _SCMP_ACT_ALLOW = 0x7FFF0000
 _SCMP_FLTATR_ACT_BADARCH = 2
-_SCMP_CMP_EQ = 4
+_SCMP_CMP_MASKED_EQ = 7
 
 
 class SandboxError(OSError):
@@ -331,7 +331,9 @@ def _compile(names: tuple[str, ...]) -> bytes:
             if nr < 0:
                 raise SandboxError(errno.ENOSYS, f"libseccomp does not know syscall {name!r}")
             if name == "prctl":
-                cmp = (_ScmpArgCmp * 1)(_ScmpArgCmp(0, _SCMP_CMP_EQ, _PR_SET_NAME, 0))
+                # prctl's option is a C int: compare its low 32 bits only (the upper half of the register
+                # is not defined by the ABI).
+                cmp = (_ScmpArgCmp * 1)(_ScmpArgCmp(0, _SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, _PR_SET_NAME))
                 check(lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ALLOW, nr, 1, cmp), f"rule {name}")
             else:
                 check(lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ALLOW, nr, 0, None), f"rule {name}")

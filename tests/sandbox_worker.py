@@ -58,6 +58,11 @@ def _ptrace():
     libc.ptrace(ctypes.c_long(16), ctypes.c_long(os.getppid()), None, None)  # PTRACE_ATTACH the template
 
 
+def _dumpable():
+    # prctl is allowed for PR_SET_NAME only: becoming dumpable (ptrace-able by siblings) again is not.
+    ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0)
+
+
 def _kill1():
     os.kill(1, 0)
 
@@ -87,8 +92,9 @@ def _traceback():
     raise OSError(0, "logged")
 
 
-ATTEMPTS = {"traceback": _traceback, "open": _open, "socket": _socket, "execve": _execve, "fork": _fork, "ptrace": _ptrace,
-            "kill1": _kill1, "connect": _connect, "procmem": _procmem, "signal": _signal}
+ATTEMPTS = {"traceback": _traceback, "dumpable": _dumpable, "open": _open, "socket": _socket,
+            "execve": _execve, "fork": _fork, "ptrace": _ptrace, "kill1": _kill1, "connect": _connect,
+            "procmem": _procmem, "signal": _signal}
 
 
 def _address(mm: mmap.mmap) -> int:

@@ -145,7 +145,7 @@ async def test_no_sandbox_is_an_opt_out_and_says_so(proc_guard, caplog):  # noqa
 # ------------------------------------------------------------------ self-test of the filter
 
 
-@pytest.mark.parametrize("what", ["open", "socket", "execve", "fork", "ptrace", "kill1"])
+@pytest.mark.parametrize("what", ["open", "socket", "execve", "fork", "ptrace", "kill1", "dumpable"])
 async def test_each_forbidden_syscall_ends_the_child_with_sigsys(self_test_client, what):
     client = self_test_client
     sibling = await client.spawn(tenant())
