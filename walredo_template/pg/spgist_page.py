@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from operator import le
 
 from . import indexpage as IP
 from . import page as P
@@ -123,15 +124,15 @@ def check_items(page: bytearray) -> None:
     odd = [w for w in words if w & 0xFFFF8000 and (w & 0x18000 != 0x8000 or not w >> 17)]
     if odd:
         raise InvalidPage(f"line pointer {odd[0]:#010x} is not a normal item with storage")
-    spans = sorted((w & 0x7FFF, w >> 17) for w in words if w >> 17)
-    end = upper
-    for off, length in spans:
-        if off < end or off & 7:
-            raise InvalidPage(f"item at {off} (length {length}) overlaps another or lies outside the tuple "
-                              f"space {upper}..{special}")
-        end = off + ((length + 7) & ~7)
-    if end > special:
-        raise InvalidPage(f"an item runs past pd_special {special}")
+    # (offset << 15 | length) sorts by offset in C; then each item must start MAXALIGNed, at or after the
+    # end of the one below it (the comparisons run in map, not in a Python loop)
+    keys = sorted([(w & 0x7FFF) << 15 | w >> 17 for w in words if w >> 17])
+    if not keys:
+        return
+    offs = [k >> 15 for k in keys]
+    ends = [(k >> 15) + ((k & 0x7FFF) + 7 & ~7) for k in keys]
+    if offs[0] < upper or ends[-1] > special or not all(map(le, ends, offs[1:])) or any(o & 7 for o in offs):
+        raise InvalidPage(f"items overlap, are not MAXALIGNed or lie outside the tuple space {upper}..{special}")
 
 
 def check_offsets(page: bytearray, offnums: Sequence[int]) -> None:
