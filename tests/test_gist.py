@@ -561,3 +561,11 @@ def test_item_changes_on_a_deleted_page_are_refused():
     out = redo(TAG, deleted, 0x30, [Block(1, TAG, data=split_data([itup(1)]), will_init=True)],
                split_main(5, 0, True, 1, True))
     assert tuples_of(out) == [itup(1)]
+
+
+def test_split_page_bytes_equal_page_add_item_one_by_one():
+    tuples = [itup(i, plen) for i, plen in enumerate((16, 13, 40, 1, 7, 200, 3), 1)]
+    out = redo(TAG, None, 0x30, [Block(1, TAG, data=split_data(tuples), will_init=True)],
+               split_main(gist.INVALID_BLOCK, 0x1234, True, 1, False))
+    want = bytearray(gist_page(tuples, flags=gist.F_LEAF, lsn=LSN, nsn=0x1234))
+    assert out == bytes(want)

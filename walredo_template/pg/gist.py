@@ -109,6 +109,8 @@ _SPLIT = struct.Struct("<I4xQBxHB3x")
 _PAGE_DELETE = struct.Struct("<QH")  # SizeOfGistxlogPageDelete = 10
 _OPAQUE = struct.Struct("<IIIHH")
 _LUS = struct.Struct("<HHH")  # pd_lower, pd_upper, pd_special
+_LU = struct.Struct("<HH")  # pd_lower, pd_upper
+_LP_NORMAL_BITS = P.LP_NORMAL << 15
 _NSN = struct.Struct("<II")
 _FLAGS_AT = 12  # offset of flags inside the special space
 _I32 = struct.Struct("<i")
@@ -230,6 +232,27 @@ def _append(page: bytearray, tuples: list[memoryview]) -> None:
         off += 1
 
 
+def _fill_new(page: bytearray, tuples: list[memoryview], name: str) -> None:
+    """gistfillbuffer on a page just initialised: what PageAddItem at offsets 1, 2, … would write (each
+    tuple below the previous one, MAXALIGNed, its padding left zero), placed in one pass."""
+    n = len(tuples)
+    if not n:
+        return
+    lower = P.SIZE_OF_PAGE_HEADER + P.SIZEOF_ITEMID * n
+    upper = MAX_SPECIAL - sum((len(t) + 7) & ~7 for t in tuples)
+    if upper < lower:
+        raise InvalidRecord(f"{name}: {n} index tuples do not fit on a page")
+    words = []
+    pos = MAX_SPECIAL
+    for tup in tuples:
+        size = len(tup)
+        pos -= (size + 7) & ~7
+        page[pos:pos + size] = tup
+        words.append(pos | _LP_NORMAL_BITS | size << 17)
+    P.lp_array(n).pack_into(page, P.SIZE_OF_PAGE_HEADER, *words)
+    _LU.pack_into(page, P.OFF_LOWER, lower, upper)
+
+
 # --- redo ----------------------------------------------------------------------------------------
 
 def _clear_follow_right(ctx: RedoContext, blk: BlockRef, lsn: int, name: str) -> None:
@@ -335,8 +358,7 @@ def _redo_page_split(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: i
         assert page is not None
     isroot = blk.blkno == GIST_ROOT_BLKNO
     init_page(page, F_LEAF if origleaf and not isroot else 0)
-    for off, tup in enumerate(tuples, 1):
-        IP.add_item(page, tup, off)
+    _fill_new(page, tuples, name)
     ctx.checked = True
     _items_checked[0] = ctx  # a page built here has only the pointers just added
     flags = _flags(page, MAX_SPECIAL)
