@@ -42,8 +42,9 @@ Records (main data ``M``, block data ``B<n>``), and what is done to the page whe
 As in PostgreSQL, the metapage and list-page initializations ignore the page's LSN, SPLIT and VACUUM_PAGE
 only restore images, and a block the record's flags say is not used (block 1 of a leaf INSERT, block 3 of
 a leaf SPLIT, block 1 of UPDATE_META_PAGE without tuples or previous tail, blocks past ndeleted) is left
-alone. Where PostgreSQL only asserts (page type of a data operation, offsets, order of segment actions),
-this refuses the record, so a bad record never yields a page with out-of-place content.
+alone. Where PostgreSQL only asserts (the page type a record expects, offsets, order of segment actions),
+this refuses the record, and the line pointers of an entry or list page are checked before each redo, so
+a bad record or page never yields a page with out-of-place content.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ from .bufmgr import (
 from .errors import InvalidPage, InvalidRecord
 from .indexpage import add_item, delete_item, item_span
 from .mask import mask_page_hint_bits, mask_page_lsn_and_checksum, mask_unused_space
-from .page import BLCKSZ, OFF_LOWER, OFF_PRUNE_XID, OFF_SPECIAL, OFF_UPPER, SIZE_OF_PAGE_HEADER, U16, U32, page_init
+from .page import (
+    _LU, BLCKSZ, OFF_LOWER, OFF_PRUNE_XID, OFF_SPECIAL, OFF_UPPER, SIZE_OF_PAGE_HEADER, U16, U32, lp_array, page_init,
+)
 from .xlogrecord import BlockRef, DecodedRecord
 
 RM_ID = 13
@@ -163,6 +166,15 @@ def _data_page(page: bytearray, leaf: bool, name: str) -> int:
     return special
 
 
+def _any_data_page(page: bytearray, name: str) -> int:
+    """The special offset of a posting-tree page, leaf or not (PostgreSQL asserts GinPageIsData)."""
+    special = _special(page)
+    flags = OPAQUE.unpack_from(page, special)[2]
+    if not flags & GIN_DATA:
+        raise InvalidRecord(f"{name}: page flags {flags:#06x} are not those of a posting tree page")
+    return special
+
+
 def _add_tuples(page: bytearray, payload: bytes, ntuples: int, off: int, name: str) -> None:
     """Add ``ntuples`` index tuples laid end to end in ``payload`` at offsets off, off+1, …"""
     pos = 0
@@ -180,8 +192,26 @@ def _add_tuples(page: bytearray, payload: bytes, ntuples: int, off: int, name: s
         raise InvalidRecord(f"{name}: {n - pos} bytes of tuple data left over")
 
 
-def _clear_incomplete_split(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
+def _page(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray | None:
+    """page_for_redo; on a page with line pointers (an entry or list page) they are checked first: redo
+    passes the pointers it does not move through unchanged, so a bad one would survive into the result.
+    Raises :class:`InvalidPage` for a pointer outside the tuple space."""
     page = page_for_redo(ctx, blk, lsn)
+    if page is not None:
+        special = _special(page)
+        if not OPAQUE.unpack_from(page, special)[2] & (GIN_DATA | GIN_META):
+            lower, upper = _LU.unpack_from(page, OFF_LOWER)
+            n = (lower - SIZE_OF_PAGE_HEADER) >> 2
+            if n > 0:
+                for i, w in enumerate(lp_array(n).unpack_from(page, SIZE_OF_PAGE_HEADER), 1):
+                    if w >> 17 and ((w & 0x7FFF) < upper or (w & 0x7FFF) + (w >> 17) > special):
+                        raise InvalidPage(f"GIN page item {i} at {w & 0x7FFF} length {w >> 17} lies outside "
+                                          "the tuple space")
+    return page
+
+
+def _clear_incomplete_split(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
+    page = _page(ctx, blk, lsn)
     if page is None:
         return
     special = _special(page)
@@ -217,7 +247,9 @@ def _insert_entry(page: bytearray, payload: bytes, rightblkno: int) -> None:
     if len(payload) < 4 + 8:
         raise InvalidRecord("Gin/INSERT: entry insert data is truncated")
     offset, is_delete = _ENTRY_HEAD.unpack_from(payload)
-    _special(page)
+    flags = OPAQUE.unpack_from(page, _special(page))[2]
+    if flags & GIN_DATA:
+        raise InvalidRecord(f"Gin/INSERT: entry insert into a posting tree page (flags {flags:#06x})")
     if rightblkno != INVALID_BLOCK:
         off, length = item_span(page, offset)
         if length < 6:
@@ -265,7 +297,7 @@ def _insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int, name:
         return
     if blk.block_id != 0:
         return
-    page = page_for_redo(ctx, blk, lsn)
+    page = _page(ctx, blk, lsn)
     if page is None:
         return
     payload = blk.data or b""
@@ -305,7 +337,7 @@ def _vacuum_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int, 
 def _vacuum_data_leaf(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int, name: str) -> None:
     if blk.block_id != 0:
         return
-    page = page_for_redo(ctx, blk, lsn)
+    page = _page(ctx, blk, lsn)
     if page is None:
         return
     _data_page(page, True, name)
@@ -318,14 +350,14 @@ def _delete_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int, 
     _require(rec, (0, 1, 2), name)
     if blk.block_id > 2:
         return
-    page = page_for_redo(ctx, blk, lsn)
+    page = _page(ctx, blk, lsn)
     if page is None:
         return
     if blk.block_id == 2:
-        special = _special(page)
+        special = _any_data_page(page, name)
         U32.pack_into(page, special, right_link)
     elif blk.block_id == 0:
-        special = _special(page)
+        special = _any_data_page(page, name)
         flags = OPAQUE.unpack_from(page, special)[2]
         _FLAGS.pack_into(page, special + 6, flags | GIN_DELETED)
         U32.pack_into(page, OFF_PRUNE_XID, delete_xid)
@@ -355,11 +387,13 @@ def _update_meta(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int, 
         return
     if blk.block_id != 1 or not uses_tail:
         return
-    page = page_for_redo(ctx, blk, lsn)
+    page = _page(ctx, blk, lsn)
     if page is None:
         return
     special = _special(page)
     if ntuples > 0:
+        if OPAQUE.unpack_from(page, special)[2] & GIN_DATA:
+            raise InvalidRecord(f"{name}: the pending list's tail is a posting tree page")
         lower = U16.unpack_from(page, OFF_LOWER)[0]
         off = 1 if lower <= SIZE_OF_PAGE_HEADER else ((lower - SIZE_OF_PAGE_HEADER) >> 2) + 1
         _add_tuples(page, blk.data or b"", ntuples, off, name)
@@ -451,4 +485,4 @@ def mask(page: bytearray, blkno: int) -> None:
 def record_name(info: int) -> str:
     """``Gin/OPERATION`` as pg_waldump prints it (GIN records carry no flags in their info byte)."""
     op = info & 0xF0
-    return f"{NAME}/" + OP_NAMES.get(op, f"UNKNOWN ({op:#x})")
+    return f"{NAME}/" + OP_NAMES.get(op, f"UNKNOWN ({op:x})")

@@ -20,11 +20,18 @@ that many 6-byte item pointers to merge into the segment; for DELETE (1), nothin
 the page as it was before the record, in ascending order; the page is rewritten from offset 32 and pd_lower
 moved to the new end (bytes past it keep their old values, as PostgreSQL's in-place copy leaves them).
 
+ADDITEMS is redone as PostgreSQL does it (decode the segment, merge, re-encode) except in its common case,
+new items that all follow the segment's last one on a segment encoded the way PostgreSQL encodes: then the
+new deltas are appended to the old bytes, which gives the same segment without decoding item by item.
+
 Item pointers are handled here as ``block << 16 | offset`` ints, which sort as ``ginCompareItemPointers``.
+Where PostgreSQL only asserts (items in ascending order, actions in segment order, an action other than
+INSERT past the last segment, a merged segment larger than a page) the record is refused.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 
 from .errors import InvalidPage, InvalidRecord
@@ -32,7 +39,6 @@ from .page import BLCKSZ, OFF_LOWER, OFF_SPECIAL, OFF_UPPER, U16
 
 DATA_START = 32  # MAXALIGN(SizeOfPageHeaderData) + MAXALIGN(sizeof(ItemPointerData))
 SEG_HEADER = struct.Struct("<HHHH")  # first (bi_hi, bi_lo, posid), nbytes
-ITEMPTR = struct.Struct("<HHH")
 OPAQUE = struct.Struct("<IHH")  # GinPageOpaqueData: rightlink, maxoff, flags
 GIN_COMPRESSED = 0x80
 MAX_SEGMENT = BLCKSZ  # redo compresses with maxsize BLCKSZ
@@ -43,6 +49,8 @@ SEGMENT_REPLACE = 3
 SEGMENT_ADDITEMS = 4
 
 _MASK64 = (1 << 64) - 1
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+_MULTI_BYTE = re.compile(rb"[\x80-\xff]+[\x00-\x7f]?")  # a varbyte integer of 2+ bytes (or a cut one)
 
 
 def segment_size(buf: bytes | bytearray, pos: int, end: int) -> int:
@@ -79,6 +87,59 @@ def decode_segment(buf: bytes | bytearray, pos: int) -> list[int]:
     if shift:
         raise InvalidPage(f"GIN posting list segment at {pos} ends inside a varbyte integer")
     return out
+
+
+def _canonical_end(buf: bytes | bytearray, pos: int) -> int | None:
+    """The integer form of the last item of the segment at ``pos`` when its encoding is exactly what
+    :func:`encode_segment` writes for its items (minimal varbytes, every delta positive, no value past
+    43 bits), else None. Lets ADDITEMS append to a segment without decoding it item by item: the bytes of
+    the single-byte deltas are summed at C speed, only the rarer longer integers are taken apart here."""
+    hi, lo, posid, nbytes = SEG_HEADER.unpack_from(buf, pos)
+    if posid > 0x7FF:
+        return None  # the first item's offset spills into the block bits of its integer form
+    raw = bytes(buf[pos + 8:pos + 8 + nbytes])
+    ends = raw.translate(None, _HIGH_BYTES)  # the last byte of every integer
+    if b"\x00" in ends:
+        return None  # a zero delta, or a longer encoding than needed
+    total = sum(ends)
+    for m in _MULTI_BYTE.findall(raw):
+        last = m[-1]
+        if len(m) > 7 or last & 0x80:
+            return None  # cut short, or a seventh byte with its high bit set
+        v = 0
+        for i in range(len(m) - 1):
+            v |= (m[i] & 0x7F) << (7 * i)
+        total += v | last << (7 * (len(m) - 1))
+        total -= last  # already counted in ``ends``
+    val: int = ((hi << 16 | lo) << 11 | posid) + total
+    return val if val < 1 << 43 else None
+
+
+def _append_to_segment(buf: bytes, pos: int, last: int, items: list[int]) -> bytes | None:
+    """The segment ``encode_segment(old items + items)`` gives, built from the old segment's bytes (whose
+    last item is ``last`` in integer form) and the new items' deltas; None when they are not ascending
+    (left to the general path, which refuses them). Raises :class:`InvalidRecord` when it exceeds a page."""
+    nbytes = U16.unpack_from(buf, pos + 6)[0]
+    out = bytearray(buf[pos:pos + 8 + nbytes])
+    append = out.append
+    prev = last
+    for k in items:
+        val = (k >> 16) << 11 | (k & 0xFFFF)
+        delta = val - prev
+        if delta <= 0:
+            return None
+        while delta > 0x7F:
+            append(0x80 | (delta & 0x7F))
+            delta >>= 7
+        append(delta)
+        prev = val
+    total = len(out) - 8
+    if total > MAX_SEGMENT - 8:
+        raise InvalidRecord("GIN ADDITEMS segment does not fit in a page")
+    U16.pack_into(out, 6, total)
+    if total & 1:
+        append(0)
+    return bytes(out)
 
 
 def encode_segment(items: list[int], maxsize: int = MAX_SEGMENT) -> tuple[bytes, int]:
@@ -231,11 +292,20 @@ def recompress(page: bytearray, data: bytes, pos: int) -> None:
         else:
             segsize = 0
         if action == SEGMENT_ADDITEMS:
-            olditems = decode_segment(old, rpos)
-            merged = merge_items(additems, olditems)
-            newseg, npacked = encode_segment(merged)
-            if npacked != len(merged):
-                raise InvalidRecord("GIN ADDITEMS segment does not fit in a page")
+            # Usually the new items all follow the segment's last one: append their deltas to its bytes,
+            # which is what re-encoding the merged list gives when the old encoding is canonical.
+            last = _canonical_end(old, rpos) if additems else None
+            fast = None
+            if last is not None and additems[0] > ((last >> 11) << 16 | (last & 0x7FF)):
+                fast = _append_to_segment(old, rpos, last, additems)
+            if fast is not None:
+                newseg = fast
+            else:
+                olditems = decode_segment(old, rpos)
+                merged = merge_items(additems, olditems)
+                newseg, npacked = encode_segment(merged)
+                if npacked != len(merged):
+                    raise InvalidRecord("GIN ADDITEMS segment does not fit in a page")
             action = SEGMENT_REPLACE
         if action == SEGMENT_DELETE:
             rpos += segsize
