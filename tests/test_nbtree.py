@@ -244,6 +244,8 @@ def test_dedup_merges_the_logged_intervals():
     with pytest.raises(InvalidRecord, match="deduplication"):
         redo(tag(1), make_page(big), nbtree.XLOG_BTREE_DEDUP, [Block(0, tag(1), data=struct.pack("<HH", 1, 2))],
              struct.pack("<H", 1))
+    with pytest.raises(InvalidRecord, match="no items"):
+        redo(tag(1), make_page([tup(K[9])], nxt=7), nbtree.XLOG_BTREE_DEDUP, [Block(0, tag(1))], struct.pack("<H", 0))
     with pytest.raises(InvalidRecord, match="intervals"):
         redo(tag(1), base, nbtree.XLOG_BTREE_DEDUP, [Block(0, tag(1), data=data)], struct.pack("<H", 2))
 

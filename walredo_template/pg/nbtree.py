@@ -314,8 +314,9 @@ def _dedup(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         else:
             state.finish()
             state.start(tup, offnum)
-    if state.nitems:
-        state.finish()
+    if not state.nitems:  # PostgreSQL would form a posting list from no base tuple
+        raise InvalidRecord(f"{name}: the page has no items to deduplicate")
+    state.finish()
     B.FLAGS.pack_into(opaque, 12, flags & ~B.BTP_HAS_GARBAGE)
     B.build_page(page, out, bytes(opaque))
     finish(page, lsn)
