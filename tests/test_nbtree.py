@@ -240,7 +240,12 @@ def test_dedup_merges_the_logged_intervals():
     assert got[1] == posting_tup(K[1], [(1, 1), (1, 2), (1, 3), (1, 4)])
     assert got[2:] == [tup(K[2], 2, 1), tup(K[2], 2, 2)]
     assert opaque(out)[3] == B.BTP_LEAF
-    big = [tup(b"x" * 2696, 1, 1), tup(b"x" * 2696, 1, 2)]  # merged, past BTMaxItemSize
+    # BTMaxItemSize is 2704: a 2688-byte base tuple takes two TIDs (2704), a 2696-byte one does not (2712)
+    fits = [tup(b"x" * 2680, 1, 1), tup(b"x" * 2680, 1, 2)]
+    out = redo(tag(1), make_page(fits), nbtree.XLOG_BTREE_DEDUP, [Block(0, tag(1), data=struct.pack("<HH", 1, 2))],
+               struct.pack("<H", 1))
+    assert [len(t) for t in items_of(out)] == [2704]
+    big = [tup(b"x" * 2688, 1, 1), tup(b"x" * 2688, 1, 2)]
     with pytest.raises(InvalidRecord, match="deduplication"):
         redo(tag(1), make_page(big), nbtree.XLOG_BTREE_DEDUP, [Block(0, tag(1), data=struct.pack("<HH", 1, 2))],
              struct.pack("<H", 1))

@@ -38,7 +38,6 @@ from .xlogrecord import BlockRef
 BLCKSZ = P.BLCKSZ
 BT_SPECIAL = BLCKSZ - 16  # pd_special of every btree page
 P_NONE = 0
-INVALID_BLOCK = 0xFFFFFFFF
 P_HIKEY = 1
 
 BTP_LEAF = 1 << 0
@@ -57,8 +56,9 @@ INDEX_ALT_TID_MASK = 0x2000
 BT_OFFSET_MASK = 0x0FFF
 BT_IS_POSTING = 0x2000
 SIZEOF_TID = 6
-# BTMaxItemSize: a third of the page less the header, three line pointers and the special space
-BT_MAX_ITEM_SIZE = ((BLCKSZ - ((P.SIZE_OF_PAGE_HEADER + 3 * 4 + 7) & ~7) - 16) // 3) & ~7
+# BTMaxItemSize (2704): a third of the page less the header, three line pointers, three heap TIDs and the
+# special space
+BT_MAX_ITEM_SIZE = ((BLCKSZ - ((P.SIZE_OF_PAGE_HEADER + 3 * 4 + 3 * 6 + 7) & ~7) - 16) // 3) & ~7
 MAX_INDEX_TUPLES_PER_PAGE = (BLCKSZ - P.SIZE_OF_PAGE_HEADER) // (16 + 4)
 META_END = P.SIZE_OF_PAGE_HEADER + 48  # pd_lower of the metapage
 
@@ -68,11 +68,9 @@ META = struct.Struct("<IIIIIII4xdB")  # BTMetaPageData at offset 24
 XL_METADATA = struct.Struct("<IIIIIIB")  # xl_btree_metadata (sizeof 28 with padding)
 XL_METADATA_SIZE = 28
 U16 = struct.Struct("<H")
-U32 = struct.Struct("<I")
 TID_HEAD = struct.Struct("<HHHH")  # bi_hi, bi_lo, posid, t_info
 _LU = struct.Struct("<HH")
 _HEADER_TAIL = struct.Struct("<HHHH")  # pd_lower, pd_upper, pd_special, pd_pagesize_version
-_ZERO_TAIL = bytes(8)
 
 
 def maxalign(n: int) -> int:
