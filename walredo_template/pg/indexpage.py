@@ -198,6 +198,8 @@ def overwrite_item(page: bytearray, offnum: int, data: Buffer) -> None:
             p = _lp_pos(i)
             w = U32.unpack_from(page, p)[0]
             if w >> 17 and w & 0x7FFF <= offset:
+                if w & 0x7FFF < upper:  # outside the tuple space: the shift could take it below 0
+                    raise InvalidPage(f"corrupted line pointer {i}: offset {w & 0x7FFF} below pd_upper {upper}")
                 U32.pack_into(page, p, (w & ~0x7FFF) | ((w & 0x7FFF) + diff))
     w = U32.unpack_from(page, _lp_pos(offnum))[0]
     U32.pack_into(page, _lp_pos(offnum), ((offset + diff) & 0x7FFF) | (w & 0x18000) | (newsize << 17))
