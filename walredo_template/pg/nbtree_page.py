@@ -127,20 +127,19 @@ def dummy_hikey(topparent: int) -> bytes:
 
 # --- line pointer check -------------------------------------------------------------------------
 
-# n -> per 32-bit lane of an n-lane integer: 0x7FFF, 0xFFFF, bit 15, bit 16, 0xFFFF - pd_special
-_LANES: dict[int, tuple[int, int, int, int, int, int]] = {}
+# n -> per 32-bit lane of an n-lane integer: 1, 0x7FFF, bit 16, 0xFFFF - pd_special
+_LANES: dict[int, tuple[int, int, int, int]] = {}
 
 
 def check_items(page: bytearray) -> None:
     """Refuse a btree page (not a metapage or deleted page, whose "line pointers" are their data) with a
-    line pointer that is not LP_NORMAL or LP_DEAD or whose storage does not lie inside pd_upper..pd_special
-    (btree pages have no other kind). Run once on a page that came from outside (base image, restored
-    image), so a record that leaves most items alone cannot pass a corrupt page on.
+    line pointer whose storage does not lie inside pd_upper..pd_special. Run once on a page that came from
+    outside (base image, restored image), so a record that leaves most items alone cannot pass a corrupt
+    page on.
 
     No Python loop over the up to 400 items of a hot page: the array is read as one integer of 32-bit
-    lanes and each condition is one carry test on all lanes at once (a + c carries into bit 16 of a lane,
-    c = 0x10000 - limit, exactly when a >= limit): lp_off | the low flag bit >= pd_upper | 0x8000,
-    lp_len >= 1, and lp_off + lp_len <= pd_special."""
+    lanes and each bound is one carry test on all lanes at once (a + c carries into bit 16 of a lane,
+    c = 0x10000 - limit, exactly when a >= limit): lp_off >= pd_upper, and lp_off + lp_len <= pd_special."""
     sp = special(page)
     if FLAGS.unpack_from(page, sp + 12)[0] & (BTP_META | BTP_DELETED):
         return
@@ -151,15 +150,12 @@ def check_items(page: bytearray) -> None:
     lanes = _LANES.get(n)
     if lanes is None:
         ones = ((1 << 32 * n) - 1) // 0xFFFFFFFF
-        lanes = _LANES[n] = (ones, ones * 0x7FFF, ones * 0xFFFF, ones << 15, ones << 16,
-                             ones * (0xFFFF - BT_SPECIAL))
-    ones, m15, m16, bit15, bit16, past = lanes
+        lanes = _LANES[n] = (ones, ones * 0x7FFF, ones << 16, ones * (0xFFFF - BT_SPECIAL))
+    ones, m15, bit16, past = lanes
     x = int.from_bytes(page[P.SIZE_OF_PAGE_HEADER:lower], "little")
-    length = (x >> 17) & m15
-    if ((x & m16) + ones * (0x10000 - (upper | 0x8000))) & bit16 != bit16 or (length + m15) & bit15 != bit15:
-        raise InvalidPage("a btree line pointer is unused, a redirect, or points below pd_upper")
-    if ((x & m15) + length + past) & bit16:
-        raise InvalidPage("a btree line pointer's storage ends past pd_special")
+    off = x & m15
+    if (off + ones * (0x10000 - upper)) & bit16 != bit16 or (off + ((x >> 17) & m15) + past) & bit16:
+        raise InvalidPage("a btree line pointer's storage lies outside pd_upper..pd_special")
 
 
 # --- temporary pages ------------------------------------------------------------------------------
