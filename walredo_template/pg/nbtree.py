@@ -52,6 +52,9 @@ Record layouts (``access/nbtxlog.h`` of 15; main data unless said otherwise)::
 Where PostgreSQL would PANIC or ERROR (item does not fit, bad posting split offset, a block the redo needs
 is missing) this raises :class:`InvalidRecord`; where it would read past a tuple, a page or the record on
 bad input (assertions only in PostgreSQL) this raises :class:`InvalidRecord` / :class:`InvalidPage` too.
+Assertions that guard nothing (DEDUP's final interval count, data left over after a split's high key) are not
+enforced, as in a production build. A page that came from outside (base or restored image) has its line
+pointers checked once per request before the first redo reads it (:func:`.nbtree_page.check_items`).
 """
 
 from __future__ import annotations
