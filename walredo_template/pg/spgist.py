@@ -55,7 +55,11 @@ placed at its offset, a replaced tuple is not a placeholder, a node is not in th
 raises :class:`InvalidRecord`; it also does, stricter than PostgreSQL, where PostgreSQL would read or
 write past an item, the line pointer array or the record (an offset beyond the page, an item too short
 for the field written, a truncated array or tuple), and for VACUUM_REDIRECT's firstPlaceholder beyond
-one past the last item (PostgreSQL would then add to nPlaceholder and delete nothing).
+one past the last item (PostgreSQL would then add to nPlaceholder and delete nothing). A page that did
+not come from this module's own redo (the base image, a restored image) has its line pointers checked once
+per request, before anything else (:func:`.spgist_page.check_items`: only normal items with storage,
+MAXALIGNed, inside the tuple space, not overlapping; :class:`InvalidPage` otherwise), so a corrupt page is
+never passed on as a valid one, not even by a record that leaves it alone.
 """
 
 from __future__ import annotations
@@ -113,7 +117,9 @@ def _offsets(md: bytes, pos: int, n: int, what: str) -> tuple[int, ...]:
         raise InvalidRecord(f"{what}: {n} offsets at {pos} run past the main data's {len(md)} bytes")
     st = _U16_ARRAYS.get(n)
     if st is None:
-        st = _U16_ARRAYS[n] = struct.Struct(f"<{n}H")
+        st = struct.Struct(f"<{n}H")
+        if n <= 512:  # the sizes real records use; a malformed record must not grow the cache
+            _U16_ARRAYS[n] = st
     return st.unpack_from(md, pos)
 
 
@@ -123,6 +129,10 @@ def _block(rec: DecodedRecord, block_id: int, what: str) -> BlockRef:
     if blk is None:
         raise InvalidRecord(f"{what}: could not locate block {block_id} in the record")
     return blk
+
+
+# The request whose page had its line pointers checked last (a reference, so its id cannot be reused).
+_items_checked: list[RedoContext | None] = [None]
 
 
 def _init(ctx: RedoContext, blk: BlockRef, lsn: int, flags: int) -> bytearray:
@@ -135,10 +145,6 @@ def _init(ctx: RedoContext, blk: BlockRef, lsn: int, flags: int) -> bytearray:
     ctx.checked = True
     _items_checked[0] = ctx  # a page built here has only the pointers redo adds
     return page
-
-
-# The request whose page had its line pointers checked last (a reference, so its id cannot be reused).
-_items_checked: list[RedoContext | None] = [None]
 
 
 def _read(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray | None:
