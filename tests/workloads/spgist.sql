@@ -16,16 +16,16 @@
 
 CREATE TABLE spgist_quad (id int, p point);
 CREATE INDEX spgist_quad_idx ON spgist_quad USING spgist (p);
-INSERT INTO spgist_quad SELECT g, point((g * 7919) % 1000, (g * 104729) % 997) FROM generate_series(1, 2500) g;
+INSERT INTO spgist_quad SELECT g, point((g * 7919) % 1000, (g * 104729) % 997) FROM generate_series(1, 1500) g;
 
 CREATE TABLE spgist_kd (id int, p point);
 CREATE INDEX spgist_kd_idx ON spgist_kd USING spgist (p kd_point_ops);
-INSERT INTO spgist_kd SELECT g, point((g * 4793) % 1009, (g * 2969) % 1013) FROM generate_series(1, 2500) g;
+INSERT INTO spgist_kd SELECT g, point((g * 4793) % 1009, (g * 2969) % 1013) FROM generate_series(1, 1500) g;
 
 CREATE TABLE spgist_text (id int, t text);
 CREATE INDEX spgist_text_idx ON spgist_text USING spgist (t);
 INSERT INTO spgist_text SELECT g, 'http://www.example.com/path/' || (g % 40) || '/' || md5(g::text)
-  FROM generate_series(1, 1500) g;
+  FROM generate_series(1, 1000) g;
 -- new values that leave the common prefix: the inner tuples' prefixes split, new labels are added
 INSERT INTO spgist_text SELECT g, 'http://www.example.org/' || md5(g::text) FROM generate_series(1, 300) g;
 INSERT INTO spgist_text SELECT g, 'ftp://' || (g % 7) || '/' || g FROM generate_series(1, 300) g;
@@ -62,19 +62,19 @@ INSERT INTO spgist_wide SELECT g, chr(65 + g % 12) || repeat('x', 1200) || chr(9
 CREATE TABLE spgist_inet (id int, a inet);
 CREATE INDEX spgist_inet_idx ON spgist_inet USING spgist (a);
 INSERT INTO spgist_inet SELECT g, ('10.' || (g % 256) || '.' || (g / 256 % 256) || '.' || (g * 7 % 256)
-  || '/' || (16 + g % 17))::inet FROM generate_series(1, 1500) g;
+  || '/' || (16 + g % 17))::inet FROM generate_series(1, 1000) g;
 INSERT INTO spgist_inet SELECT g, ('2001:db8:' || to_hex(g % 4096) || '::' || to_hex(g) || '/' || (48 + g % 81))::inet
-  FROM generate_series(1, 800) g;
+  FROM generate_series(1, 500) g;
 
 CREATE TABLE spgist_crowd (id int, p point);
 CREATE INDEX spgist_crowd_idx ON spgist_crowd USING spgist (p);
-INSERT INTO spgist_crowd SELECT g, point(1, 1) FROM generate_series(1, 1500) g;
-INSERT INTO spgist_crowd SELECT g, point(1 + (g % 3) * 1e-9, 1) FROM generate_series(1, 1000) g;
-INSERT INTO spgist_crowd SELECT g, point(5, 5) FROM generate_series(1, 600) g;
+INSERT INTO spgist_crowd SELECT g, point(1, 1) FROM generate_series(1, 1000) g;
+INSERT INTO spgist_crowd SELECT g, point(1 + (g % 3) * 1e-9, 1) FROM generate_series(1, 600) g;
+INSERT INTO spgist_crowd SELECT g, point(5, 5) FROM generate_series(1, 400) g;
 
 CREATE TABLE spgist_nulls (id int, p point);
 CREATE INDEX spgist_nulls_idx ON spgist_nulls USING spgist (p);
-INSERT INTO spgist_nulls SELECT g, CASE WHEN g % 3 = 0 THEN point(g % 50, g % 70) END FROM generate_series(1, 2400) g;
+INSERT INTO spgist_nulls SELECT g, CASE WHEN g % 3 = 0 THEN point(g % 50, g % 70) END FROM generate_series(1, 1500) g;
 
 CREATE TABLE spgist_tiny (id int, p point);
 CREATE INDEX spgist_tiny_idx ON spgist_tiny USING spgist (p);
@@ -100,8 +100,8 @@ VACUUM spgist_quad, spgist_kd, spgist_text, spgist_radix, spgist_wide, spgist_in
   spgist_tiny;
 
 -- more inserts reuse placeholders and replace DEAD tuples
-INSERT INTO spgist_quad SELECT g, point((g * 31) % 1000, (g * 17) % 997) FROM generate_series(1, 800) g;
-INSERT INTO spgist_kd SELECT g, point((g * 13) % 1009, (g * 29) % 1013) FROM generate_series(1, 800) g;
+INSERT INTO spgist_quad SELECT g, point((g * 31) % 1000, (g * 17) % 997) FROM generate_series(1, 500) g;
+INSERT INTO spgist_kd SELECT g, point((g * 13) % 1009, (g * 29) % 1013) FROM generate_series(1, 500) g;
 INSERT INTO spgist_text SELECT g, 'http://www.example.com/path/' || (g % 40) || '/' || md5((g + 7)::text)
   FROM generate_series(1, 500) g;
 INSERT INTO spgist_inet SELECT g, ('10.' || (g % 256) || '.9.' || (g % 200) || '/24')::inet
