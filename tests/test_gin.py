@@ -91,7 +91,7 @@ def _actions(data: bytes) -> set[int]:
 
 def test_workload_writes_every_insert_split_and_recompress_variant(wal_captures):
     cap = wal_captures.get("indexes")
-    inserts, splits, actions, vacuum_actions = set(), set(), set(), set()
+    inserts, splits, actions, vacuum_actions, metas = set(), set(), set(), set(), set()
     for _s, _e, raw in cap.records:
         if raw[17] != RM:
             continue
@@ -106,10 +106,15 @@ def test_workload_writes_every_insert_split_and_recompress_variant(wal_captures)
             splits.add(struct.unpack_from("<H", rec.main_data, 24)[0])
         elif op == gin.XLOG_GIN_VACUUM_DATA_LEAF_PAGE:
             vacuum_actions |= _actions(rec.blocks[0].data or b"")
+        elif op == gin.XLOG_GIN_UPDATE_META_PAGE:
+            prev_tail, _rl, ntuples = struct.unpack_from("<IIi", rec.main_data, 72)
+            metas.add("tuples" if ntuples > 0 else "link" if prev_tail != INVALID else "metapage only")
     assert EXPECTED_INSERT_FLAGS <= inserts, inserts
     assert EXPECTED_SPLIT_FLAGS <= splits, splits
     assert EXPECTED_ACTIONS <= actions, actions
     assert EXPECTED_VACUUM_ACTIONS <= vacuum_actions, vacuum_actions
+    # tuples appended to the tail, a new sublist linked after the old tail, the metapage alone
+    assert metas == {"tuples", "link", "metapage only"}, metas
 
 
 # -- hand-made pages and records ---------------------------------------------------------------------------
@@ -603,6 +608,16 @@ def test_delete_listpage():
     assert redo(PAGE3, listpage, 0x80, blocks, main) == listpage  # past ndeleted
     with pytest.raises(InvalidRecord, match="block 2 is missing"):
         redo(META, None, 0x80, blocks[:2], main)
+
+
+def test_block_0_is_required_whichever_page_is_rebuilt():
+    with pytest.raises(InvalidRecord, match="block 0 is missing"):
+        redo(PAGE2, leaf_page(), 0x10, [Block(3, PAGE2, will_init=True)], struct.pack("<I", 0))
+    # a block PostgreSQL does not read is left alone
+    page = leaf_page()
+    seg = GP.encode_segment([tid(1, 1)])[0]
+    assert redo(PAGE2, page, 0x10, [Block(0, PAGE, will_init=True), Block(1, PAGE2)],
+                struct.pack("<I", len(seg)) + seg) == page
 
 
 def test_record_not_touching_the_page():

@@ -50,11 +50,11 @@ CREATE INDEX gin_fast_a ON gin_fast USING gin (a) WITH (fastupdate = on);
 CREATE INDEX gin_fast_v ON gin_fast USING gin (v) WITH (fastupdate = on);
 INSERT INTO gin_fast SELECT g, jsonb_build_object('k', g % 10, 'common', true, 'tag', 't' || (g % 50)),
   ARRAY[g % 10, g % 7, 100], to_tsvector('simple', 'word' || (g % 20) || ' common text')
-  FROM generate_series(1, 1500) g;
+  FROM generate_series(1, 800) g;
 SELECT gin_clean_pending_list('gin_fast_jp') > 0 AS cleaned;
 SELECT gin_clean_pending_list('gin_fast_a') > 0 AS cleaned;
 DELETE FROM gin_fast WHERE id % 5 = 0;
 VACUUM gin_fast;
 INSERT INTO gin_fast SELECT g, jsonb_build_object('k', g % 3, 'n', g), ARRAY[g % 3],
-  to_tsvector('simple', 'again ' || g) FROM generate_series(1501, 1800) g;
+  to_tsvector('simple', 'again ' || g) FROM generate_series(801, 1000) g;
 VACUUM gin_fast;

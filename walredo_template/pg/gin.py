@@ -452,6 +452,8 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         raise unsupported(rec, NAME)
     name = f"{NAME}/{OP_NAMES[op]}"
     blk = referenced_block(ctx, rec, name)
+    if 0 not in rec.blocks:
+        raise InvalidRecord(f"{name}: block 0 is missing")  # every GIN redo reads block 0
     handler(ctx, rec, blk, lsn, name)
 
 
