@@ -186,7 +186,8 @@ def _confine(policy: sandbox.Policy | None, held: int) -> None:
     if policy.user is not None and not policy.seccomp:
         sandbox.become(policy.user)
     if policy.seccomp:
-        sandbox.enter(memory_limit=policy.memory_limit, nofile=held + 1, user=policy.user)
+        sandbox.enter(memory_limit=policy.memory_limit, nofile=held + 1, user=policy.user,
+                      mapped=policy.mapped_hint)
 
 
 def _await_assignment(chan: socket.socket) -> tuple[socket.socket, str] | None:

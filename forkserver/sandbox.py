@@ -89,7 +89,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ALLOWED_SYSCALLS", "DEFAULT_MEMORY_LIMIT", "EXIT_MEMORY_LIMIT", "ChildUser", "Entered", "Policy",
-    "SandboxError", "become", "current", "enter", "lookup_user", "prepare", "request_budget",
+    "SandboxError", "become", "current", "enter", "lookup_user", "mapped_bytes", "prepare", "request_budget",
 ]
 
 #: ``RLIMIT_AS`` of a sandboxed walredo child unless configured otherwise (module docstring says why).
@@ -145,6 +145,9 @@ class Policy:
     seccomp: bool = True
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT
     user: ChildUser | None = None
+    # What the template maps (bytes) when it starts forking: a fresh fork maps the same, so a child need
+    # not read /proc/self/statm on its way into the sandbox (set by the template).
+    mapped_hint: int | None = None
 
 
 @dataclass(frozen=True)
@@ -187,13 +190,16 @@ def lookup_user(name: str) -> ChildUser:
 
 
 def prepare() -> None:
-    """Compile the filter now (libseccomp → BPF), so that :func:`enter` only loads it. The template calls
-    this once before it forks; children inherit the program. Errors: :class:`SandboxError`."""
+    """Compile the filter now (libseccomp → BPF), so that :func:`enter` only loads it, and make ``linecache``
+    look for no file once the process is sandboxed. The template calls this once before it forks; children
+    inherit both. Errors: :class:`SandboxError`."""
     global _compiled
     if _compiled is None:
         program = _compile(ALLOWED_SYSCALLS)
         buf = ctypes.create_string_buffer(program, len(program))
         _compiled = (buf, _SockFprog(len(program) // 8, ctypes.addressof(buf)))
+        linecache.checkcache = _sandboxed_checkcache
+        linecache.updatecache = _sandboxed_updatecache
 
 
 def current() -> Entered | None:
@@ -212,12 +218,13 @@ def request_budget() -> int | None:
 
 
 def enter(*, memory_limit: int | None = DEFAULT_MEMORY_LIMIT, nofile: int | None = None,
-          user: ChildUser | None = None) -> Entered:
+          user: ChildUser | None = None, mapped: int | None = None) -> Entered:
     """Put the calling process into the walredo child policy (module docstring: the steps, in order).
     Irreversible; call it once, single-threaded, after everything the process needs is imported and open.
 
     ``memory_limit``: ``RLIMIT_AS`` in bytes (``None``: unlimited); ``nofile``: ``RLIMIT_NOFILE`` (default:
-    the number of fds open now + 1); ``user``: drop to this user first (needs root).
+    the number of fds open now + 1); ``user``: drop to this user first (needs root); ``mapped``: what the
+    process maps now, if the caller knows (default: read from ``/proc/self/statm``).
 
     Errors: :class:`SandboxError` if a step fails (e.g. ``memory_limit`` below what the process already maps,
     no seccomp in the kernel, not root with ``user``); ``RuntimeError`` if called twice.
@@ -228,7 +235,8 @@ def enter(*, memory_limit: int | None = DEFAULT_MEMORY_LIMIT, nofile: int | None
     prepare()
     assert _compiled is not None
     # Read before the filter forbids it: what the process holds now sizes the limits.
-    mapped = _mapped_bytes()
+    if mapped is None:
+        mapped = mapped_bytes()
     if memory_limit is not None and memory_limit <= mapped:
         raise SandboxError(errno.ENOMEM, f"memory limit {memory_limit} is below the {mapped} bytes the "
                                          "process maps already")
@@ -246,9 +254,6 @@ def enter(*, memory_limit: int | None = DEFAULT_MEMORY_LIMIT, nofile: int | None
             resource.setrlimit(res, (value, value))
         except (OSError, ValueError) as e:
             raise SandboxError(errno.EPERM, f"setrlimit({res}, {value}): {e}") from None
-    # Tracebacks must not look for source files: stat/openat would end the process.
-    linecache.checkcache = _no_checkcache
-    linecache.updatecache = _no_updatecache
     _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(_compiled[1]), what="PR_SET_SECCOMP")
     _entered = Entered(memory_limit, mapped, nofile, user)
     return _entered
@@ -265,12 +270,22 @@ def become(user: ChildUser) -> None:
         raise SandboxError(e.errno, f"cannot become user {user.name}: {e.strerror}") from None
 
 
-def _no_checkcache(filename=None):
-    pass
+# Tracebacks must not look for source files in the sandbox: the stat/openat would end the process. The
+# wrappers are installed by prepare() (in the template, once) and only change what they do once `_entered`
+# is set: the child's way into the sandbox writes no page of linecache (a copy-on-write fault each).
+_checkcache, _updatecache = linecache.checkcache, linecache.updatecache
 
 
-def _no_updatecache(filename, module_globals=None):
+def _sandboxed_checkcache(filename=None):
+    if _entered is None:
+        _checkcache(filename)
+
+
+def _sandboxed_updatecache(filename, module_globals=None):
+    if _entered is None:
+        return _updatecache(filename, module_globals)
     return []
+
 
 
 def _prctl(option: int, arg: int, arg3: int = 0, *, what: str) -> None:
@@ -292,7 +307,8 @@ def _open_fds() -> list[int]:
     return out
 
 
-def _mapped_bytes() -> int:
+def mapped_bytes() -> int:
+    """What this process maps now (VmSize, bytes)."""
     # os.open/os.read, not open(): no io objects to build (each is copy-on-write faults in a fresh fork).
     fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
     try:
