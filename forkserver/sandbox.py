@@ -65,6 +65,15 @@ and redoing a request takes up to ~3x its size on top (measured: 2.1x for 8 MiB,
 MiB serves a request of up to ~54 MiB — far above any real page's chain of records (Neon's walredo
 processes run at ~22 MiB RSS) — while one bad request can cost the host at most 256 MiB, not its OOM killer.
 
+Cost: the template compiles the filter once (libseccomp, ~10 ms at start-up); :func:`enter` in a freshly
+forked child then takes ~0.14 ms p50 (four prctl/setrlimit steps and loading the 25-instruction program).
+A pool child pays it in its idle phase, after ``prepare()``: ``scripts/bench_spawn --n 200`` p50 was
+0.59-0.70 ms without and 0.63-0.66 ms with the sandbox (interleaved runs, quiet VM); with the walredo
+worker at 10 ms spacing 0.98 vs 0.96 ms. It shows only when spawns come back to back (the pool child is
+still in its idle phase when the next request arrives: +0.17 ms p50) and for a child forked on request
+because the pool is empty (on the spawn's path: +0.22 ms p50). Each allowed syscall then costs a filter
+run of a few instructions; redo throughput through the manager was unchanged (600 requests: 152 vs 154 ms).
+
 Self-test: ``tests/test_sandbox.py`` runs a worker that enters the policy and then tries open, socket,
 execve, fork, ptrace, kill and reading the template's memory; each attempt must end it with SIGSYS.
 
