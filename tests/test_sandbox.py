@@ -209,6 +209,37 @@ async def test_a_pool_child_is_confined_while_idle_after_its_prepare(proc_guard)
         assert await asyncio.wait_for(child.wait(), 10) == 0
 
 
+async def test_a_key_file_template_keeps_its_generated_key_out_of_children_too(tmp_path, proc_guard):  # noqa: F811
+    """The launcher's own key (generated into the page, written to the key file from there) is not in a
+    child either; the child gets nothing from the launcher's arguments or environment that holds it."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sockdir = proc_guard.watch_dir(str(tmp_path / "tpl"))
+    path = os.path.join(sockdir, "ctl.sock")
+    proc = subprocess.Popen([os.path.join(repo, "scripts", "walredo-template"), "--socket", path, "--worker",
+                             SELF_TEST_WORKER, "--no-sandbox"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            cwd=repo)
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.startswith("walredo-template ready "), line
+        key_file = dict(kv.split("=", 1) for kv in line.split()[2:])["key"]
+        with open(key_file) as f:
+            key = bytes.fromhex(f.read().strip())
+        async with await TemplateClient.connect(path, key=key_file) as client:
+            child = await client.spawn(tenant())
+            reply = await command(child, f"scan {bytes(b ^ 0xFF for b in key).hex()}")
+            assert reply.startswith(b"hits 0"), reply
+            hexed = bytes(b ^ 0xFF for b in key.hex().encode())  # nor its hex form (the key file's text)
+            assert (await command(child, f"scan {hexed.hex()}")).startswith(b"hits 0")
+            child.close()
+            await asyncio.wait_for(child.wait(), 10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        proc.stdout.close()
+
+
 @pytest.mark.parametrize("what", ["connect", "procmem", "signal"])
 async def test_after_entering_the_template_and_siblings_are_out_of_reach(self_test_client, what):
     client = self_test_client
