@@ -26,6 +26,13 @@ from walredo_template.pg.capture import load_capture, page_requests, pages_match
 DEFAULT_CAPTURE = os.path.join(REPO, "tests", "data", "wal-small", "capture.msgpack")
 
 
+def _kind(req) -> str:
+    """The page's kind for the table: its access method (Heap and Heap2 both write heap pages)."""
+    if req.tag.forknum == 2:
+        return "visibility map"
+    return "Heap" if req.rmgr == 9 else RMGRS[req.rmgr].name
+
+
 async def replay_tenant(mgr, tenant, requests, concurrency, wal_log_hints):
     mismatches = []
     queue = iter(requests)
@@ -68,7 +75,7 @@ async def main(args) -> int:
                         f"wal_compression={doc['wal_compression']}"),
         ("pages reconstructed", f"{total} ({records} records applied)"),
         ("pages by access method", ", ".join(f"{k} {v * len(tenants)}" for k, v in sorted(
-            Counter(RMGRS[r.rmgr].name if r.tag.forknum != 2 else "visibility map" for r in requests).items()))),
+            Counter(_kind(r) for r in requests).items()))),
         ("mismatches", str(len(mismatches))),
         ("requests/s", f"{total / elapsed:,.0f} ({records / elapsed:,.0f} records/s, {elapsed:.2f} s)"),
     ]
