@@ -25,12 +25,11 @@ from pathlib import Path
 
 import struct
 
-import msgpack
-
 from walredo_template import BufferTag
-from walredo_template.pg.walreader import group_by_page, read_wal
+from walredo_template.pg.capture import load_capture
 from walredo_template.pg.crc32c import crc32c
-from walredo_template.pg.xlogrecord import decode_record
+from walredo_template.pg.walreader import group_by_page, read_wal
+from walredo_template.pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, decode_record
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "tests" / "data"
 MAIN_FORK = 0
@@ -183,13 +182,11 @@ def find_capture_files(root: Path = DATA_DIR) -> list[Path]:
 
 
 def records_from_capture(path: Path) -> list[tuple[int, int, bytes]]:
-    """The ``(start_lsn, end_lsn, bytes)`` records of a capture file. Raises ``ValueError`` for another
-    format or PostgreSQL version."""
-    with open(path, "rb") as f:
-        doc = msgpack.unpackb(f.read(), raw=False)
-    if doc.get("format") != 1 or doc.get("pg_version") != 15:
-        raise ValueError(f"{path}: not a format-1 PostgreSQL 15 capture")
-    return [(start, end, raw) for start, end, raw in doc["records"]]
+    """The Heap/Heap2 ``(start_lsn, end_lsn, bytes)`` records of a capture file (the inputs stay heap
+    pages, as Neon's bench_walredo inputs are, whatever index records the capture also holds). Raises
+    ``ValueError`` for another format or PostgreSQL version."""
+    doc = load_capture(str(path))
+    return [(start, end, raw) for start, end, raw in doc["records"] if raw[17] in (RM_HEAP2_ID, RM_HEAP_ID)]
 
 
 def inputs_from_records(records, medium_records: int = 200) -> dict[str, RedoInput]:
