@@ -51,7 +51,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
                     before = (await client.stats())["spawns"]
                     t0 = time.perf_counter()
 
-                    async def one() -> float:
+                    async def one(call=call, tenant=tenant, t0=t0) -> float:
                         await call(tenant)
                         return time.perf_counter() - t0
 

@@ -25,7 +25,7 @@ class EchoServer:
         self.client = client
 
     @classmethod
-    async def start(cls) -> "EchoServer":
+    async def start(cls) -> EchoServer:
         """Start the server process (off the measured path) and connect. Raises ``OSError``."""
         proc, parent = await exec_baseline_worker("echo")
         try:
@@ -46,6 +46,6 @@ class EchoServer:
         await self.client.aclose()
         try:
             await asyncio.wait_for(self.proc.wait(), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.kill()
             await self.proc.wait()

@@ -51,7 +51,7 @@ class FramedClient:
         self._reader_task = asyncio.create_task(self._read_loop())
 
     @classmethod
-    async def open(cls, sock: socket.socket) -> "FramedClient":
+    async def open(cls, sock: socket.socket) -> FramedClient:
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         return cls(reader, writer)
 

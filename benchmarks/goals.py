@@ -60,7 +60,8 @@ def evaluate(results: dict[str, dict[str, Any]]) -> list[Goal]:
         excess = {h: max(0.0, g - (floor_max[h] or 0.0)) for h, g in gaps.items()}
         goals.append(Goal("loop stall ≤ 5 ms during template spawns (max 1 ms-ticker gap beyond the idle floor's max)",
                           ", ".join(f"{h:g} GiB: {gaps[h]:.1f} ms (floor {floor_max[h] or float('nan'):.1f}, "
-                                    f"excess {excess[h]:.1f}; loop busy ≤ {tmpl[h]['loop_gap_ms'].get('max_cpu', 0):.1f})"
+                                    f"excess {excess[h]:.1f}; "
+                                    f"loop busy ≤ {tmpl[h]['loop_gap_ms'].get('max_cpu', 0):.1f})"
                                     for h in gaps),
                           max(excess.values()) <= 5.0))
         spread = max(excess.values()) - min(excess.values())

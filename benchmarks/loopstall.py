@@ -20,7 +20,8 @@ class LoopStallProbe:
     them in ms. ``cpu`` holds, per gap, the CPU time the loop thread used during it: a long gap with
     little CPU means the thread was off the CPU (descheduled on a busy machine, or asleep in a blocking
     call); a long gap with as much CPU means it was busy (running a callback, or in the kernel, as in
-    ``fork()`` copying page tables). Entering starts the ticker task; leaving cancels it and waits for it (cancel-safe: leaving
+    ``fork()`` copying page tables). Entering starts the ticker task; leaving cancels it and waits for it
+    (cancel-safe: leaving
     through an exception still stops the task).
     """
 
@@ -41,7 +42,7 @@ class LoopStallProbe:
             self.cpu.append(now_cpu - last_cpu)
             last, last_cpu = now, now_cpu
 
-    async def __aenter__(self) -> "LoopStallProbe":
+    async def __aenter__(self) -> LoopStallProbe:
         self._task = asyncio.create_task(self._tick())
         # Let the ticker take its first timestamp before the measured work starts.
         await asyncio.sleep(0)

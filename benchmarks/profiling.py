@@ -43,7 +43,7 @@ class PySpy:
         self.proc: asyncio.subprocess.Process | None = None
         self.ok = False
 
-    async def __aenter__(self) -> "PySpy":
+    async def __aenter__(self) -> PySpy:
         exe = py_spy_path()
         if exe is None:
             return self
@@ -64,7 +64,7 @@ class PySpy:
             self.proc.send_signal(signal.SIGINT)
         try:
             await asyncio.wait_for(self.proc.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
         self.ok = self.out.exists() and self.out.stat().st_size > 0

@@ -20,10 +20,9 @@ with the project's own WAL reader. ``WALREDO_BENCH_WAL=PATH`` points at another 
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import struct
 
 from walredo_template import BufferTag
 from walredo_template.pg.capture import load_capture
@@ -75,7 +74,6 @@ def strip_check_images(raw: bytes) -> bytes:
     tot_len, xid, prev, info, rmid, _crc = _HDR.unpack_from(raw)
     pos = _HDR.size
     headers = bytearray()
-    payload_parts = []  # (length, keep) per payload piece, in payload order
     main_len = 0
     blocks = []  # (data_len, image_len, keep_image)
     announced = 0

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "child, no manager: where the manager's share of the time shows)")
     p.add_argument("--medium-records", type=int, default=200, help="records in the medium redo")
     p.add_argument("--profile", action="store_true",
-                   help="after the measurements, py-spy the parent and the child: ping at the most clients, medium at 1")
+                   help="after the measurements, py-spy the parent and the child: ping at the most clients, "
+                        "medium at 1")
     p.add_argument("--keep-check-images", action="store_true",
                    help="send the records as captured, with their wal_consistency_checking images")
 
@@ -119,7 +120,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
                     continue
                 calls[name] = call
             await closed_loop(echo.ping, 1, min(0.2, seconds))  # warm both paths up
-            for name, call in calls.items():
+            for call in calls.values():
                 await closed_loop(call, 1, min(0.2, seconds))
             for n in clients:
                 log(f"walredo: {n} client(s)")

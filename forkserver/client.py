@@ -488,7 +488,7 @@ class TemplateClient:
     async def launch(cls, worker: str = DEFAULT_WORKER, *, python: str | None = None,
                      start_timeout: float = 30.0, spawn_timeout: float = 10.0, sandbox: bool = True,
                      child_user: str | None = None, child_memory_limit: int | None = None,
-                     pool: int | None = None) -> "TemplateClient":
+                     pool: int | None = None) -> TemplateClient:
         """Start a template we own (from an executor thread) and connect to it.
 
         The template gets a fresh 32-byte key over an inherited pipe whose EOF later tells it we died (it
@@ -536,7 +536,7 @@ class TemplateClient:
 
     @classmethod
     async def connect(cls, socket_path: str | os.PathLike, *, key: bytes | str | os.PathLike,
-                      timeout: float = 10.0, spawn_timeout: float = 10.0) -> "TemplateClient":
+                      timeout: float = 10.0, spawn_timeout: float = 10.0) -> TemplateClient:
         """Connect to a template started by ``walredo-template``.
 
         ``key`` is the raw 32-byte key, or the path of the key file the launcher wrote (hex). No restart:
@@ -635,7 +635,7 @@ class TemplateClient:
             self._close_task = self._loop.create_task(self._shutdown())
         await asyncio.shield(self._close_task)
 
-    async def __aenter__(self) -> "TemplateClient":
+    async def __aenter__(self) -> TemplateClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -70,7 +70,6 @@ import re
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Union
 
 import msgpack
 
@@ -167,7 +166,7 @@ class BadRequest:
     message: str
 
 
-Message = Union[Challenge, Auth, Welcome, Spawn, Spawned, Error, Exited, StatsRequest, StatsReply]
+Message = Challenge | Auth | Welcome | Spawn | Spawned | Error | Exited | StatsRequest | StatsReply
 
 # wire type -> (fd count, {field: allowed types}); the single table both encoder and decoder obey.
 _INT = (int,)

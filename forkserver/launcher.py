@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", default=DEFAULT_WORKER, help="MODULE:FUNCTION run as main(sock, tenant)")
     parser.add_argument(
         "--pool", type=int, default=None,
-        help="children kept pre-forked, waiting for a tenant (default: $WALREDO_TEMPLATE_POOL or 1; 0 = fork on request)",
+        help="children kept pre-forked, waiting for a tenant "
+             "(default: $WALREDO_TEMPLATE_POOL or 1; 0 = fork on request)",
     )
     parser.add_argument("--child-memory-limit", type=int, default=None, metavar="MIB",
                         help="each child's address-space limit in MiB (default 256; 0 = none)")

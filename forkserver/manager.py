@@ -51,8 +51,8 @@ from .errors import (
 )
 from .metrics import Outcome, RedoMetrics, StopCause
 from .oncecell import OnceCell
-from .sandbox import EXIT_MEMORY_LIMIT
 from .process import ProcessState, WalRedoProcess
+from .sandbox import EXIT_MEMORY_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +452,8 @@ class WalRedoManager:
             process = cell.get()
             if process is None or not process.in_flight:
                 continue
-            expired = process.expire(sent_before, lambda: self._timeout_error(tenant_id, process.pid))
+            expired = process.expire(sent_before,
+                                     lambda t=tenant_id, p=process.pid: self._timeout_error(t, p))
             if expired:
                 total += expired
                 self._retire(cell, process, StopCause.TIMEOUT)

@@ -8,10 +8,10 @@ parent end of the child's socketpair —, ``kill(sig)`` and ``async wait()``) an
 Pipelining: a caller queues its request's slot in a FIFO and its frame in the output buffer in one
 synchronous step, so frame order on the wire always equals slot order; frames queued during one loop
 iteration leave in one ``send`` on the next (corking: 64 callers woken by one batch of responses cost
-one syscall, and the child reads them in one ``recv``). The child answers in order. One reader — a loop reader callback on the socket, so there is no task to
-leak or cancel — decodes responses and resolves slots front to back. A caller cancelled mid-request
-leaves its slot in the FIFO: its response is still read and dropped, so the stream stays in sync for
-everyone else.
+one syscall, and the child reads them in one ``recv``). The child answers in order. One reader — a loop reader
+callback on the socket, so there is no task to leak or cancel — decodes responses and resolves slots front to
+back. A caller cancelled mid-request leaves its slot in the FIFO: its response is still read and dropped, so
+the stream stays in sync for everyone else.
 
 Failure: if the stream breaks (EOF, reset, an undecodable or unexpected response) the process becomes
 BROKEN — every pending and later request raises :class:`~forkserver.errors.ProcessBroken`, the child is

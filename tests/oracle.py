@@ -6,8 +6,8 @@ scripts/capture-wal and scripts/bench_redo. Harness side only: nothing here runs
 :func:`replay` walks the records in WAL order the way a standby replays them, keeping the engine's own
 state of every page of the relations the WAL touches through the rmgrs it is asked to follow (heap and
 visibility-map pages by default; index, sequence and generic-WAL pages with ``pgcluster.ALL_RMGRS``). Each
-record of those rmgrs is applied to every page it touches (its block references and the VM pages whose bits it clears without
-referencing them, :func:`walredo_template.pg.walreader.pages_touched`), XLOG FPI / FPI_FOR_HINT to their
+record of those rmgrs is applied to every page it touches (its block references and the VM pages whose bits it clears
+without referencing them, :func:`walredo_template.pg.walreader.pages_touched`), XLOG FPI / FPI_FOR_HINT to their
 blocks, one ``apply_records`` call per record and page, each from the engine's previous result for that
 page. Where a record carries PostgreSQL's consistency image of the page (``wal_consistency_checking``: an
 image not flagged for apply), the engine's page and that image are compared masked by the record's rmgr
@@ -19,8 +19,8 @@ kept per record kind (:func:`record_kind`: ``Heap/UPDATE [block 1]``, ``Heap2/VI
 Where a page's state starts:
 
 - a record that initializes it or carries an image to apply starts it;
-- a page from before the capture (e.g. a catalog index page), first touched by a record without either, is *seeded* from that
-  record's consistency image (counted in ``seeded``, not compared); without one it stays unknown
+- a page from before the capture (e.g. a catalog index page), first touched by a record without either, is *seeded*
+  from that record's consistency image (counted in ``seeded``, not compared); without one it stays unknown
   (``not_started``) until a later record supplies it;
 - a VM page referenced by a block (Heap2/VISIBLE) with no known state is redone from no page, which the
   engine reads as an initialized empty VM page as PostgreSQL's visibility map code does, and then
@@ -394,8 +394,8 @@ def report(name: str, res: OracleResult, *, limit: int = 20) -> str:
                      f"exempt, {disk.gone} of relations no longer on disk, {len(disk.missing)} past a "
                      f"relation's end, {len(disk.not_rebuilt)} workload pages not rebuilt")
         for tag, what in disk.mismatches[:limit]:
-            lines.append(f"    DISK MISMATCH {tuple(tag)} ({record_name(res.page_rmgr.get(tag, 10), 0).split('/')[0]}): "
-                         f"{what}")
+            rmgr = record_name(res.page_rmgr.get(tag, RM_HEAP_ID), 0).split("/")[0]
+            lines.append(f"    DISK MISMATCH {tuple(tag)} ({rmgr}): {what}")
         for tag, a, b in disk.lsn_mismatches[:limit]:
             lines.append(f"    DISK LSN {tuple(tag)}: engine {a} disk {b}")
     return "\n".join(lines)

@@ -173,7 +173,7 @@ class PgCluster:
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
 
-    def __enter__(self) -> "PgCluster":
+    def __enter__(self) -> PgCluster:
         try:
             self.start()
         except BaseException:
@@ -387,7 +387,7 @@ class ClusterConfig:
     # tests/workloads/<name>.sql run after it, in this order; None: every one there, sorted by name
     index_workloads: tuple[str, ...] | None = ()
 
-    def run(self, cluster: "PgCluster") -> None:
+    def run(self, cluster: PgCluster) -> None:
         if self.standard_workload:
             run_workload(cluster, rows=self.rows, pgbench_transactions=self.pgbench_transactions,
                          pgbench_init_steps=self.pgbench_init_steps, vacuum_accounts=self.vacuum_accounts)
@@ -406,14 +406,14 @@ def index_workload_names() -> tuple[str, ...]:
     return tuple(sorted(f[:-4] for f in os.listdir(WORKLOADS_DIR) if f.endswith(".sql")))
 
 
-def run_index_workload(cluster: "PgCluster", name: str) -> None:
+def run_index_workload(cluster: PgCluster, name: str) -> None:
     """Run tests/workloads/<name>.sql (psql, stops at the first error) and then a CHECKPOINT."""
     with open(os.path.join(WORKLOADS_DIR, name + ".sql")) as f:
         cluster.psql(f.read())
     cluster.psql("CHECKPOINT")
 
 
-def index_config(name: str, *, workloads: tuple[str, ...] | None = None, **kw: object) -> "ClusterConfig":
+def index_config(name: str, *, workloads: tuple[str, ...] | None = None, **kw: object) -> ClusterConfig:
     """A configuration that runs only access-method workloads (all of tests/workloads by default) with
     ``wal_consistency_checking = 'all'`` and replays every rmgr."""
     return ClusterConfig(name, consistency="all", rmgrs=ALL_RMGRS, standard_workload=False,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from oracle import compare_disk, mask_page, replay
 from pgcluster import ALL_RMGRS
+
 from walredo_template import BufferTag
 from walredo_template.pg.capture import disk_is_wal_state, load_capture
 from walredo_template.pg.xlogrecord import decode_record

@@ -11,10 +11,10 @@ import time
 
 import psutil
 import pytest
+from proc_guard import proc_guard  # noqa: F401  (fixture)
 
 from forkserver import ChildHandle, InvalidTenantId, ProtocolError, TemplateClient, TemplateUnavailable
 from forkserver.client import ChildState
-from proc_guard import proc_guard  # noqa: F401  (fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = "tests.echo_worker:main"

@@ -12,8 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forkserver import control
-from forkserver.control import (BadRequest, ControlConnection, Error, FrameDecoder, Role, Spawn, Spawned,
-                                State, StatsRequest)
+from forkserver.control import (
+    BadRequest,
+    ControlConnection,
+    Error,
+    FrameDecoder,
+    Role,
+    Spawn,
+    Spawned,
+    State,
+    StatsRequest,
+)
 from forkserver.errors import InvalidTenantId, ProtocolError
 
 KEY = bytes(range(32))

@@ -17,6 +17,8 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pgcluster import INDEX_CONFIG_NAMES
+from recordbuilder import Block, build_record, finish_record
 
 from walredo_template import BufferTag
 from walredo_template.pg import generic as G
@@ -24,8 +26,6 @@ from walredo_template.pg import page as P
 from walredo_template.pg.errors import BlockNotReferenced, InvalidPage, InvalidRecord, RedoError, UnsupportedRecord
 from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import RMGRS, apply_records
-from pgcluster import INDEX_CONFIG_NAMES
-from recordbuilder import Block, build_record, finish_record
 
 PREFIX = G.NAME + "/"
 TAG = BufferTag(1663, 5, 41000, 0, 3)

@@ -16,7 +16,6 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from pgcluster import INDEX_CONFIG_NAMES
 from recordbuilder import Block, build_record
 

@@ -10,9 +10,9 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from pgcluster import INDEX_CONFIG_NAMES
 from recordbuilder import Block, build_record
+
 from walredo_template import BufferTag
 from walredo_template.pg import hash as hashredo
 from walredo_template.pg import hash_page as H

@@ -10,7 +10,6 @@ page's LSN. The default workload includes partition moves and TOAST tables (``pg
 from __future__ import annotations
 
 import pytest
-
 from oracle import replay
 
 from walredo_template.pg import heapam

@@ -11,8 +11,8 @@ engine's final reconstruction, with the same LSN. Counts per record kind are pri
 from __future__ import annotations
 
 import pytest
-
 from oracle import VM_FORK, truncate_vm_page
+
 from walredo_template import BufferTag
 from walredo_template.pg.walreader import format_lsn
 

@@ -10,7 +10,6 @@ per record kind are printed (``pytest -s``); the access methods' own tests asser
 from __future__ import annotations
 
 import pytest
-
 from oracle import report
 from pgcluster import INDEX_CONFIG_NAMES
 

@@ -9,9 +9,9 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from walredo_child import fork_child
 
 from forkserver import ProcessBroken, ProcessClosed, ProcessState, RedoFailed, WalRedoProcess
-from walredo_child import fork_child
 from walredo_template import BufferTag, worker
 from walredo_template import protocol as p
 from walredo_template.pg import errors as pg_errors

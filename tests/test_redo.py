@@ -8,6 +8,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from recordbuilder import Block, build_record
 
 from walredo_template import BufferTag
 from walredo_template.pg import page as P
@@ -21,7 +22,6 @@ from walredo_template.pg.errors import (
 )
 from walredo_template.pg.mask import mask_heap_page
 from walredo_template.pg.xlogrecord import decode_record
-from recordbuilder import Block, build_record
 from walredo_template.redo import apply_records
 
 
@@ -60,7 +60,9 @@ def test_visible_stamps_heap_lsn_only_with_hint_logging(cases):
 
 def test_applied_image_replaces_the_page_and_skips_redo(cases):
     tag, base, end, raw, _k = _first(
-        cases, lambda c: c[4][0] == 10 and any(b.apply_image and b.tag == c[0] for b in decode_record(c[3]).blocks.values()))
+        cases,
+        lambda c: c[4][0] == 10 and any(b.apply_image and b.tag == c[0] for b in decode_record(c[3]).blocks.values()),
+    )
     rec = decode_record(raw)
     blk = next(b for b in rec.blocks.values() if b.tag == tag)
     out = apply_records(tag, None, [(end, raw)])

@@ -5,9 +5,9 @@ for the reason listed here; and no record PostgreSQL wrote in the captures is re
 from __future__ import annotations
 
 import pytest
-
 from pgcluster import INDEX_CONFIG_NAMES
 from recordbuilder import Block, build_record
+
 from walredo_template import BufferTag
 from walredo_template.pg.errors import UnsupportedRecord
 from walredo_template.pg.xlogrecord import decode_record

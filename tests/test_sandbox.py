@@ -12,11 +12,11 @@ import struct
 import sys
 
 import pytest
+from proc_guard import proc_guard  # noqa: F401  (fixture)
+from recordbuilder import _HDR, finish_record
 
 from forkserver import RedoFailed, RedoProcessFailed, TemplateClient, WalRedoManager, sandbox
 from forkserver.client import ChildHandle
-from proc_guard import proc_guard  # noqa: F401  (fixture)
-from recordbuilder import _HDR, finish_record
 from walredo_template import BufferTag
 from walredo_template.pg.page import page_init
 

@@ -16,6 +16,8 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pgcluster import INDEX_CONFIG_NAMES
+from recordbuilder import Block, build_record, finish_record
 
 from walredo_template import BufferTag
 from walredo_template.pg import page as P
@@ -23,8 +25,6 @@ from walredo_template.pg import sequence as S
 from walredo_template.pg.errors import BlockNotReferenced, InvalidRecord, RedoError, UnsupportedRecord
 from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import RMGRS, apply_records
-from pgcluster import INDEX_CONFIG_NAMES
-from recordbuilder import Block, build_record, finish_record
 
 PREFIX = S.NAME + "/"
 SEQ_LOG_VALS = 32

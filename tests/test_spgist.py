@@ -20,6 +20,8 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pgcluster import INDEX_CONFIG_NAMES
+from recordbuilder import Block, build_record
 
 from walredo_template import BufferTag
 from walredo_template.pg import indexpage as IP
@@ -29,8 +31,6 @@ from walredo_template.pg import spgist_page as S
 from walredo_template.pg.errors import BlockNotReferenced, InvalidRecord, RedoError, UnsupportedRecord
 from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import apply_records
-from pgcluster import INDEX_CONFIG_NAMES
-from recordbuilder import Block, build_record
 
 PREFIX = G.NAME + "/"
 RM = G.RM_ID

@@ -11,11 +11,11 @@ import time
 
 import psutil
 import pytest
+from proc_guard import proc_guard  # noqa: F401  (fixture)
 
 from forkserver import control, fdpass
 from forkserver.control import ControlConnection, Role
 from forkserver.errors import ProtocolError
-from proc_guard import proc_guard  # noqa: F401  (fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = "tests.echo_worker:main"

@@ -46,7 +46,7 @@ def test_end_lsns_chain_and_are_aligned(default_capture):
     recs = default_capture.records
     ps, ss = default_capture.page_size, default_capture.segment_size
     crossing_pages = crossing_segments = 0
-    for (s, e, raw), (s2, _e2, _r2) in zip(recs, recs[1:]):
+    for (s, e, _raw), (s2, _e2, _r2) in zip(recs, recs[1:]):
         assert e % 8 == 0 and e > s
         # The next record starts at our end, or just past the page header if we ended on a page boundary.
         if e % ps == 0:
@@ -65,7 +65,7 @@ def test_group_by_page_matches_block_refs(default_capture):
     recs = default_capture.records[:5000]
     groups = group_by_page(recs)
     total_refs = 0
-    for s, e, raw in recs:
+    for _s, e, raw in recs:
         rec = decode_record(raw)
         for b in rec.blocks.values():
             assert (e, raw) in groups[b.tag]

@@ -4,8 +4,8 @@ import socket
 import struct
 
 import pytest
-
 from walredo_child import fork_child
+
 from walredo_template import BufferTag, worker
 from walredo_template import protocol as p
 from walredo_template.pg import errors as pg_errors

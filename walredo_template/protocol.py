@@ -74,7 +74,7 @@ import enum
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import msgpack
 
@@ -181,8 +181,8 @@ class Oversized:
     bound: int
 
 
-Request = Union[Ping, Redo]
-Response = Union[Pong, Page, Error]
+Request = Ping | Redo
+Response = Pong | Page | Error
 
 
 # ------------------------------------------------------------------------------------------- encoding

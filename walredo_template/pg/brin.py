@@ -46,8 +46,16 @@ import struct
 
 from . import indexpage as IP
 from . import page as P
-from .bufmgr import RedoContext, block_data, finish, main_struct, page_for_redo, read_for_redo
-from .bufmgr import referenced_block, unsupported
+from .bufmgr import (
+    RedoContext,
+    block_data,
+    finish,
+    main_struct,
+    page_for_redo,
+    read_for_redo,
+    referenced_block,
+    unsupported,
+)
 from .errors import InvalidPage, InvalidRecord
 from .mask import mask_page_hint_bits, mask_page_lsn_and_checksum, mask_unused_space
 from .xlogrecord import BlockRef, DecodedRecord

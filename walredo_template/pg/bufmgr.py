@@ -115,7 +115,9 @@ def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = Fal
         ctx.checked = True  # the caller PageInits it
         return BLK_NEEDS_REDO
     if page is None:
-        raise InvalidPage("no base image, and the first record for the page neither initializes it nor carries an image")
+        raise InvalidPage(
+            "no base image, and the first record for the page neither initializes it nor carries an image"
+        )
     hi, lo = P.LSN.unpack_from(page)
     if (hi << 32 | lo) >= lsn:
         return BLK_DONE

@@ -54,13 +54,30 @@ from collections.abc import Callable
 
 from . import gin_posting as GP
 from .bufmgr import (
-    BLK_RESTORED, RedoContext, finish, main_struct, page_for_redo, read_for_redo, referenced_block, unsupported,
+    BLK_RESTORED,
+    RedoContext,
+    finish,
+    main_struct,
+    page_for_redo,
+    read_for_redo,
+    referenced_block,
+    unsupported,
 )
 from .errors import InvalidPage, InvalidRecord
 from .indexpage import add_item, delete_item, item_span
 from .mask import mask_page_hint_bits, mask_page_lsn_and_checksum, mask_unused_space
 from .page import (
-    _LU, BLCKSZ, OFF_LOWER, OFF_PRUNE_XID, OFF_SPECIAL, OFF_UPPER, SIZE_OF_PAGE_HEADER, U16, U32, lp_array, page_init,
+    _LU,
+    BLCKSZ,
+    OFF_LOWER,
+    OFF_PRUNE_XID,
+    OFF_SPECIAL,
+    OFF_UPPER,
+    SIZE_OF_PAGE_HEADER,
+    U16,
+    U32,
+    lp_array,
+    page_init,
 )
 from .xlogrecord import BlockRef, DecodedRecord
 

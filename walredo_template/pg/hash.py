@@ -63,8 +63,16 @@ from . import hash_page as H
 from . import indexpage as IP
 from . import page as P
 from .bufmgr import (
-    BLK_DONE, BLK_NEEDS_REDO, BLK_RESTORED, RedoContext, block_data, finish, main_struct, read_for_redo,
-    referenced_block, unsupported,
+    BLK_DONE,
+    BLK_NEEDS_REDO,
+    BLK_RESTORED,
+    RedoContext,
+    block_data,
+    finish,
+    main_struct,
+    read_for_redo,
+    referenced_block,
+    unsupported,
 )
 from .errors import InvalidRecord
 from .xlogrecord import BlockRef, DecodedRecord

@@ -43,8 +43,8 @@ from . import page as P
 from . import visibilitymap as VM
 from .bufmgr import BLK_NEEDS_REDO, RedoContext, read_for_redo, restore_image
 from .bufmgr import block_matches as _matches
-from .errors import BlockNotReferenced, InvalidPage, InvalidRecord, UnsupportedRecord
-from .xlogrecord import BlockRef, DecodedRecord, RM_HEAP2_ID, RM_HEAP_ID
+from .errors import BlockNotReferenced, InvalidRecord, UnsupportedRecord
+from .xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, BlockRef, DecodedRecord
 
 MAIN_FORKNUM = 0
 VISIBILITYMAP_FORKNUM = 2
@@ -855,7 +855,7 @@ def redo_heap_record(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         )
     blknum = tag.blknum
     relnode = tag.relnode
-    for block_id, blk in rec.blocks.items():
+    for block_id, blk in rec.blocks.items():  # noqa: B007 (block_id is used after the loop)
         if (blk.blkno == blknum and blk.relnode == relnode and blk.forknum == tag.forknum
                 and blk.dbnode == tag.dbnode and blk.spcnode == tag.spcnode):
             break

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from .errors import InvalidPage, InvalidRecord
 from .page import (
+    _BOUNDS,
+    _LU,
     BLCKSZ,
     LP_NORMAL,
     LP_UNUSED,
@@ -28,8 +30,6 @@ from .page import (
     SIZEOF_ITEMID,
     U16,
     U32,
-    _BOUNDS,
-    _LU,
     lp_array,
 )
 

@@ -20,7 +20,11 @@ from __future__ import annotations
 
 from .errors import InvalidPage
 from .page import (
+    _BOUNDS,
     BLCKSZ,
+    CTID,
+    LP_NORMAL,
+    LSN,
     OFF_CHECKSUM,
     OFF_FLAGS,
     OFF_PRUNE_XID,
@@ -31,12 +35,8 @@ from .page import (
     T_CID,
     T_CTID,
     T_INFOMASK,
-    CTID,
     U16,
     U32,
-    LSN,
-    LP_NORMAL,
-    _BOUNDS,
 )
 
 HEAP_XACT_MASK = 0xFFF0

@@ -17,7 +17,7 @@ Two kinds of change reach a VM page during redo:
 
 from __future__ import annotations
 
-from .page import SIZE_OF_PAGE_HEADER, BLCKSZ
+from .page import BLCKSZ, SIZE_OF_PAGE_HEADER
 
 MAPSIZE = BLCKSZ - SIZE_OF_PAGE_HEADER  # MAXALIGN(SizeOfPageHeaderData) == 24
 HEAPBLOCKS_PER_BYTE = 4
