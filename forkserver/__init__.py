@@ -3,11 +3,38 @@
 The public API is re-exported here; each name lives in the module named for what it does. The exports
 are resolved lazily (PEP 562): the template process imports ``forkserver.template`` and must not drag in
 asyncio, prometheus_client and the manager, which would add ~8 MiB to the template and to every fork.
+A type checker does not run ``__getattr__``: the ``TYPE_CHECKING`` imports below give it every public name
+with its real type (they are never executed, so the template still imports nothing it does not need).
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 from walredo_template import BufferTag
+
+if TYPE_CHECKING:
+    # Listed in __all__, so these are explicit re-exports (mypy --strict allows no implicit ones).
+    from .client import ChildHandle, TemplateClient
+    from .errors import (
+        CellClosed,
+        ForkServerError,
+        InitAborted,
+        InvalidTenantId,
+        ManagerClosed,
+        ProcessBroken,
+        ProcessClosed,
+        ProtocolError,
+        RedoFailed,
+        RedoProcessFailed,
+        RedoTimeout,
+        SpawnRefused,
+        TemplateError,
+        TemplateUnavailable,
+        UsageError,
+    )
+    from .manager import ProcessInfo, WalRedoManager
+    from .oncecell import OnceCell
+    from .process import ProcessState, ProcessStats, WalRedoProcess
 
 _EXPORTS = {
     # once-cell
@@ -40,10 +67,36 @@ _EXPORTS = {
     "WalRedoManager": "manager",
 }
 
-__all__ = ["BufferTag", *sorted(_EXPORTS)]
+# A literal list, so that type checkers and linters read it (it is BufferTag plus every key of _EXPORTS).
+__all__ = [
+    "BufferTag",
+    "CellClosed",
+    "ChildHandle",
+    "ForkServerError",
+    "InitAborted",
+    "InvalidTenantId",
+    "ManagerClosed",
+    "OnceCell",
+    "ProcessBroken",
+    "ProcessClosed",
+    "ProcessInfo",
+    "ProcessState",
+    "ProcessStats",
+    "ProtocolError",
+    "RedoFailed",
+    "RedoProcessFailed",
+    "RedoTimeout",
+    "SpawnRefused",
+    "TemplateClient",
+    "TemplateError",
+    "TemplateUnavailable",
+    "UsageError",
+    "WalRedoManager",
+    "WalRedoProcess",
+]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'forkserver' has no attribute {name!r}")
@@ -52,5 +105,5 @@ def __getattr__(name: str):
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))

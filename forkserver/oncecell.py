@@ -33,6 +33,7 @@ import asyncio
 import enum
 import inspect
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Generic, TypeVar
 
 from .errors import CellClosed, InitAborted
@@ -55,7 +56,7 @@ class _Failed:
 
     __slots__ = ("exc", "tb")
 
-    def __init__(self, exc: Exception, tb: object) -> None:
+    def __init__(self, exc: Exception, tb: TracebackType | None) -> None:
         self.exc = exc
         self.tb = tb
 
@@ -72,8 +73,9 @@ class OnceCell(Generic[T]):
     def __init__(self, dispose: Callable[[T], object] | None = None) -> None:
         self._dispose = dispose
         self._value: object = _NOTHING
-        # The in-flight attempt. Held strongly: asyncio keeps only weak references to tasks.
-        self._attempt: asyncio.Task[T] | None = None
+        # The in-flight attempt. Held strongly: asyncio keeps only weak references to tasks. Its result is
+        # the value or a _Failed record (see _run_attempt).
+        self._attempt: asyncio.Task[T | _Failed] | None = None
         self._closed = False
         # One private future per waiter blocked on the attempt; all are resolved when the attempt ends, and
         # by close() so that waiters wake up with CellClosed at once.
@@ -186,14 +188,14 @@ class OnceCell(Generic[T]):
                     raise exc.with_traceback(tb)
                 finally:
                     # Break the frame -> exception -> traceback -> frame cycle: nothing retained.
-                    exc = tb = None
+                    del exc, tb
             if self._value is outcome:
                 return outcome
             # Taken (or replaced) between the attempt finishing and this waiter running: start over rather
             # than hand out a value the cell no longer holds.
             del outcome
 
-    def _start_attempt(self, factory: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+    def _start_attempt(self, factory: Callable[[], Awaitable[T]]) -> asyncio.Task[T | _Failed]:
         self._generation += 1
         attempt = asyncio.get_running_loop().create_task(
             self._run_attempt(factory), name=f"oncecell-attempt-{self._generation}"
