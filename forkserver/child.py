@@ -34,7 +34,8 @@ The key of the template's control socket is not in a child's memory: it lives in
 
 from __future__ import annotations
 
-import _signal
+# The C module behind `signal` (plain ints in and out, see _reset_plan); typeshed has no stub for it.
+import _signal  # type: ignore[import-not-found]
 import atexit
 import fcntl
 import os
@@ -237,8 +238,8 @@ def plan_signal_reset() -> None:
     _reset_plan = _compute_plan()
 
 
-def _compute_plan() -> list[tuple[int, object]]:
-    plan = []
+def _compute_plan() -> list[tuple[int, int]]:
+    plan: list[tuple[int, int]] = []
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -261,7 +262,7 @@ def _default_signals() -> None:
 
 # Python objects that wrapped fds we closed: kept alive forever so that no later garbage collection closes
 # an fd number the worker has reused meanwhile.
-_kept_alive: list = []
+_kept_alive: list[object] = []
 
 
 def _rebind_stdio() -> None:

@@ -69,7 +69,9 @@ import os
 import re
 import struct
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -81,7 +83,7 @@ __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_FRAME_UNAUTHENTICATED", "KEY_SIZE", "TENANT_RE",
     "Role", "State", "Challenge", "Auth", "Welcome", "Spawn", "Spawned", "Error", "Exited",
     "StatsRequest", "StatsReply", "BadRequest", "ControlConnection", "FrameDecoder",
-    "encode", "decode", "validate_tenant", "validate_options",
+    "encode", "decode", "validate_tenant", "validate_options", "OptionValue", "Options",
 ]
 
 PROTOCOL_VERSION = 1
@@ -97,6 +99,9 @@ _WELCOME_LABEL = b"walredo-template/1 welcome"
 
 
 # --------------------------------------------------------------------------------------------- messages
+
+OptionValue = None | bool | int | float | str | bytes
+Options = dict[str, OptionValue]  # spawn options, as validate_options() accepts them
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,8 @@ class Welcome:
 class Spawn:
     request_id: int
     tenant: str
-    options: dict
+    # As decoded from the wire (any msgpack map): the template checks it with validate_options().
+    options: dict[Any, Any]
     fd: int  # the child's end of the socketpair (owned by whoever holds this message)
 
 
@@ -153,7 +159,7 @@ class StatsRequest:
 @dataclass(frozen=True)
 class StatsReply:
     request_id: int
-    stats: dict
+    stats: dict[str, Any]  # any msgpack map (the template sends ints and bools)
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,7 @@ Message = Challenge | Auth | Welcome | Spawn | Spawned | Error | Exited | StatsR
 
 # wire type -> (fd count, {field: allowed types}); the single table both encoder and decoder obey.
 _INT = (int,)
-_SCHEMA: dict[str, tuple[int, dict[str, tuple]]] = {
+_SCHEMA: dict[str, tuple[int, dict[str, tuple[type, ...]]]] = {
     "challenge": (0, {"v": _INT, "nonce": (bytes,)}),
     "auth": (0, {"mac": (bytes,), "nonce": (bytes,)}),
     "welcome": (0, {"mac": (bytes,), "pid": _INT}),
@@ -190,7 +196,7 @@ def validate_tenant(tenant: object) -> str:
     return tenant
 
 
-def validate_options(options: object) -> dict:
+def validate_options(options: object) -> Options:
     """Return ``options`` if it is a map of at most 32 str keys to simple values; raise ``ValueError``
     (``TypeError`` for a non-dict) otherwise. Floats must be finite."""
     if not isinstance(options, dict):
@@ -330,7 +336,7 @@ class FrameDecoder:
     def pending_fds(self) -> int:
         return sum(len(b.fds) for b in self._batches)
 
-    def feed(self, data: bytes, fds: list[int] = ()) -> None:
+    def feed(self, data: bytes, fds: Sequence[int] = ()) -> None:
         """Add a received chunk and the fds that came with it; the decoder owns the fds from now on.
 
         Errors: :class:`ProtocolError` ``bad-fds`` if fds came without data or too many batches are pending
@@ -486,7 +492,7 @@ class ControlConnection:
             raise RuntimeError(f"{self.role.value} does not send {type(msg).__name__}")
         self._out.append(encode(msg))
 
-    def receive_data(self, data: bytes, fds: list[int] = ()) -> None:
+    def receive_data(self, data: bytes, fds: Sequence[int] = ()) -> None:
         """Feed received bytes and the fds that came with them; the connection owns the fds from now on.
         (At EOF the caller just calls :meth:`close`: a partial frame is dropped with its fds.)"""
         if self.state is State.CLOSED:
@@ -535,7 +541,7 @@ class ControlConnection:
             # Best effort: tell the peer why we are hanging up (the caller may or may not send it).
             self._out.append(encode(Error(err.request_id, err.code, err.message)))
 
-    def _handle(self, msg: Message) -> Message | None:
+    def _handle(self, msg: Message) -> Message | BadRequest | None:
         if self.state is State.READY:
             if isinstance(msg, self._receives):
                 return msg

@@ -28,6 +28,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 import setproctitle
 
@@ -38,13 +39,13 @@ from forkserver.template import Template, prepare_socket_dir
 DEFAULT_WORKER = "walredo_template.worker:main"
 
 
-def load_worker(spec: str):
+def load_worker(spec: str) -> Callable[..., object]:
     """Import ``module:function`` and return the function. Errors: ``ValueError`` for a malformed spec,
     ``ImportError`` / ``AttributeError`` when it does not resolve, ``TypeError`` if it is not callable."""
     module, sep, func = spec.partition(":")
     if not sep or not module or not func:
         raise ValueError(f"worker must be MODULE:FUNCTION, got {spec!r}")
-    obj = importlib.import_module(module)
+    obj: object = importlib.import_module(module)
     for part in func.split("."):
         obj = getattr(obj, part)
     if not callable(obj):
@@ -64,7 +65,7 @@ def _write_key_file(path: str, key: Key) -> None:
         os.close(fd)
 
 
-def _policy(args, fail) -> sandbox.Policy | None | int:
+def _policy(args: argparse.Namespace, fail: Callable[[int, str], int]) -> sandbox.Policy | None | int:
     """The children's policy from the flags, or an exit code after reporting why it cannot be had."""
     user = None
     if args.child_user is not None:
@@ -81,7 +82,7 @@ def _policy(args, fail) -> sandbox.Policy | None | int:
               "resource limits and no-new-privileges; every child can open files, connect and exec as "
               f"uid {user.uid if user else os.geteuid()}. For debugging only.", file=sys.stderr, flush=True)
         return sandbox.Policy(seccomp=False, memory_limit=None, user=user) if user else None
-    limit = sandbox.DEFAULT_MEMORY_LIMIT
+    limit: int | None = sandbox.DEFAULT_MEMORY_LIMIT
     if args.child_memory_limit is not None:
         limit = args.child_memory_limit << 20 if args.child_memory_limit else None
     return sandbox.Policy(seccomp=True, memory_limit=limit, user=user)

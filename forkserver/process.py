@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from walredo_template import protocol
 from walredo_template.protocol import SUPPORTED_PG_VERSION
@@ -54,12 +54,13 @@ _thread_state = threading.local()
 
 
 def _recv_buffer() -> tuple[bytearray, memoryview]:
+    state: tuple[bytearray, memoryview]
     try:
-        return _thread_state.recv_buffer
+        state = _thread_state.recv_buffer
     except AttributeError:
         buf = bytearray(RECV_SIZE)
-        _thread_state.recv_buffer = (buf, memoryview(buf))
-        return _thread_state.recv_buffer
+        state = _thread_state.recv_buffer = (buf, memoryview(buf))
+    return state
 
 
 class ChildHandleLike(Protocol):
@@ -89,7 +90,7 @@ class _Slot:
 
     __slots__ = ("kind", "id", "future", "sent_at")
 
-    def __init__(self, kind: _Kind, id: int, future: asyncio.Future[Any], sent_at: float) -> None:
+    def __init__(self, kind: _Kind, id: int, future: asyncio.Future[bytes | None], sent_at: float) -> None:
         self.kind = kind
         self.id = id
         self.future = future
@@ -206,7 +207,9 @@ class WalRedoProcess:
         its arguments before it has a process. Raises ``FrameTooLarge`` before any I/O, then as
         :meth:`redo`. Cancellation: as :meth:`redo`.
         """
-        return await self._request(_Kind.REDO, request.frame)
+        page = await self._request(_Kind.REDO, request.frame)
+        assert page is not None  # a redo slot is only ever resolved with a Page's bytes (_dispatch)
+        return page
 
     def close(self) -> None:
         """Stop the process now, without waiting: fail pending requests with ``ProcessClosed``, close the
@@ -262,7 +265,8 @@ class WalRedoProcess:
 
     # ------------------------------------------------------------------ requests
 
-    async def _request(self, kind: _Kind, frame_for: Any) -> Any:
+    async def _request(self, kind: _Kind, frame_for: Callable[[int], bytes]) -> bytes | None:
+        # The result is None for a ping and the page for a redo (see _dispatch).
         rid = self._next_id
         self._next_id = (rid + 1) & 0xFFFF_FFFF_FFFF_FFFF
         # Encoding validates a redo's arguments (TypeError/ValueError) before the slot is queued, so a bad
@@ -270,7 +274,7 @@ class WalRedoProcess:
         frame = frame_for(rid)
         if self._state is not ProcessState.RUNNING:
             raise self._fresh_error()
-        fut = self._loop.create_future()
+        fut: asyncio.Future[bytes | None] = self._loop.create_future()
         # Queue the slot and write the frame with no await in between: wire order == slot order.
         self._pending.append(_Slot(kind, rid, fut, time.monotonic()))
         self.last_request_at = time.time()

@@ -95,6 +95,7 @@ import os
 import pwd
 import resource
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "ALLOWED_SYSCALLS", "DEFAULT_MEMORY_LIMIT", "EXIT_MEMORY_LIMIT", "ChildUser", "Entered", "Policy",
@@ -185,7 +186,8 @@ _libc_prctl = _libc.prctl
 _libc_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc_prctl.restype = ctypes.c_int
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-_compiled: tuple[ctypes.Array, _SockFprog] | None = None  # the BPF program and the struct that points at it
+# The BPF program and the struct that points at it.
+_compiled: tuple[ctypes.Array[ctypes.c_char], _SockFprog] | None = None
 _entered: Entered | None = None
 
 
@@ -285,12 +287,12 @@ def become(user: ChildUser) -> None:
 _checkcache, _updatecache = linecache.checkcache, linecache.updatecache
 
 
-def _sandboxed_checkcache(filename=None):
+def _sandboxed_checkcache(filename: str | None = None) -> None:
     if _entered is None:
         _checkcache(filename)
 
 
-def _sandboxed_updatecache(filename, module_globals=None):
+def _sandboxed_updatecache(filename: str, module_globals: dict[str, Any] | None = None) -> list[str]:
     if _entered is None:
         return _updatecache(filename, module_globals)
     return []
