@@ -49,9 +49,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from types import FrameType
+from typing import TextIO
 
 from forkserver import child, control, fdpass, sandbox
-from forkserver.control import BadRequest, ControlConnection, Role, Spawn, StatsRequest
+from forkserver.control import BadRequest, ControlConnection, Message, Role, Spawn, StatsRequest
 from forkserver.errors import InvalidTenantId, ProtocolError
 from forkserver.secret import Key
 
@@ -82,7 +84,7 @@ class TemplateState(enum.Enum):
     STOPPED = "stopped"
 
 
-def _noop_handler(signum, frame):
+def _noop_handler(signum: int, frame: FrameType | None) -> None:
     # The C-level handler already wrote the signal number to the wake-up fd; the loop does the work.
     pass
 
@@ -123,11 +125,11 @@ class _Conn:
     sock: socket.socket
     proto: ControlConnection
     created: float
-    out: deque = field(default_factory=deque)
+    out: deque[_OutFrame] = field(default_factory=deque)
     queued: int = 0
     closed: bool = False
     # pidfds we opened and queued in a `spawned` reply: ours to close once the frame carrying them went out.
-    owned_fds: set = field(default_factory=set)
+    owned_fds: set[int] = field(default_factory=set)
     # Whether the selector also watches for writability; re-registering only when this changes saves an
     # epoll_ctl (and the selector's Python bookkeeping) on every reply.
     writing: bool = False
@@ -147,8 +149,8 @@ class Template:
     Errors: ``ValueError`` (key size, pool size), :class:`~forkserver.sandbox.SandboxError` (the filter does
     not compile: no libseccomp)."""
 
-    def __init__(self, socket_path: str, worker, key: bytes | Key, *, key_file: str | None = None,
-                 parent_fd: int | None = None, log=None, pool_size: int | None = None,
+    def __init__(self, socket_path: str, worker: child.Worker, key: bytes | Key, *, key_file: str | None = None,
+                 parent_fd: int | None = None, log: TextIO | None = None, pool_size: int | None = None,
                  policy: sandbox.Policy | None = None):
         if len(key) != control.KEY_SIZE:
             raise ValueError("key must be 32 bytes")
@@ -227,6 +229,7 @@ class Template:
             raise RuntimeError(f"serve() on a template that is {self.state.value}")
         if self._listener is None:
             self.bind()
+        assert self._listener is not None  # bind() set it
         self.state = TemplateState.SERVING
         self._install_signals()
         self._sel.register(self._listener, selectors.EVENT_READ, "accept")
@@ -277,13 +280,14 @@ class Template:
             self._shutdown()
         return 0
 
-    def _dispatch(self, key, events) -> None:
+    def _dispatch(self, key: selectors.SelectorKey, events: int) -> None:
         what = key.data
         if what == "accept":
             self._accept()
         elif what == "signal":
             self._on_signals()
         elif what == "parent":
+            assert self.parent_fd is not None  # registered only when there is one
             try:
                 data = os.read(self.parent_fd, 4096)
             except BlockingIOError:
@@ -315,9 +319,11 @@ class Template:
             self.state = TemplateState.STOPPING
 
     def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None  # registered by serve() once bound
         while True:
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -374,7 +380,7 @@ class Template:
             return
         self._queue_output(conn)
 
-    def _handle(self, conn: _Conn, event) -> None:
+    def _handle(self, conn: _Conn, event: Message | BadRequest) -> None:
         if isinstance(event, Spawn):
             self._spawn(conn, event)
         elif isinstance(event, StatsRequest):
@@ -384,7 +390,7 @@ class Template:
         else:  # pragma: no cover - the protocol only returns the types above to the template
             raise AssertionError(event)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int | bool]:
         return {"spawns": self.spawns, "live": len(self._children) - len(self._idle), "idle": len(self._idle),
                 "connections": len(self._conns), "pid": os.getpid(),
                 "sandbox": self.policy is not None and self.policy.seccomp}
