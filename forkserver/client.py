@@ -37,7 +37,9 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from forkserver import control, fdpass
 from forkserver.control import ControlConnection, Role
@@ -177,7 +179,7 @@ class _OutFrame:
 
 @dataclass
 class _PendingSpawn:
-    future: asyncio.Future
+    future: asyncio.Future[ChildHandle]
     parent_end: socket.socket
     tenant: str
 
@@ -185,12 +187,14 @@ class _PendingSpawn:
 class _Session:
     """One authenticated control connection to one template process (loop thread only)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, key: bytes, on_lost):
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, key: bytes,
+                 on_lost: Callable[[_Session], None]):
         self.loop = loop
         self.sock = sock
         self.proto = ControlConnection(Role.PARENT, key)
         self.out: deque[_OutFrame] = deque()
-        self.pending: dict[int, _PendingSpawn | asyncio.Future] = {}
+        # request id -> a spawn's waiter, or a stats request's future
+        self.pending: dict[int, _PendingSpawn | asyncio.Future[dict[str, Any]]] = {}
         self.children: dict[int, ChildHandle] = {}
         self.ready: asyncio.Future[None] = loop.create_future()
         self.lost = False
@@ -202,11 +206,11 @@ class _Session:
     def template_pid(self) -> int | None:
         return self.proto.peer_pid
 
-    def send(self, msg, owned: list[socket.socket] = ()) -> None:
+    def send(self, msg: control.Message, owned: Sequence[socket.socket] = ()) -> None:
         self.proto.send(msg)
         self._queue(owned)
 
-    def _queue(self, owned=()) -> None:
+    def _queue(self, owned: Sequence[socket.socket] = ()) -> None:
         owned = list(owned)
         for frame, fds in self.proto.data_to_send():
             self.out.append(_OutFrame(memoryview(frame), list(fds), owned if fds else []))
@@ -272,7 +276,7 @@ class _Session:
         except ProtocolError as e:
             self.fail(e)
 
-    def _dispatch(self, event) -> None:
+    def _dispatch(self, event: control.Message | control.BadRequest) -> None:
         if isinstance(event, control.Spawned):
             entry = self.pending.pop(event.request_id, None)
             if not isinstance(entry, _PendingSpawn) or entry.future.done():
@@ -293,13 +297,13 @@ class _Session:
             elif not fut.done():
                 fut.set_exception(SpawnRefused(event.code, event.message))
         elif isinstance(event, control.Exited):
-            handle = self.children.pop(event.pid, None)
-            if handle is not None:
-                handle._set_exited(event.status)
+            exited = self.children.pop(event.pid, None)
+            if exited is not None:
+                exited._set_exited(event.status)
         elif isinstance(event, control.StatsReply):
-            fut = self.pending.pop(event.request_id, None)
-            if isinstance(fut, asyncio.Future) and not fut.done():
-                fut.set_result(dict(event.stats))
+            waiter = self.pending.pop(event.request_id, None)
+            if isinstance(waiter, asyncio.Future) and not waiter.done():
+                waiter.set_result(dict(event.stats))
 
     def fail(self, exc: BaseException, *, closing: bool = False) -> None:
         """The connection is gone: release everything, fail every waiter with ``exc``. Idempotent."""
@@ -336,7 +340,8 @@ class _Session:
         self._on_lost(self)
 
 
-async def _open_session(loop, path: str, key: bytes, on_lost, timeout: float) -> _Session:
+async def _open_session(loop: asyncio.AbstractEventLoop, path: str, key: bytes,
+                        on_lost: Callable[[_Session], None], timeout: float) -> _Session:
     """Connect, check the peer uid, and authenticate; cancel-safe (the socket is closed on any exit)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
@@ -369,19 +374,19 @@ async def _open_session(loop, path: str, key: bytes, on_lost, timeout: float) ->
 # ------------------------------------------------------------------------------------- template process
 
 
-def _remove_dir_later(fut: asyncio.Future) -> None:
+def _remove_dir_later(fut: asyncio.Future[str]) -> None:
     # A launch cancelled while its directory was being made: remove it once made (still off the loop).
     if not fut.cancelled() and fut.exception() is None:
         asyncio.get_running_loop().run_in_executor(
             None, functools.partial(shutil.rmtree, fut.result(), ignore_errors=True))
 
 
-def _read_key_file(path) -> bytes:
+def _read_key_file(path: str | os.PathLike[str]) -> bytes:
     with open(path) as f:
         return bytes.fromhex(f.read().strip())
 
 
-def _template_env() -> dict:
+def _template_env() -> dict[str, str]:
     # The template must import what we can (the worker module may live beside the caller's code, e.g.
     # tests/): hand it our sys.path.
     env = dict(os.environ)
@@ -393,7 +398,7 @@ def _template_env() -> dict:
 
 
 def _start_template(python: str, worker: str, socket_path: str, key: bytes, timeout: float,
-                    extra_args: tuple[str, ...] = ()):
+                    extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
     """Blocking (executor thread): start the template, wait for its readiness line.
 
     Returns ``(Popen, parent_pipe_w)``. Errors: :class:`TemplateUnavailable` (the process is gone)."""
@@ -411,16 +416,18 @@ def _start_template(python: str, worker: str, socket_path: str, key: bytes, time
         raise
     finally:
         os.close(r)
+    stdout = proc.stdout
+    assert stdout is not None  # stdout=PIPE
     try:
         line = b""
         with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
+            sel.register(stdout, selectors.EVENT_READ)
             loop_deadline = time.monotonic() + timeout
             while not line.endswith(b"\n"):
                 remaining = loop_deadline - time.monotonic()
                 if remaining <= 0 or not sel.select(remaining):
                     raise TemplateUnavailable(f"template did not become ready within {timeout} s")
-                chunk = os.read(proc.stdout.fileno(), 4096)
+                chunk = os.read(stdout.fileno(), 4096)
                 if not chunk:
                     break
                 line += chunk
@@ -431,11 +438,11 @@ def _start_template(python: str, worker: str, socket_path: str, key: bytes, time
         _stop_template(proc, w, timeout)
         raise
     finally:
-        proc.stdout.close()
+        stdout.close()
     return proc, w
 
 
-def _stop_template(proc: subprocess.Popen, pipe_w: int | None, timeout: float = 5.0) -> None:
+def _stop_template(proc: subprocess.Popen[bytes], pipe_w: int | None, timeout: float = 5.0) -> None:
     """Blocking (executor thread): SIGTERM (children keep serving), escalate to SIGKILL, reap; then close the
     parent pipe. Closing the pipe first would mean "parent died" and the template would kill its children."""
     try:
@@ -454,6 +461,17 @@ def _stop_template(proc: subprocess.Popen, pipe_w: int | None, timeout: float = 
 # ----------------------------------------------------------------------------------------------- client
 
 
+@dataclass(frozen=True)
+class _LaunchSpec:
+    """How a launched client (re)starts the template it owns."""
+
+    worker: str
+    python: str
+    dir: str  # the private mkdtemp directory of the socket, removed on close
+    start_timeout: float
+    args: tuple[str, ...]  # extra launcher flags (sandbox, child user, memory limit, pool)
+
+
 class ClientState(enum.Enum):
     OPEN = "open"  # a session is (or is being re-)established
     CLOSED = "closed"
@@ -462,8 +480,8 @@ class ClientState(enum.Enum):
 class TemplateClient:
     """Asyncio client of one template. Create with :meth:`launch` or :meth:`connect`; use on one loop."""
 
-    def __init__(self, *, _loop, _key: bytes, _socket_path: str, spawn_timeout: float,
-                 launched: dict | None = None):
+    def __init__(self, *, _loop: asyncio.AbstractEventLoop, _key: bytes, _socket_path: str, spawn_timeout: float,
+                 launched: _LaunchSpec | None = None):
         self._loop = _loop
         self._key = _key
         self.socket_path = _socket_path
@@ -474,12 +492,12 @@ class TemplateClient:
         self._ids = itertools.count(1)
         # launched mode only: how to (re)start the template we own
         self._launched = launched
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._pipe_w: int | None = None
-        self._restart_task: asyncio.Task | None = None
+        self._restart_task: asyncio.Task[None] | None = None
         # An executor start still running when its awaiter was cancelled: _shutdown collects and stops it.
-        self._starting: asyncio.Future | None = None
-        self._close_task: asyncio.Task | None = None
+        self._starting: asyncio.Future[tuple[subprocess.Popen[bytes], int]] | None = None
+        self._close_task: asyncio.Task[None] | None = None
         self.restarts = 0
 
     # -- construction
@@ -525,8 +543,8 @@ class TemplateClient:
             raise
         self = cls(_loop=loop, _key=key, _socket_path=os.path.join(sockdir, "control.sock"),
                    spawn_timeout=spawn_timeout,
-                   launched={"worker": worker, "python": python or sys.executable, "dir": sockdir,
-                             "start_timeout": start_timeout, "args": tuple(extra)})
+                   launched=_LaunchSpec(worker=worker, python=python or sys.executable, dir=sockdir,
+                                        start_timeout=start_timeout, args=tuple(extra)))
         try:
             await self._start_and_connect()
         except BaseException:
@@ -535,7 +553,7 @@ class TemplateClient:
         return self
 
     @classmethod
-    async def connect(cls, socket_path: str | os.PathLike, *, key: bytes | str | os.PathLike,
+    async def connect(cls, socket_path: str | os.PathLike[str], *, key: bytes | str | os.PathLike[str],
                       timeout: float = 10.0, spawn_timeout: float = 10.0) -> TemplateClient:
         """Connect to a template started by ``walredo-template``.
 
@@ -564,7 +582,7 @@ class TemplateClient:
         s = self._session
         return s.template_pid if s is not None and not s.lost else None
 
-    async def spawn(self, tenant_id: str, options: dict | None = None) -> ChildHandle:
+    async def spawn(self, tenant_id: str, options: control.Options | None = None) -> ChildHandle:
         """Ask the template to fork a child for ``tenant_id``; return its :class:`ChildHandle`.
 
         ``options`` (a dict of at most 32 str keys to None/bool/int/float/str/bytes) travel to the template.
@@ -583,7 +601,7 @@ class TemplateClient:
                 session = await self._wait_session()
                 parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 rid = next(self._ids)
-                fut = self._loop.create_future()
+                fut: asyncio.Future[ChildHandle] = self._loop.create_future()
                 session.pending[rid] = _PendingSpawn(fut, parent_end, tenant_id)
                 try:
                     # From here the session owns child_end: it closes it once the frame went out (closing it
@@ -607,7 +625,7 @@ class TemplateClient:
         except TimeoutError:
             raise TemplateUnavailable(f"no spawn reply within {self.spawn_timeout} s") from None
 
-    async def stats(self) -> dict:
+    async def stats(self) -> dict[str, Any]:
         """The template's counters: at least ``spawns`` (children forked) and ``live`` (not yet reaped).
 
         Errors: :class:`TemplateUnavailable` as for :meth:`spawn`. Cancel-safe."""
@@ -615,7 +633,7 @@ class TemplateClient:
             async with asyncio.timeout(self.spawn_timeout):
                 session = await self._wait_session()
                 rid = next(self._ids)
-                fut = self._loop.create_future()
+                fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
                 session.pending[rid] = fut
                 try:
                     session.send(control.StatsRequest(rid))
@@ -638,7 +656,7 @@ class TemplateClient:
     async def __aenter__(self) -> TemplateClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     # -- internals
@@ -671,10 +689,11 @@ class TemplateClient:
 
     async def _start_and_connect(self) -> None:
         opts = self._launched
+        assert opts is not None  # only a launched client starts its template
         loop = self._loop
         self._starting = loop.run_in_executor(
-            None, _start_template, opts["python"], opts["worker"], self.socket_path, self._key,
-            opts["start_timeout"], opts["args"])
+            None, _start_template, opts.python, opts.worker, self.socket_path, self._key,
+            opts.start_timeout, opts.args)
         try:
             proc, pipe_w = await asyncio.shield(self._starting)
         except asyncio.CancelledError:
@@ -688,7 +707,7 @@ class TemplateClient:
         self._starting = None
         self._proc, self._pipe_w = proc, pipe_w
         session = await _open_session(loop, self.socket_path, self._key, self._on_session_lost,
-                                      opts["start_timeout"])
+                                      opts.start_timeout)
         self._install(session)
 
     async def _restart(self) -> None:
@@ -701,6 +720,7 @@ class TemplateClient:
                     await self._loop.run_in_executor(None, _stop_template, proc, pipe_w, 2.0)
                 try:
                     await self._start_and_connect()
+                    assert self._session is not None  # installed by _start_and_connect
                     if not self._session.lost:
                         self.restarts += 1
                         log.warning("template restarted (pid %s)", self.template_pid)
@@ -736,4 +756,4 @@ class TemplateClient:
             if proc is not None:
                 await self._loop.run_in_executor(None, _stop_template, proc, pipe_w, 5.0)
             await self._loop.run_in_executor(
-                None, functools.partial(shutil.rmtree, self._launched["dir"], ignore_errors=True))
+                None, functools.partial(shutil.rmtree, self._launched.dir, ignore_errors=True))
