@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry
 
 from walredo_template import BufferTag
 from walredo_template.protocol import MAX_FRAME_SIZE, SUPPORTED_PG_VERSION, RedoRequest
@@ -55,6 +59,8 @@ from .process import ProcessState, WalRedoProcess
 from .sandbox import EXIT_MEMORY_LIMIT
 
 log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")  # what one request on a process returns (_call)
 
 DEFAULT_WORKER = "walredo_template.worker:main"
 
@@ -115,7 +121,7 @@ class WalRedoManager:
         retries: int = 2,
         quiesce_period: float = 20.0,
         worker: str = DEFAULT_WORKER,
-        registry=None,
+        registry: CollectorRegistry | None = None,
         sandbox: bool = True,
         child_user: str | None = None,
         child_memory_limit: int | None = None,
@@ -127,8 +133,10 @@ class WalRedoManager:
         self._template = template
         self._owns_template = template is None
         self._worker = worker
-        self._launch_options = {"sandbox": sandbox, "child_user": child_user,
-                                "child_memory_limit": child_memory_limit}
+        # What start() passes to TemplateClient.launch when it launches the template itself.
+        self._sandbox = sandbox
+        self._child_user = child_user
+        self._child_memory_limit = child_memory_limit
         if not sandbox:
             log.warning("WalRedoManager(sandbox=False): walredo children run WITHOUT their sandbox "
                         "(seccomp allowlist, resource limits); for debugging only")
@@ -150,7 +158,7 @@ class WalRedoManager:
         self.watchdog_period = min(max(request_timeout / 8, 0.005), 1.0)
         # Kills of timed-out or broken processes run here, so the request that triggered them can fail or
         # retry at once; held strongly until done, and awaited on close.
-        self._reapers: set[asyncio.Task[None]] = set()
+        self._reapers: set[asyncio.Task[object]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,7 +195,9 @@ class WalRedoManager:
             self._launching = asyncio.get_running_loop().create_future()
             try:
                 try:
-                    template = await TemplateClient.launch(worker=self._worker, **self._launch_options)
+                    template = await TemplateClient.launch(worker=self._worker, sandbox=self._sandbox,
+                                                           child_user=self._child_user,
+                                                           child_memory_limit=self._child_memory_limit)
                 except BaseException:
                     if self._state is ManagerState.STARTING:
                         self._state = ManagerState.NEW
@@ -322,7 +332,7 @@ class WalRedoManager:
                 )
         return out
 
-    async def _call(self, tenant_id: str, op):
+    async def _call(self, tenant_id: str, op: Callable[[WalRedoProcess], Awaitable[_R]]) -> _R:
         cell = self._cells.get(tenant_id)
         if cell is None:
             cell = self._cells[tenant_id] = OnceCell(dispose=self._dispose_on_shutdown)
@@ -405,6 +415,7 @@ class WalRedoManager:
         if not cell.take_if(process):
             process.close()  # idempotent: already closed by whoever retired it
             return
+        task: asyncio.Task[object]
         if cause is StopCause.BROKEN:
             # Why it broke is only known from its exit status: counted once it is reaped.
             task = asyncio.get_running_loop().create_task(self._reap_broken(process))
@@ -452,8 +463,7 @@ class WalRedoManager:
             process = cell.get()
             if process is None or not process.in_flight:
                 continue
-            expired = process.expire(sent_before,
-                                     lambda t=tenant_id, p=process.pid: self._timeout_error(t, p))
+            expired = process.expire(sent_before, functools.partial(self._timeout_error, tenant_id, process.pid))
             if expired:
                 total += expired
                 self._retire(cell, process, StopCause.TIMEOUT)
@@ -500,7 +510,8 @@ def broken_cause(status: int | None) -> StopCause:
     return StopCause.BROKEN
 
 
-def _redo_request(tag, lsn, base_image, records, pg_version, wal_log_hints) -> RedoRequest:
+def _redo_request(tag: BufferTag, lsn: int, base_image: bytes | None, records: Sequence[tuple[int, bytes]],
+                  pg_version: int, wal_log_hints: bool) -> RedoRequest:
     """Check the arguments once, before any spawn or I/O, with the child protocol's own rules (the
     ``RedoRequest`` built here is what the process frames, so nothing is checked twice); every refusal is a
     ``ValueError``."""
