@@ -30,10 +30,9 @@ from .page import (
     SIZEOF_ITEMID,
     U16,
     U32,
+    Buffer,
     lp_array,
 )
-
-Buffer = bytes | bytearray | memoryview
 
 
 def _bounds(page: bytearray) -> tuple[int, int, int, int]:

@@ -79,6 +79,9 @@ INFOMASKS = struct.Struct("<HH")  # t_infomask2, t_infomask
 
 ZERO_PAGE = bytes(BLCKSZ)  # a never-initialized page
 
+# A page argument that is only read: the redo buffer itself, an image, or a view of either.
+Buffer = bytes | bytearray | memoryview
+
 
 def maxalign(n: int) -> int:
     return (n + (MAXALIGN - 1)) & ~(MAXALIGN - 1)
@@ -86,7 +89,9 @@ def maxalign(n: int) -> int:
 
 # --- header access -------------------------------------------------------------------------------
 
-def get_lsn(page) -> int:
+def get_lsn(page: Buffer) -> int:
+    hi: int
+    lo: int
     hi, lo = LSN.unpack_from(page, OFF_LSN)
     return (hi << 32) | lo
 
@@ -96,44 +101,46 @@ def set_lsn(page: bytearray, lsn: int) -> None:
     LSN.pack_into(page, OFF_LSN, (lsn >> 32) & 0xFFFFFFFF, lsn & 0xFFFFFFFF)
 
 
-def get_flags(page) -> int:
-    return U16.unpack_from(page, OFF_FLAGS)[0]
+def get_flags(page: Buffer) -> int:
+    flags: int = U16.unpack_from(page, OFF_FLAGS)[0]
+    return flags
 
 
-def set_flags(page: bytearray, flags: int) -> None:
-    U16.pack_into(page, OFF_FLAGS, flags)
+def get_lower(page: Buffer) -> int:
+    lower: int = U16.unpack_from(page, OFF_LOWER)[0]
+    return lower
 
 
-def get_lower(page) -> int:
-    return U16.unpack_from(page, OFF_LOWER)[0]
+def get_upper(page: Buffer) -> int:
+    upper: int = U16.unpack_from(page, OFF_UPPER)[0]
+    return upper
 
 
-def get_upper(page) -> int:
-    return U16.unpack_from(page, OFF_UPPER)[0]
+def get_special(page: Buffer) -> int:
+    special: int = U16.unpack_from(page, OFF_SPECIAL)[0]
+    return special
 
 
-def get_special(page) -> int:
-    return U16.unpack_from(page, OFF_SPECIAL)[0]
+def get_prune_xid(page: Buffer) -> int:
+    xid: int = U32.unpack_from(page, OFF_PRUNE_XID)[0]
+    return xid
 
 
-def get_prune_xid(page) -> int:
-    return U32.unpack_from(page, OFF_PRUNE_XID)[0]
-
-
-def is_new(page) -> bool:
+def is_new(page: Buffer) -> bool:
     """PageIsNew: pd_upper == 0 means the page was never initialized (all zeros)."""
-    return U16.unpack_from(page, OFF_UPPER)[0] == 0
+    upper: int = U16.unpack_from(page, OFF_UPPER)[0]
+    return upper == 0
 
 
-def max_offset(page) -> int:
+def max_offset(page: Buffer) -> int:
     """PageGetMaxOffsetNumber."""
-    lower = U16.unpack_from(page, OFF_LOWER)[0]
+    lower: int = U16.unpack_from(page, OFF_LOWER)[0]
     if lower <= SIZE_OF_PAGE_HEADER:
         return 0
     return (lower - SIZE_OF_PAGE_HEADER) >> 2
 
 
-def check_page(page) -> None:
+def check_page(page: Buffer) -> None:
     """Refuse anything that is not an initialized PostgreSQL 15 page with sane bounds.
 
     Raises :class:`InvalidPage`: wrong size, ``pd_pagesize_version`` other than 8192|4 (another page
@@ -175,9 +182,10 @@ def xid_precedes(a: int, b: int) -> bool:
 
 # --- line pointers -------------------------------------------------------------------------------
 
-def get_itemid(page, offnum: int) -> int:
+def get_itemid(page: Buffer, offnum: int) -> int:
     """The raw line pointer word for 1-based ``offnum`` (caller checks ``offnum <= max_offset``)."""
-    return U32.unpack_from(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4)[0]
+    word: int = U32.unpack_from(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4)[0]
+    return word
 
 
 def set_itemid(page: bytearray, offnum: int, off: int, flags: int, length: int) -> None:
@@ -196,17 +204,20 @@ def lp_len(word: int) -> int:
     return word >> 17
 
 
-def normal_item(page, offnum: int) -> tuple[int, int]:
+def normal_item(page: Buffer, offnum: int) -> tuple[int, int]:
     """(offset, length) of the LP_NORMAL item at ``offnum``, checked to lie inside the tuple space.
 
     The redo routines' ``elog(PANIC, "invalid lp")`` becomes :class:`InvalidRecord` here: the record names
     an item the page does not have (the record and the page disagree).
     """
+    lower: int
+    upper: int
+    special: int
     lower, upper, special = _LUS.unpack_from(page, OFF_LOWER)
     maxoff = (lower - SIZE_OF_PAGE_HEADER) >> 2 if lower > SIZE_OF_PAGE_HEADER else 0
     if offnum < 1 or offnum > maxoff:
         raise InvalidRecord(f"item {offnum} beyond the line pointer array ({maxoff} items)")
-    w = U32.unpack_from(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4)[0]
+    w: int = U32.unpack_from(page, SIZE_OF_PAGE_HEADER + (offnum - 1) * 4)[0]
     if (w >> 15) & 3 != LP_NORMAL:
         raise InvalidRecord(f"item {offnum} is not a normal line pointer (flags {(w >> 15) & 3})")
     off = w & 0x7FFF
@@ -222,6 +233,8 @@ def _reserve(page: bytearray, offnum: int, size: int, is_heap: bool) -> int:
     """PageAddItem's placement for an item of ``size`` bytes at 1-based ``offnum`` (PAI_OVERWRITE): check
     the bounds and the slot, set the line pointer, pd_lower and pd_upper; return where the item goes.
     Nothing is written unless every check passes."""
+    lower: int
+    upper: int
     flags, lower, upper, special, _psv = _BOUNDS.unpack_from(page, OFF_FLAGS)
     if not (SIZE_OF_PAGE_HEADER <= lower <= upper <= special <= BLCKSZ):
         raise InvalidPage(f"corrupted page pointers: lower = {lower}, upper = {upper}, special = {special}")
@@ -246,7 +259,7 @@ def _reserve(page: bytearray, offnum: int, size: int, is_heap: bool) -> int:
     return upper
 
 
-def add_item(page: bytearray, item, offnum: int, *, is_heap: bool = True) -> int:
+def add_item(page: bytearray, item: Buffer, offnum: int, *, is_heap: bool = True) -> int:
     """PageAddItemExtended with PAI_OVERWRITE (the form heap redo uses), returning ``offnum``.
 
     The item goes at 1-based ``offnum``, which must be an unused slot or the next one past the array.
@@ -266,7 +279,7 @@ TUPLE_HEADER = struct.Struct("<IIIHHHHHB")
 
 
 def add_heap_tuple(page: bytearray, offnum: int, xmin: int, xmax: int, blkno: int, infomask2: int,
-                   infomask: int, hoff: int, body, suffix=None) -> None:
+                   infomask: int, hoff: int, body: Buffer, suffix: Buffer | None = None) -> None:
     """Build a heap tuple as redo does (t_cid = FirstCommandId, t_ctid = (blkno, offnum)) directly in
     the page at ``offnum``: the header, then ``body`` (and ``suffix``, for UPDATE's suffix compression).
 
@@ -391,13 +404,13 @@ def truncate_line_pointer_array(page: bytearray) -> None:
 
 # --- free space ----------------------------------------------------------------------------------
 
-def free_space(page) -> int:
+def free_space(page: Buffer) -> int:
     """PageGetFreeSpace: hole size less one line pointer, never negative."""
     space = get_upper(page) - get_lower(page)
     return 0 if space < SIZEOF_ITEMID else space - SIZEOF_ITEMID
 
 
-def heap_free_space(page) -> int:
+def heap_free_space(page: Buffer) -> int:
     """PageGetHeapFreeSpace: as free_space, but 0 when no line pointer can be added."""
     space = free_space(page)
     if space > 0:

@@ -17,7 +17,7 @@ Two kinds of change reach a VM page during redo:
 
 from __future__ import annotations
 
-from .page import BLCKSZ, SIZE_OF_PAGE_HEADER
+from .page import BLCKSZ, SIZE_OF_PAGE_HEADER, Buffer
 
 MAPSIZE = BLCKSZ - SIZE_OF_PAGE_HEADER  # MAXALIGN(SizeOfPageHeaderData) == 24
 HEAPBLOCKS_PER_BYTE = 4
@@ -40,7 +40,7 @@ def _position(heap_blkno: int) -> tuple[int, int]:
     return SIZE_OF_PAGE_HEADER + byte, shift
 
 
-def get_bits(page, heap_blkno: int) -> int:
+def get_bits(page: Buffer, heap_blkno: int) -> int:
     pos, shift = _position(heap_blkno)
     return (page[pos] >> shift) & VISIBILITYMAP_VALID_BITS
 
