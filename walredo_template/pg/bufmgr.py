@@ -11,8 +11,10 @@ block of every record live in one place:
 * otherwise the page must exist and be a valid PostgreSQL 15 page, the redo runs on it, and the caller
   stamps pd_lsn with the record's end LSN (:func:`finish`).
 
-:func:`page_for_redo` is the form new rmgr code uses: it returns the page to redo, or None when there is
-nothing to do. :func:`read_for_redo` returns PostgreSQL's XLogRedoAction code (heap redo's form).
+:func:`page_for_redo` returns the page to redo, or None when there is nothing to do;
+:func:`init_for_redo` is XLogInitBufferForRedo (the page to initialize, whatever the outcome);
+:func:`read_for_redo` returns PostgreSQL's XLogRedoAction code instead, for the redo routines that must
+tell a restored page from one already done.
 """
 
 from __future__ import annotations
@@ -92,54 +94,83 @@ def restore_image(ctx: RedoContext, blk: BlockRef, lsn: int) -> None:
         P.set_lsn(ctx.page, lsn)
 
 
-def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = False) -> int:
-    """XLogReadBufferForRedoExtended for the requested page; returns BLK_NEEDS_REDO/DONE/RESTORED.
+def _init_mismatch(blk: BlockRef) -> InvalidRecord:
+    return InvalidRecord(
+        "block with WILL_INIT flag must be zeroed by redo" if blk.will_init
+        else "block to be initialized in redo must be marked WILL_INIT"
+    )
+
+
+def page_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = False) -> bytearray | None:
+    """XLogReadBufferForRedoExtended for the requested page: the page to redo, or None when there is nothing
+    to do (its image was restored, or it is already at or past the record).
 
     ``zero`` is RBM_ZERO_AND_LOCK (the redo initializes the page): it must agree with the block's
-    WILL_INIT flag, as PostgreSQL insists. Raises :class:`InvalidRecord` when they disagree,
-    :class:`InvalidPage` when the redo needs an existing page and there is none or it is not a valid
-    PostgreSQL 15 page.
+    WILL_INIT flag, as PostgreSQL insists; the returned page is then all zeros for the caller to initialize
+    (e.g. :func:`.page.page_init` with the access method's special size). Raises :class:`InvalidRecord`
+    when they disagree, :class:`InvalidPage` when the redo needs an existing page and there is none or it
+    is not a valid PostgreSQL 15 page.
     """
-    if blk.will_init != zero:
-        raise InvalidRecord(
-            "block with WILL_INIT flag must be zeroed by redo" if blk.will_init
-            else "block to be initialized in redo must be marked WILL_INIT"
-        )
+    if zero:
+        fresh = init_for_redo(ctx, blk, lsn)
+        if blk.apply_image:
+            return None
+        fresh[:] = P.ZERO_PAGE
+        return fresh
+    # The common case, without a nested call: every heap and index record goes through here.
+    if blk.will_init:
+        raise _init_mismatch(blk)
     if blk.apply_image:
         restore_image(ctx, blk, lsn)
-        return BLK_RESTORED
+        return None
     page = ctx.page
-    if zero:
-        if page is None:
-            ctx.page = bytearray(P.BLCKSZ)
-        ctx.checked = True  # the caller PageInits it
-        return BLK_NEEDS_REDO
     if page is None:
         raise InvalidPage(
             "no base image, and the first record for the page neither initializes it nor carries an image"
         )
     hi, lo = P.LSN.unpack_from(page)
     if (hi << 32 | lo) >= lsn:
-        return BLK_DONE
+        return None
     if not ctx.checked:
         P.check_page(page)
         ctx.checked = True
-    return BLK_NEEDS_REDO
-
-
-def page_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = False) -> bytearray | None:
-    """:func:`read_for_redo`, returning the page to redo (BLK_NEEDS_REDO) or None (restored or done).
-
-    With ``zero`` the returned page is all zeros for the caller to initialize (e.g.
-    :func:`.page.page_init` with the access method's special size). Same errors as :func:`read_for_redo`.
-    """
-    if read_for_redo(ctx, blk, lsn, zero=zero) != BLK_NEEDS_REDO:
-        return None
-    page = ctx.page
-    assert page is not None
-    if zero:
-        page[:] = P.ZERO_PAGE
     return page
+
+
+def init_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray:
+    """XLogInitBufferForRedo for the requested page: the buffer the caller initializes, whatever the outcome.
+
+    The block must be marked WILL_INIT (:class:`InvalidRecord` otherwise). An image flagged "apply" is
+    restored first and then overwritten by the caller, as PostgreSQL's redo routines that ignore the
+    outcome do; otherwise the page is returned as it is (zeros when there was none).
+    """
+    if not blk.will_init:
+        raise _init_mismatch(blk)
+    if blk.apply_image:
+        restore_image(ctx, blk, lsn)
+    elif ctx.page is None:
+        ctx.page = bytearray(P.BLCKSZ)
+        ctx.checked = True
+    else:
+        ctx.checked = True  # the caller PageInits it
+    page = ctx.page
+    assert page is not None  # restore_image and the branch above always leave a buffer
+    return page
+
+
+def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = False) -> int:
+    """:func:`page_for_redo` (``zero=False``) or :func:`init_for_redo` (``zero=True``), returning PostgreSQL's
+    XLogRedoAction code instead of the page: BLK_NEEDS_REDO, BLK_DONE or BLK_RESTORED. Same errors.
+
+    With ``zero`` the page is not zeroed (as :func:`init_for_redo`). For redo that also runs after an image
+    restore, or that must tell a restored page from one already done.
+    """
+    if zero:
+        init_for_redo(ctx, blk, lsn)
+        return BLK_RESTORED if blk.apply_image else BLK_NEEDS_REDO
+    if page_for_redo(ctx, blk, lsn) is not None:
+        return BLK_NEEDS_REDO
+    return BLK_RESTORED if blk.apply_image else BLK_DONE
 
 
 def finish(page: bytearray, lsn: int) -> None:

@@ -37,11 +37,12 @@ Record layouts (``access/heapam_xlog.h`` of 15; main data unless said otherwise)
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from .. import BufferTag
 from . import page as P
 from . import visibilitymap as VM
-from .bufmgr import BLK_NEEDS_REDO, RedoContext, read_for_redo, restore_image
+from .bufmgr import RedoContext, init_for_redo, page_for_redo, restore_image
 from .bufmgr import block_matches as _matches
 from .errors import BlockNotReferenced, InvalidRecord, UnsupportedRecord
 from .xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, BlockRef, DecodedRecord
@@ -172,7 +173,7 @@ def _fix_infomask_from_infobits(infobits: int, infomask: int, infomask2: int) ->
     return infomask, infomask2
 
 
-def _main(rec: DecodedRecord, st: struct.Struct, what: str) -> tuple:
+def _main(rec: DecodedRecord, st: struct.Struct, what: str) -> tuple[int, ...]:
     if len(rec.main_data) < st.size:
         raise InvalidRecord(f"{what}: main data has {len(rec.main_data)} bytes, expected {st.size}")
     return st.unpack_from(rec.main_data)
@@ -310,15 +311,14 @@ def _redo_visible_vm(ctx: RedoContext, rec: DecodedRecord, vmblk: BlockRef, lsn:
 
 def redo_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     offnum, flags = _main(rec, _INSERT, "INSERT")
+    page: bytearray | None
     if rec.info & XLOG_HEAP_INIT_PAGE:
-        read_for_redo(ctx, blk, lsn, zero=True)
-        P.page_init(ctx.page)
-        action = BLK_NEEDS_REDO
+        page = init_for_redo(ctx, blk, lsn)  # redone even over a restored image, as heap_xlog_insert does
+        P.page_init(page)
     else:
-        action = read_for_redo(ctx, blk, lsn)
-    if action != BLK_NEEDS_REDO:
-        return
-    page = ctx.page
+        page = page_for_redo(ctx, blk, lsn)
+        if page is None:
+            return
     data = _block_data(blk, "INSERT")
     if len(data) <= _XL_HEAP_HEADER.size:
         raise InvalidRecord(f"INSERT: tuple data of {len(data)} bytes")
@@ -336,15 +336,14 @@ def redo_multi_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
     md = rec.main_data
     if not isinit and len(md) < _MULTI_INSERT.size + 2 * ntuples:
         raise InvalidRecord(f"MULTI_INSERT: main data too short for {ntuples} offsets")
+    page: bytearray | None
     if isinit:
-        read_for_redo(ctx, blk, lsn, zero=True)
-        P.page_init(ctx.page)
-        action = BLK_NEEDS_REDO
+        page = init_for_redo(ctx, blk, lsn)  # redone even over a restored image, as in heapam.c
+        P.page_init(page)
     else:
-        action = read_for_redo(ctx, blk, lsn)
-    if action != BLK_NEEDS_REDO:
-        return
-    page = ctx.page
+        page = page_for_redo(ctx, blk, lsn)
+        if page is None:
+            return
     data = _block_data(blk, "MULTI_INSERT")
     if isinit:
         _multi_insert_into_empty_page(page, data, ntuples, rec.xid, blk.blkno)
@@ -360,7 +359,7 @@ def redo_multi_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
     xid = rec.xid
     mv = memoryview(data)
     for i in range(ntuples):
-        offnum = i + 1 if isinit else _U16.unpack_from(md, _MULTI_INSERT.size + 2 * i)[0]
+        offnum = _U16.unpack_from(md, _MULTI_INSERT.size + 2 * i)[0]
         pos = (pos + 1) & ~1  # SHORTALIGN: each xl_multi_insert_tuple starts 2-byte aligned
         if pos + _MULTI_TUPLE.size > end:
             raise InvalidRecord(f"MULTI_INSERT: tuple {i} header beyond the block data")
@@ -496,9 +495,9 @@ def _multi_insert_general(page: bytearray, data: bytes, ntuples: int, xid: int, 
 
 def redo_delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     xmax, offnum, infobits, flags = _main(rec, _DELETE, "DELETE")
-    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+    page = page_for_redo(ctx, blk, lsn)
+    if page is None:
         return
-    page = ctx.page
     off, _len = P.normal_item(page, offnum)
     infomask2, infomask = _INFOMASKS.unpack_from(page, off + P.T_INFOMASK2)
     infomask &= ~(HEAP_XMAX_BITS | HEAP_MOVED)
@@ -526,16 +525,17 @@ def redo_delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
 _XMAX_TO_INFOMASK = struct.Struct("<IIHHHHH")
 
 
-def _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk_old, stamp=True) -> tuple[int, int, int]:
-    """The old-tuple half of UPDATE on the old page; returns (action, old tuple offset, old tuple length).
+def _update_old(ctx: RedoContext, rec: DecodedRecord, lsn: int, hot: bool, fields: tuple[int, ...],
+                newblk_no: int, blk_old: BlockRef, stamp: bool = True) -> tuple[bytearray | None, int, int]:
+    """The old-tuple half of UPDATE on the old page; returns (the page, old tuple offset, old tuple length),
+    the page None when it needed no redo (:func:`.bufmgr.page_for_redo`).
 
     ``stamp=False`` leaves pd_lsn to the caller, which sets it after the new-tuple half on the same page.
     """
     old_xmax, old_offnum, old_infobits, flags, _new_xmax, new_offnum = fields
-    action = read_for_redo(ctx, blk_old, lsn)
-    if action != BLK_NEEDS_REDO:
-        return action, 0, 0
-    page = ctx.page
+    page = page_for_redo(ctx, blk_old, lsn)
+    if page is None:
+        return None, 0, 0
     off, length = P.normal_item(page, old_offnum)
     infomask2, infomask = _INFOMASKS.unpack_from(page, off + P.T_INFOMASK2)
     infomask &= ~(HEAP_XMAX_BITS | HEAP_MOVED | HEAP_COMBOCID)
@@ -557,15 +557,18 @@ def _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk_old, stamp=True) -> t
         _clear_all_visible(page)
     if stamp:
         P.LSN.pack_into(page, P.OFF_LSN, lsn >> 32, lsn & 0xFFFFFFFF)
-    return action, off, length
+    return page, off, length
 
 
-def redo_update(ctx: RedoContext, rec: DecodedRecord, block_id: int, lsn: int, hot: bool) -> None:
-    """UPDATE / HOT_UPDATE: block 0 is the new page, block 1 the old page when it differs.
+def redo_update(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
+    """UPDATE / HOT_UPDATE: block 0 is the new page, block 1 the old page when it differs; ``blk`` is the
+    block reference naming the requested page (block 0 or 1).
 
     Only the half of the record that concerns the requested page is replayed. With prefix/suffix
     compression the new tuple borrows bytes from the old one, which is then on the same page.
     """
+    hot = rec.info & XLOG_HEAP_OPMASK == XLOG_HEAP_HOT_UPDATE
+    fields: tuple[int, ...]
     try:
         fields = _UPDATE.unpack_from(rec.main_data)
     except struct.error:
@@ -582,23 +585,22 @@ def redo_update(ctx: RedoContext, rec: DecodedRecord, block_id: int, lsn: int, h
             raise InvalidRecord("UPDATE: block 1 names the same page as block 0")
     else:
         blk1 = None
-    if block_id == 1:
-        # The requested page is the old page only.
-        _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk1)
+    if blk.block_id == 1:
+        # The requested page is the old page only (``blk`` is block 1).
+        _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk)
         return
     old_off = old_len = 0
+    page: bytearray | None
     if blk1 is None:
         # same page: pd_lsn is set once, after the new tuple (nothing reads it in between)
-        newaction, old_off, old_len = _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk0, False)
+        page, old_off, old_len = _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk0, False)
     elif rec.info & XLOG_HEAP_INIT_PAGE:
-        read_for_redo(ctx, blk0, lsn, zero=True)
-        P.page_init(ctx.page)
-        newaction = BLK_NEEDS_REDO
+        page = init_for_redo(ctx, blk0, lsn)  # redone even over a restored image, as heap_xlog_update does
+        P.page_init(page)
     else:
-        newaction = read_for_redo(ctx, blk0, lsn)
-    if newaction != BLK_NEEDS_REDO:
+        page = page_for_redo(ctx, blk0, lsn)
+    if page is None:
         return
-    page = ctx.page
     data = blk0.data
     if data is None:
         raise InvalidRecord("UPDATE: block 0 carries no data")
@@ -646,9 +648,9 @@ def redo_update(ctx: RedoContext, rec: DecodedRecord, block_id: int, lsn: int, h
 
 def redo_confirm(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     (offnum,) = _main(rec, _U16, "CONFIRM")
-    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+    page = page_for_redo(ctx, blk, lsn)
+    if page is None:
         return
-    page = ctx.page
     off, _len = P.normal_item(page, offnum)
     _set_ctid(page, off, blk.blkno, offnum)
     P.set_lsn(page, lsn)
@@ -667,9 +669,9 @@ def _locked_infomasks(page: bytearray, offnum: int, infobits: int) -> tuple[int,
 
 def redo_lock(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     locking_xid, offnum, infobits, _flags = _main(rec, _LOCK, "LOCK")
-    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+    page = page_for_redo(ctx, blk, lsn)
+    if page is None:
         return
-    page = ctx.page
     off, infomask2, infomask = _locked_infomasks(page, offnum, infobits)
     # HEAP_XMAX_IS_LOCKED_ONLY: only a locker, no update: no HOT chain, ctid points at itself
     if infomask & HEAP_XMAX_LOCK_ONLY or (infomask & (HEAP_XMAX_IS_MULTI | HEAP_LOCK_MASK)) == HEAP_XMAX_EXCL_LOCK:
@@ -683,9 +685,9 @@ def redo_lock(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> 
 
 def redo_lock_updated(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     xmax, offnum, infobits, _flags = _main(rec, _LOCK, "LOCK_UPDATED")
-    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+    page = page_for_redo(ctx, blk, lsn)
+    if page is None:
         return
-    page = ctx.page
     off, infomask2, infomask = _locked_infomasks(page, offnum, infobits)
     P.U32.pack_into(page, off + P.T_XMAX, xmax)
     _INFOMASKS.pack_into(page, off + P.T_INFOMASK2, infomask2, infomask)
@@ -694,9 +696,9 @@ def redo_lock_updated(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
 
 def redo_inplace(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     (offnum,) = _main(rec, _U16, "INPLACE")
-    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+    page = page_for_redo(ctx, blk, lsn)
+    if page is None:
         return
-    page = ctx.page
     newtup = blk.data or b""
     off, length = P.normal_item(page, offnum)
     hoff = page[off + P.T_HOFF]
@@ -708,11 +710,11 @@ def redo_inplace(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) 
 
 # --- Heap2 records -------------------------------------------------------------------------------
 
-def _offsets(data, count: int, start: int, what: str) -> list[int]:
+def _offsets(data: bytes, count: int, start: int) -> list[int]:
     return list(struct.unpack_from(f"<{count}H", data, start)) if count else []
 
 
-def _check_offsets(page, offsets, what: str) -> None:
+def _check_offsets(page: bytearray, offsets: list[int], what: str) -> None:
     maxoff = P.max_offset(page)
     for o in offsets:
         if o < 1 or o > maxoff:
@@ -721,14 +723,14 @@ def _check_offsets(page, offsets, what: str) -> None:
 
 def redo_prune(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     _xid, nredirected, ndead = _main(rec, _PRUNE, "PRUNE")
-    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+    page = page_for_redo(ctx, blk, lsn)
+    if page is None:
         return
-    page = ctx.page
     data = blk.data or b""
     if len(data) & 1 or len(data) < 2 * (2 * nredirected + ndead):
         raise InvalidRecord(f"PRUNE: {len(data)} bytes of offsets for {nredirected} redirects, {ndead} dead")
     count = len(data) // 2
-    offs = _offsets(data, count, 0, "PRUNE")
+    offs = _offsets(data, count, 0)
     _check_offsets(page, offs, "PRUNE")
     if not offs:
         raise InvalidRecord("PRUNE: nothing to do")
@@ -746,13 +748,13 @@ def redo_prune(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) ->
 
 def redo_vacuum(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     (nunused,) = _main(rec, _U16, "VACUUM")
-    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+    page = page_for_redo(ctx, blk, lsn)
+    if page is None:
         return
-    page = ctx.page
     data = blk.data or b""
     if nunused == 0 or len(data) < 2 * nunused:
         raise InvalidRecord(f"VACUUM: {len(data)} bytes of offsets for {nunused} unused items")
-    offs = _offsets(data, nunused, 0, "VACUUM")
+    offs = _offsets(data, nunused, 0)
     _check_offsets(page, offs, "VACUUM")
     for o in offs:
         P.set_itemid(page, o, 0, P.LP_UNUSED, 0)
@@ -762,9 +764,9 @@ def redo_vacuum(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
 
 def redo_freeze_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     _cutoff, ntuples = _main(rec, _FREEZE_PAGE, "FREEZE_PAGE")
-    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+    page = page_for_redo(ctx, blk, lsn)
+    if page is None:
         return
-    page = ctx.page
     data = blk.data or b""
     if len(data) < _FREEZE_TUPLE.size * ntuples:
         raise InvalidRecord(f"FREEZE_PAGE: {len(data)} bytes of freeze plans for {ntuples} tuples")
@@ -783,23 +785,27 @@ def redo_freeze_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: i
 def redo_visible_heap(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     """VISIBLE on the heap page (block 1): set PD_ALL_VISIBLE; the LSN only with wal_log_hints/checksums."""
     _main(rec, _VISIBLE, "VISIBLE")
-    if read_for_redo(ctx, blk, lsn) != BLK_NEEDS_REDO:
+    page = page_for_redo(ctx, blk, lsn)
+    if page is None:
         return
-    _set_all_visible(ctx.page)
+    _set_all_visible(page)
     if ctx.wal_log_hints:
-        P.set_lsn(ctx.page, lsn)
+        P.set_lsn(page, lsn)
 
 
 # --- dispatch ------------------------------------------------------------------------------------
 
-_HEAP_SIMPLE = {
+# Every handler replays the record onto the block reference that names the requested page.
+RedoHandler = Callable[[RedoContext, DecodedRecord, BlockRef, int], None]
+
+_HEAP_SIMPLE: dict[int, RedoHandler] = {
     XLOG_HEAP_INSERT: redo_insert,
     XLOG_HEAP_DELETE: redo_delete,
     XLOG_HEAP_CONFIRM: redo_confirm,
     XLOG_HEAP_LOCK: redo_lock,
     XLOG_HEAP_INPLACE: redo_inplace,
 }
-_HEAP2_SIMPLE = {
+_HEAP2_SIMPLE: dict[int, RedoHandler] = {
     XLOG_HEAP2_PRUNE: redo_prune,
     XLOG_HEAP2_VACUUM: redo_vacuum,
     XLOG_HEAP2_FREEZE_PAGE: redo_freeze_page,
@@ -815,22 +821,22 @@ def _unsupported(rec: DecodedRecord) -> UnsupportedRecord:
     )
 
 
-# How a handler is called, by the block id under which the record references the requested page:
-_BLOCK0 = 0  # handler(ctx, rec, blk, lsn), only as block 0
-_UPDATE_NEW_OR_OLD = 1  # redo_update(ctx, rec, block_id, lsn, hot), as block 0 (new page) or 1 (old page)
-_VISIBLE_HEAP = 2  # redo_visible_heap(ctx, rec, blk, lsn), only as block 1 (block 0 is the VM page)
+# Under which block id a record may reference the requested page:
+_BLOCK0 = 0  # only as block 0
+_UPDATE_NEW_OR_OLD = 1  # UPDATE / HOT_UPDATE: as block 0 (new page) or 1 (old page)
+_VISIBLE_HEAP = 2  # VISIBLE: only as block 1 (block 0 is the VM page)
 
-# (rmid << 8) | (info & 0xF0) -> (how, handler, hot); INIT_PAGE variants only where PostgreSQL writes them.
-# A key not here is an unsupported record. One table lookup and one call per record: the previous
+# (rmid << 8) | (info & 0xF0) -> (block rule, handler); INIT_PAGE variants only where PostgreSQL writes
+# them. A key not here is an unsupported record. One table lookup and one call per record: the previous
 # per-kind wrapper functions cost a Python call on every record.
-_DISPATCH = {}
+_DISPATCH: dict[int, tuple[int, RedoHandler]] = {}
 for _op, _fn in _HEAP_SIMPLE.items():
-    _DISPATCH[RM_HEAP_ID << 8 | _op] = (_BLOCK0, _fn, False)
+    _DISPATCH[RM_HEAP_ID << 8 | _op] = (_BLOCK0, _fn)
 for _op, _fn in _HEAP2_SIMPLE.items():
-    _DISPATCH[RM_HEAP2_ID << 8 | _op] = (_BLOCK0, _fn, False)
-_DISPATCH[RM_HEAP_ID << 8 | XLOG_HEAP_UPDATE] = (_UPDATE_NEW_OR_OLD, redo_update, False)
-_DISPATCH[RM_HEAP_ID << 8 | XLOG_HEAP_HOT_UPDATE] = (_UPDATE_NEW_OR_OLD, redo_update, True)
-_DISPATCH[RM_HEAP2_ID << 8 | XLOG_HEAP2_VISIBLE] = (_VISIBLE_HEAP, redo_visible_heap, False)
+    _DISPATCH[RM_HEAP2_ID << 8 | _op] = (_BLOCK0, _fn)
+_DISPATCH[RM_HEAP_ID << 8 | XLOG_HEAP_UPDATE] = (_UPDATE_NEW_OR_OLD, redo_update)
+_DISPATCH[RM_HEAP_ID << 8 | XLOG_HEAP_HOT_UPDATE] = (_UPDATE_NEW_OR_OLD, redo_update)
+_DISPATCH[RM_HEAP2_ID << 8 | XLOG_HEAP2_VISIBLE] = (_VISIBLE_HEAP, redo_visible_heap)
 for _key in (RM_HEAP_ID << 8 | XLOG_HEAP_INSERT, RM_HEAP_ID << 8 | XLOG_HEAP_UPDATE,
              RM_HEAP_ID << 8 | XLOG_HEAP_HOT_UPDATE, RM_HEAP2_ID << 8 | XLOG_HEAP2_MULTI_INSERT):
     _DISPATCH[_key | XLOG_HEAP_INIT_PAGE] = _DISPATCH[_key]
@@ -861,21 +867,19 @@ def redo_heap_record(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
             break
     else:
         raise BlockNotReferenced(f"{record_name(rec.rmid, rec.info)} does not reference page {tuple(tag)}")
-    how, fn, hot = handler
+    how, fn = handler
     if how == _BLOCK0:
         if block_id != 0:
             raise BlockNotReferenced(
                 f"{record_name(rec.rmid, rec.info)} references page {tuple(tag)} as block {block_id}, not 0"
             )
-        fn(ctx, rec, blk, lsn)
     elif how == _UPDATE_NEW_OR_OLD:
         if block_id > 1:
+            hot = rec.info & XLOG_HEAP_OPMASK == XLOG_HEAP_HOT_UPDATE
             raise BlockNotReferenced(
                 f"{'HOT_UPDATE' if hot else 'UPDATE'} references page {tuple(tag)} as block {block_id}"
             )
-        fn(ctx, rec, block_id, lsn, hot)
-    else:
-        # block 0 (the VM page) is in the VM fork and handled by redo_vm_page
-        if block_id != 1:
-            raise BlockNotReferenced(f"VISIBLE references page {tuple(tag)} as block {block_id}")
-        fn(ctx, rec, blk, lsn)
+    elif block_id != 1:
+        # VISIBLE: block 0 (the VM page) is in the VM fork and handled by redo_vm_page
+        raise BlockNotReferenced(f"VISIBLE references page {tuple(tag)} as block {block_id}")
+    fn(ctx, rec, blk, lsn)
