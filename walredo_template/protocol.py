@@ -72,9 +72,9 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgpack
 
@@ -189,7 +189,7 @@ Response = Pong | Page | Error
 
 
 def _frame(payload: dict[str, Any], max_frame_size: int) -> bytes:
-    body = msgpack.packb(payload, use_bin_type=True)
+    body: bytes = msgpack.packb(payload, use_bin_type=True)
     if len(body) > max_frame_size:
         raise FrameTooLarge(f"message of {len(body)} bytes exceeds the frame bound of {max_frame_size}")
     return _LEN.pack(len(body)) + body
@@ -463,8 +463,13 @@ def _parse_error(m: dict[str, Any]) -> Error:
     return Error(code, message, _get_id(m))
 
 
-_REQUEST_PARSERS = {"ping": _parse_ping, "redo": _parse_redo}
-_RESPONSE_PARSERS = {"pong": _parse_pong, "page": _parse_page, "error": _parse_error}
+# A parser takes msgpack's decoded map (hence Any) and returns the message or raises InvalidMessage.
+_REQUEST_PARSERS: dict[str, Callable[[dict[str, Any]], Request]] = {"ping": _parse_ping, "redo": _parse_redo}
+_RESPONSE_PARSERS: dict[str, Callable[[dict[str, Any]], Response]] = {
+    "pong": _parse_pong, "page": _parse_page, "error": _parse_error,
+}
+
+_M = TypeVar("_M", Request, Response)  # the direction a decoder reads
 
 
 class _State(enum.Enum):
@@ -472,7 +477,7 @@ class _State(enum.Enum):
     BROKEN = "broken"  # an earlier frame failed: every later call raises the same error
 
 
-class _Decoder:
+class _Decoder(Generic[_M]):
     """Frame splitter + message parser. Feed bytes with :meth:`receive_data`, take messages out with
     :meth:`next_event` (``None`` = need more data) or by iterating.
 
@@ -480,7 +485,7 @@ class _Decoder:
     error, because a byte stream cannot be resynchronised after a bad frame.
     """
 
-    _parsers: dict[str, Any]
+    _parsers: dict[str, Callable[[dict[str, Any]], _M]]
 
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE, *, refuse_above: int | None = None) -> None:
         if max_frame_size < 1:
@@ -515,7 +520,7 @@ class _Decoder:
             data = data[n:]
         self._buf += data
 
-    def next_event(self) -> Request | Response | Oversized | None:
+    def next_event(self) -> _M | Oversized | None:
         """Return the next complete message (or :class:`Oversized` for a refused frame, only with
         ``refuse_above``), or ``None`` if more bytes are needed.
 
@@ -546,7 +551,7 @@ class _Decoder:
         with memoryview(self._buf) as view, view[start : start + n] as payload:
             return self._parse(payload)
 
-    def __iter__(self) -> Iterator[Request | Response]:
+    def __iter__(self) -> Iterator[_M | Oversized]:
         """Yield every complete buffered message; raises like :meth:`next_event`."""
         while (event := self.next_event()) is not None:
             yield event
@@ -556,7 +561,7 @@ class _Decoder:
         self._error = error
         return error
 
-    def _parse(self, payload: bytes | memoryview) -> Request | Response:
+    def _parse(self, payload: bytes | memoryview) -> _M:
         if not payload:
             raise self._broken(MalformedFrame("empty frame"))
         try:
@@ -575,13 +580,13 @@ class _Decoder:
             raise self._broken(e) from None
 
 
-class RequestDecoder(_Decoder):
+class RequestDecoder(_Decoder[Request]):
     """Decodes the parent → child direction: yields :class:`Ping` and :class:`Redo`."""
 
     _parsers = _REQUEST_PARSERS
 
 
-class ResponseDecoder(_Decoder):
+class ResponseDecoder(_Decoder[Response]):
     """Decodes the child → parent direction: yields :class:`Pong`, :class:`Page` and :class:`Error`."""
 
     _parsers = _RESPONSE_PARSERS

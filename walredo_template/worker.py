@@ -48,7 +48,7 @@ def _preload_optional(*names: str) -> None:
         try:
             importlib.import_module(name)
         except ImportError:
-            sys.modules.setdefault(name, None)  # type: ignore[assignment]
+            sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "known missing", by design
 
 
 # walredo_template.pg.xlogrecord decompresses lz4/zstd full-page images with these.
@@ -183,7 +183,7 @@ def main(sock: socket.socket, tenant: str) -> None:
                             f"child's memory limit allows ({request.bound} bytes)"))
                         continue
                     try:
-                        out.append(handle_request(request))  # type: ignore[arg-type]
+                        out.append(handle_request(request))
                     except MemoryError:
                         raise
                     except Exception as e:  # a bug outside the engine: still one answer per request
