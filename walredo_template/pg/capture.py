@@ -19,8 +19,9 @@ change without WAL (sequences, the SP-GiST metapage) get no disk request.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -28,7 +29,7 @@ from walredo_template import BufferTag
 
 from .mask import mask_vm_page
 from .walreader import group_by_page
-from .xlogrecord import decode_record
+from .xlogrecord import BlockRef, decode_record
 
 VM_FORKNUM = 2
 RM_HEAP_ID = 10
@@ -52,11 +53,12 @@ class PageRequest:
     rmgr: int = RM_HEAP_ID  # the rmgr whose mask compares the page (its access method's)
 
 
-def load_capture(path: str) -> dict:
+def load_capture(path: str) -> dict[str, Any]:
     """Read a ``capture.msgpack``; raises ``ValueError`` if it is not a format-1 or 2 PostgreSQL 15 capture
-    (format 1 has heap and visibility-map pages only, and no ``rmgr`` per page)."""
+    (format 1 has heap and visibility-map pages only, and no ``rmgr`` per page). The document is msgpack's
+    map as it decoded (its layout: ``tests/data/wal-small/README.md``)."""
     with open(path, "rb") as f:
-        doc = msgpack.unpackb(f.read(), raw=False)
+        doc: object = msgpack.unpackb(f.read(), raw=False)
     if not isinstance(doc, dict) or doc.get("format") not in (1, FORMAT) or doc.get("pg_version") != 15:
         raise ValueError(f"{path}: not a format-1 or {FORMAT} PostgreSQL 15 WAL capture")
     return doc
@@ -84,7 +86,7 @@ def disk_is_wal_state(tag: BufferTag, rmgr: int) -> bool:
     return not (rmgr == RM_SEQ_ID or (rmgr == RM_SPGIST_ID and tag.blknum == 0))
 
 
-def page_requests(doc: dict, *, image_every: int = 16) -> list[PageRequest]:
+def page_requests(doc: dict[str, Any], *, image_every: int = 16) -> list[PageRequest]:
     """Every request the capture can check: one per consistency image, one per page on disk."""
     records = [tuple(r) for r in doc["records"]]
     groups = group_by_page(records)
@@ -139,7 +141,7 @@ def _first_self_contained(tag: BufferTag, chain: Sequence[tuple[int, bytes]]) ->
     return None
 
 
-def _block_for(tag: BufferTag, raw: bytes):
+def _block_for(tag: BufferTag, raw: bytes) -> BlockRef | None:
     for block in decode_record(raw, verify_crc=False).blocks.values():
         if block.tag == tag:
             return block
@@ -149,8 +151,8 @@ def _block_for(tag: BufferTag, raw: bytes):
 _SMGR_TRUNCATE_RNODE = struct.Struct("<4xIII")  # xl_smgr_truncate: blkno, then RelFileNode
 
 
-def _truncated_relations(records) -> set[tuple[int, int, int]]:
-    out = set()
+def _truncated_relations(records: Iterable[tuple[int, int, bytes]]) -> set[tuple[int, int, int]]:
+    out: set[tuple[int, int, int]] = set()
     for _start, _end, raw in records:
         rec = decode_record(raw, verify_crc=False)
         if rec.rmid == RM_SMGR_ID and rec.info & 0xF0 == XLOG_SMGR_TRUNCATE and len(rec.main_data) >= 16:

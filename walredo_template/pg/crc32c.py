@@ -11,6 +11,8 @@ hundred times slower, which matters only for bulk WAL decoding with CRC verifica
 
 from __future__ import annotations
 
+from typing import Protocol
+
 _POLY = 0x82F63B78  # reflected Castagnoli polynomial
 
 
@@ -36,17 +38,21 @@ def crc32c_pure(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     return c ^ 0xFFFFFFFF
 
 
+class _Crc32c(Protocol):
+    """What both implementations accept: ``crc32c(data, crc=0)``, the previous value positionally."""
+
+    def __call__(self, data: bytes | bytearray | memoryview, crc: int = 0, /) -> int: ...
+
+
+crc32c: _Crc32c
 try:  # optional speed-up: same function, in C with SSE4.2/ARMv8 CRC instructions where available
     from crc32c import crc32c as _crc32c_native
 except ImportError:  # pragma: no cover - depends on the environment
-    _crc32c_native = None
-
-if _crc32c_native is not None:
+    crc32c = crc32c_pure
+    NATIVE = False
+else:
     # The C function itself (same signature, same continuation semantics): no Python frame per call.
     crc32c = _crc32c_native
     NATIVE = True
-else:  # pragma: no cover
-    crc32c = crc32c_pure
-    NATIVE = False
 
 __all__ = ["crc32c", "crc32c_pure", "NATIVE"]

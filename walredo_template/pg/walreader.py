@@ -81,7 +81,7 @@ class WalReader:
     clean end. After iteration, :attr:`end_reason` says why reading stopped and :attr:`end_lsn` where.
     """
 
-    def __init__(self, wal_dir: str | os.PathLike, *, start_lsn: int | None = None,
+    def __init__(self, wal_dir: str | os.PathLike[str], *, start_lsn: int | None = None,
                  verify_crc: bool = True, strict: bool = False):
         self.wal_dir = os.fspath(wal_dir)
         self.verify_crc = verify_crc
@@ -100,6 +100,9 @@ class WalReader:
         self._check_magic(magic, pageaddr)
         if not info & XLP_LONG_HEADER:
             raise InvalidWal(f"{first}: first page has no long header")
+        self.system_id: int
+        self.segment_size: int
+        self.page_size: int
         self.system_id, self.segment_size, self.page_size = _LONG_PHD_TAIL.unpack_from(head, SIZE_OF_SHORT_PHD)
         ss, ps = self.segment_size, self.page_size
         if ps < 1024 or ps & (ps - 1) or ss < ps or ss & (ss - 1) or ss % ps:
@@ -261,9 +264,10 @@ class WalReader:
         return start, end, raw
 
 
-def read_wal(wal_dir: str | os.PathLike, **kwargs) -> Iterator[tuple[int, int, bytes]]:
-    """Shorthand for ``iter(WalReader(wal_dir, **kwargs))``; see :class:`WalReader` for errors."""
-    return iter(WalReader(wal_dir, **kwargs))
+def read_wal(wal_dir: str | os.PathLike[str], *, start_lsn: int | None = None, verify_crc: bool = True,
+             strict: bool = False) -> Iterator[tuple[int, int, bytes]]:
+    """Shorthand for ``iter(WalReader(wal_dir, ...))``; see :class:`WalReader` for errors."""
+    return iter(WalReader(wal_dir, start_lsn=start_lsn, verify_crc=verify_crc, strict=strict))
 
 
 # Heap records whose flags clear visibility-map bits of the heap block's VM page without referencing it

@@ -148,7 +148,7 @@ def _decompress(bimg: bytes, info: int, want: int) -> bytes:
                 "image is lz4-compressed; install the 'lz4' package (extra: compression)"
             ) from e
         try:
-            out = lz4.block.decompress(bimg, uncompressed_size=want)
+            out: bytes = lz4.block.decompress(bimg, uncompressed_size=want)
         except Exception as e:  # lz4.block.LZ4BlockError and friends
             raise InvalidRecord(f"lz4 image does not decompress: {e}") from e
         if len(out) != want:
