@@ -50,9 +50,9 @@ from .bufmgr import (
     RedoContext,
     block_data,
     finish,
+    init_for_redo,
     main_struct,
     page_for_redo,
-    read_for_redo,
     referenced_block,
     unsupported,
 )
@@ -173,9 +173,7 @@ def _insert_part(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int, 
         if rec.info & XLOG_BRIN_INIT_PAGE:
             # XLogInitBufferForRedo, whose result brin ignores: the page is initialized and the tuple
             # added even when an image was restored.
-            read_for_redo(ctx, blk, lsn, zero=True)
-            page = ctx.page
-            assert page is not None
+            page = init_for_redo(ctx, blk, lsn)
             brin_page_init(page, BRIN_PAGETYPE_REGULAR)
             ctx.checked = True
         else:
@@ -269,20 +267,17 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
                 finish(page, lsn)
         elif bid == 1:
             # XLogInitBufferForRedo; the page is initialized whatever it returned.
-            read_for_redo(ctx, blk, lsn, zero=True)
-            assert ctx.page is not None
-            brin_page_init(ctx.page, BRIN_PAGETYPE_REVMAP)
+            revmap = init_for_redo(ctx, blk, lsn)
+            brin_page_init(revmap, BRIN_PAGETYPE_REVMAP)
             ctx.checked = True
-            finish(ctx.page, lsn)
+            finish(revmap, lsn)
         else:
             raise InvalidRecord(f"{name}: block {bid} has no role in this record")
     else:  # CREATE_INDEX
         ppr, version = main_struct(rec, _CREATE, name)
         if bid != 0:
             raise InvalidRecord(f"{name}: block {bid} has no role in this record")
-        read_for_redo(ctx, blk, lsn, zero=True)
-        assert ctx.page is not None
-        page = ctx.page
+        page = init_for_redo(ctx, blk, lsn)
         brin_page_init(page, BRIN_PAGETYPE_META)
         _META.pack_into(page, CONTENTS, BRIN_META_MAGIC, version, ppr, 0)
         _U16.pack_into(page, P.OFF_LOWER, META_END)

@@ -158,16 +158,11 @@ def init_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray:
     return page
 
 
-def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, *, zero: bool = False) -> int:
-    """:func:`page_for_redo` (``zero=False``) or :func:`init_for_redo` (``zero=True``), returning PostgreSQL's
-    XLogRedoAction code instead of the page: BLK_NEEDS_REDO, BLK_DONE or BLK_RESTORED. Same errors.
-
-    With ``zero`` the page is not zeroed (as :func:`init_for_redo`). For redo that also runs after an image
-    restore, or that must tell a restored page from one already done.
+def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int) -> int:
+    """:func:`page_for_redo`, returning PostgreSQL's XLogRedoAction code instead of the page: BLK_NEEDS_REDO,
+    BLK_DONE or BLK_RESTORED. Same errors. For redo that also runs after an image restore, or that must tell
+    a restored page from one already done.
     """
-    if zero:
-        init_for_redo(ctx, blk, lsn)
-        return BLK_RESTORED if blk.apply_image else BLK_NEEDS_REDO
     if page_for_redo(ctx, blk, lsn) is not None:
         return BLK_NEEDS_REDO
     return BLK_RESTORED if blk.apply_image else BLK_DONE

@@ -57,6 +57,7 @@ from .bufmgr import (
     BLK_RESTORED,
     RedoContext,
     finish,
+    init_for_redo,
     main_struct,
     page_for_redo,
     read_for_redo,
@@ -158,9 +159,7 @@ def _init_page(page: bytearray, flags: int) -> None:
 def _init_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray:
     """XLogInitBufferForRedo: the page to initialize, whatever its LSN (an image, if any, is restored first
     and then overwritten, as in PostgreSQL)."""
-    read_for_redo(ctx, blk, lsn, zero=True)
-    page = ctx.page
-    assert page is not None
+    page = init_for_redo(ctx, blk, lsn)
     ctx.checked = True  # the caller initializes it
     return page
 

@@ -69,6 +69,7 @@ from .bufmgr import (
     RedoContext,
     block_data,
     finish,
+    init_for_redo,
     main_struct,
     read_for_redo,
     referenced_block,
@@ -133,9 +134,7 @@ def _u32_data(blk: BlockRef, name: str) -> int:
 
 def _init_block(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray:
     """XLogInitBufferForRedo: a zeroed page to build (an image that came along is overwritten anyway)."""
-    read_for_redo(ctx, blk, lsn, zero=True)
-    page = ctx.page
-    assert page is not None
+    page = init_for_redo(ctx, blk, lsn)
     ctx.checked = True
     return page
 

@@ -30,7 +30,7 @@ import struct
 from collections.abc import Sequence
 
 from . import page as P
-from .bufmgr import RedoContext, read_for_redo
+from .bufmgr import RedoContext, init_for_redo
 from .errors import InvalidPage, InvalidRecord
 from .mask import mask_page_lsn_and_checksum, mask_unused_space
 from .xlogrecord import BlockRef
@@ -96,9 +96,7 @@ def clear_flags(page: bytearray, bits: int) -> None:
 def init_page(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray:
     """XLogInitBufferForRedo + _bt_pageinit: an image flagged for apply is restored first (as PostgreSQL
     does) and then overwritten like any other content, since redo rebuilds the page either way."""
-    read_for_redo(ctx, blk, lsn, zero=True)
-    page = ctx.page
-    assert page is not None
+    page = init_for_redo(ctx, blk, lsn)
     P.page_init(page, 16)
     ctx.checked = True
     return page

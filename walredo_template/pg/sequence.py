@@ -33,7 +33,7 @@ from __future__ import annotations
 import struct
 
 from . import page as P
-from .bufmgr import RedoContext, read_for_redo, referenced_block, unsupported
+from .bufmgr import RedoContext, init_for_redo, referenced_block, unsupported
 from .errors import InvalidRecord
 from .mask import mask_page_lsn_and_checksum, mask_unused_space
 from .xlogrecord import DecodedRecord
@@ -74,9 +74,7 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         raise InvalidRecord(f"Sequence/LOG: main data has {len(md)} bytes, expected xl_seq_rec and a tuple")
     if itemsz > MAX_TUPLE_SIZE:
         raise InvalidRecord(f"Sequence/LOG: tuple of {itemsz} bytes does not fit a sequence page")
-    read_for_redo(ctx, blk, lsn, zero=True)  # WILL_INIT check; an apply image is restored, then replaced
-    page = ctx.page
-    assert page is not None  # read_for_redo in zero mode always leaves a buffer
+    page = init_for_redo(ctx, blk, lsn)  # WILL_INIT check; an apply image is restored, then replaced
     P.page_init(page, SIZEOF_SEQUENCE_MAGIC)
     _MAGIC.pack_into(page, _SPECIAL, SEQ_MAGIC)
     P.add_item(page, memoryview(md)[SIZEOF_XL_SEQ_REC:], 1, is_heap=False)

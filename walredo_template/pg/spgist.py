@@ -69,7 +69,7 @@ from collections.abc import Callable
 
 from . import indexpage as IP
 from . import spgist_page as S
-from .bufmgr import RedoContext, finish, page_for_redo, read_for_redo, referenced_block, unsupported
+from .bufmgr import RedoContext, finish, init_for_redo, page_for_redo, referenced_block, unsupported
 from .errors import InvalidRecord
 from .xlogrecord import BlockRef, DecodedRecord
 
@@ -138,9 +138,7 @@ _items_checked: list[RedoContext | None] = [None]
 def _init(ctx: RedoContext, blk: BlockRef, lsn: int, flags: int) -> bytearray:
     """XLogInitBufferForRedo + SpGistInitBuffer: the redo always runs on the fresh page, even when the
     block had an image to apply (PostgreSQL restores it and then re-initializes the page)."""
-    read_for_redo(ctx, blk, lsn, zero=True)
-    page = ctx.page
-    assert page is not None
+    page = init_for_redo(ctx, blk, lsn)
     S.init_page(page, flags)
     ctx.checked = True
     _items_checked[0] = ctx  # a page built here has only the pointers redo adds
