@@ -1,0 +1,139 @@
+"""Is a page the redo engine returned one PostgreSQL could read? Structural checks by page kind.
+
+:func:`page_problem` returns ``None`` for a valid page, else what is wrong. Every page must be 8192 bytes
+and either all zeros (a new page: PostgreSQL's ``PageIsVerified`` accepts it) or pass
+``walredo_template.pg.page.check_page`` (``pd_pagesize_version`` 8192|4, ``24 <= pd_lower <= pd_upper <=
+pd_special <= 8192``, pd_special MAXALIGNed). Pages whose ``pd_lower`` ends a line pointer array then get
+**every line pointer with storage** (``lp_len != 0``, whatever its flags) checked to lie in the tuple
+space: ``pd_upper <= lp_off`` and ``lp_off + lp_len <= pd_special``, as ``PageRepairFragmentation`` and
+the engine's own ``normal_item`` require.
+
+The page kind comes from the access method of the relation (the ``rmgr`` a capture records per page) and
+the page's special space, as PostgreSQL's own code tells them apart:
+
+==========================  ================  =============================================================
+access method (rmgr)        special size      line pointer array?
+==========================  ================  =============================================================
+visibility map (fork 2)     any               no: the bitmap follows the header (pd_lower = 24)
+heap (Heap 10, Heap2 9)     0                 yes
+btree (11)                  16                yes, except the metapage (BTP_META in btpo_flags) and
+                                              deleted pages (BTP_DELETED: BTDeletedPageData)
+hash (12)                   16                yes, except the metapage and bitmap pages (LH_META_PAGE,
+                                              LH_BITMAP_PAGE in hasho_flag): pd_lower ends their contents
+GIN (13)                    8                 entry and pending-list pages only; not the metapage
+                                              (GIN_META) nor data pages (GIN_DATA: posting lists/items)
+GiST (14)                   16                yes, except deleted pages (F_DELETED: GISTDeletedPageContents)
+sequence (15)               8                 yes
+SP-GiST (16)                8                 yes, except the metapage (SPGIST_META)
+BRIN (17)                   8                 regular pages only; not the metapage nor revmap pages
+generic (20: bloom)         8                 no: bloom packs its tuples after the header (pd_lower ends them)
+==========================  ================  =============================================================
+
+A page whose special size is not its access method's (a mutated base page the records never touched) is
+of unknown kind: it gets the header checks only.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from walredo_template.pg.errors import InvalidPage
+from walredo_template.pg.page import BLCKSZ, SIZE_OF_PAGE_HEADER, ZERO_PAGE, check_page
+
+VM_FORKNUM = 2
+RM_HEAP2, RM_HEAP, RM_BTREE, RM_HASH, RM_GIN, RM_GIST, RM_SEQ, RM_SPGIST, RM_BRIN, RM_GENERIC = (
+    9, 10, 11, 12, 13, 14, 15, 16, 17, 20)
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+BTP_DELETED, BTP_META = 1 << 2, 1 << 3
+LH_BITMAP_PAGE = 1 << 2
+LH_META_PAGE = 1 << 3
+GIN_DATA, GIN_META = 0x01, 0x08
+F_DELETED = 1 << 1  # GiST
+SPGIST_META = 1
+BRIN_PAGETYPE_REGULAR = 0xF093
+
+
+def _flags_at(page: bytes, special: int, offset: int) -> int:
+    value: int = _U16.unpack_from(page, special + offset)[0]
+    return value
+
+
+def page_kind(page: bytes, forknum: int, rmgr: int) -> tuple[str, bool]:
+    """``(kind, has_line_pointers)`` for a page that passed the header checks (module docstring)."""
+    special = _U16.unpack_from(page, 16)[0]
+    size = BLCKSZ - special
+    if forknum == VM_FORKNUM:
+        return "vm", False
+    if rmgr in (RM_HEAP, RM_HEAP2):
+        return ("heap", True) if size == 0 else (f"unknown(rmgr {rmgr}, special size {size})", False)
+    if rmgr == RM_BTREE and size == 16:
+        flags = _flags_at(page, special, 12)
+        if flags & BTP_META:
+            return "btree-meta", False
+        if flags & BTP_DELETED:
+            return "btree-deleted", False
+        return "btree", True
+    if rmgr == RM_HASH and size == 16:
+        flag = _flags_at(page, special, 12)
+        if flag & LH_META_PAGE:
+            return "hash-meta", False
+        if flag & LH_BITMAP_PAGE:
+            return "hash-bitmap", False
+        return "hash", True
+    if rmgr == RM_GIN and size == 8:
+        flags = _flags_at(page, special, 6)
+        if flags & GIN_META:
+            return "gin-meta", False
+        if flags & GIN_DATA:
+            return "gin-data", False
+        return "gin-entry", True
+    if rmgr == RM_GIST and size == 16:
+        return ("gist-deleted", False) if _flags_at(page, special, 12) & F_DELETED else ("gist", True)
+    if rmgr == RM_SEQ and size == 8:
+        return "sequence", True
+    if rmgr == RM_SPGIST and size == 8:
+        return ("spgist-meta", False) if _flags_at(page, special, 0) & SPGIST_META else ("spgist", True)
+    if rmgr == RM_BRIN and size == 8:
+        kind = _flags_at(page, special, 6)
+        return ("brin", True) if kind == BRIN_PAGETYPE_REGULAR else (f"brin-{kind:#06x}", False)
+    if rmgr == RM_GENERIC and size == 8:
+        return "bloom", False
+    return f"unknown(rmgr {rmgr}, special size {size})", False
+
+
+def bad_line_pointer(page: bytes, forknum: int, rmgr: int) -> tuple[int, int] | None:
+    """``(item, word)`` of the first line pointer with storage outside the tuple space of a page of a kind
+    with a line pointer array (1-based item, raw word), else None. The page must pass the header checks."""
+    _kind, has_lps = page_kind(page, forknum, rmgr)
+    if not has_lps:
+        return None
+    lower, upper, special = struct.unpack_from("<HHH", page, 12)
+    for i in range((lower - SIZE_OF_PAGE_HEADER) // 4):
+        w = _U32.unpack_from(page, SIZE_OF_PAGE_HEADER + 4 * i)[0]
+        off, length = w & 0x7FFF, w >> 17
+        if length and (off < upper or off + length > special):
+            return i + 1, w
+    return None
+
+
+def page_problem(page: bytes, forknum: int, rmgr: int) -> str | None:
+    """``None`` if ``page`` is structurally valid for its kind, else a short description of the fault
+    (its first word names the fault class, for grouping crashes)."""
+    if len(page) != BLCKSZ:
+        return f"size: page has {len(page)} bytes"
+    if page == ZERO_PAGE:
+        return None
+    try:
+        check_page(page)
+    except InvalidPage as e:
+        return f"header: {e}"
+    bad = bad_line_pointer(page, forknum, rmgr)
+    if bad is None:
+        return None
+    item, w = bad
+    upper, special = struct.unpack_from("<HH", page, 14)
+    return (f"line-pointer: {page_kind(page, forknum, rmgr)[0]} page item {item} at {w & 0x7FFF} length {w >> 17} "
+            f"is outside the tuple space [{upper}, {special})")
