@@ -415,5 +415,10 @@ def test_mutations_give_a_valid_page_or_a_typed_error(samples, data):
         out = apply_records(tag, base, [(end, raw)])
     except RedoError:
         return
+    if raw[17] != 15:
+        # The mutation changed the rmgr id: the record is now another rmgr's (e.g. Generic, whose deltas may
+        # write any bytes by design), so only "a page or a RedoError" holds, as it just did.
+        assert len(out) == P.BLCKSZ
+        return
     assert_sane(out)
     assert struct.unpack_from("<I", out, P.get_special(out))[0] == 0x1717 and P.get_lsn(out) == end

@@ -100,8 +100,14 @@ def flag(page: bytearray) -> int:
 
 
 def set_flag(page: bytearray, value: int) -> None:
+    """Set hasho_flag. A change into or out of the metapage / bitmap types changes whether the page's line
+    pointers are items: they are checked then (:func:`check_items`), so a record's flag cannot turn a page
+    whose pointers were never checked into a bucket page."""
     _special(page)
+    was = U16.unpack_from(page, OFF_FLAG)[0]
     U16.pack_into(page, OFF_FLAG, value & 0xFFFF)
+    if (was ^ value) & (LH_META_PAGE | LH_BITMAP_PAGE):
+        check_items(page)
 
 
 def set_link(page: bytearray, off: int, blkno: int) -> None:
