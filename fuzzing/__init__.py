@@ -6,7 +6,7 @@ is a :class:`~fuzzing.targets.Violation`, saved with its input and reported.
 
     targets.py    the targets: control decoder, child-protocol decoder, record decoder, apply_records (and
                   apply-valid: apply_records on requests whose base page and images are valid)
-    pagecheck.py  structural validity of a page the engine returns, by page kind
+    (walredo_template/pg/pagecheck.py: structural validity of a page, by page kind, which the engine enforces)
     records.py    re-encoding decoded WAL records (CRC fixed), for structure-aware mutations and seeds
     inputs.py     the apply_records target's input format, and seeds built from the committed capture
     mutate.py     mutators: a pure-Python byte mutator (tests) and the structure-aware request mutator

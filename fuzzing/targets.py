@@ -18,7 +18,7 @@ target                    calls                                       allowed er
                           fixed or not, checked or not), then every   general decoder; blocks sane; images are
                           block's ``image()``                         8192 bytes; the record re-encodes to itself
 ``apply``                 ``walredo_template.redo.apply_records``     ``RedoError``; the page is 8192 bytes and
-                          on mutated records and base pages           structurally valid (:mod:`fuzzing.pagecheck`)
+                          on mutated records and base pages           structurally valid (pg/pagecheck.py)
 ``apply-valid``           ``apply``, on requests whose base page      as ``apply``: a violation here is a redo
                           and full-page images are valid              routine's own (it survives input checks)
 ========================  ==========================================  ============================================
@@ -45,11 +45,11 @@ from forkserver.errors import ProtocolError as ControlProtocolError
 from walredo_template import protocol
 from walredo_template.pg import xlogrecord
 from walredo_template.pg.errors import RedoError
+from walredo_template.pg.pagecheck import bad_line_pointer, page_kind, page_problem
 from walredo_template.redo import apply_records, record_name
 
 from . import inputs
 from .mutate import ByteMutate, mutate_apply, mutate_record_fields
-from .pagecheck import bad_line_pointer, page_kind, page_problem
 from .records import encode_record, finish_record, strip_check_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

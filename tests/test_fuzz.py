@@ -22,10 +22,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fuzzing import campaign, inputs, pagecheck, records, targets  # noqa: E402
+from fuzzing import campaign, inputs, records, targets  # noqa: E402
 from fuzzing.mutate import ByteMutator  # noqa: E402
 from walredo_template import BufferTag  # noqa: E402
 from walredo_template.pg import page as P  # noqa: E402
+from walredo_template.pg import pagecheck  # noqa: E402
 from walredo_template.pg.capture import load_capture, page_requests  # noqa: E402
 from walredo_template.pg.xlogrecord import decode_record  # noqa: E402
 
@@ -34,26 +35,13 @@ REGRESSIONS = CORPUS / "regressions"
 CAPTURE = REPO / "tests" / "data" / "wal-small" / "capture.msgpack"
 MUTANTS = {"control": 3000, "child": 2000, "record": 4000, "apply": 1500, "apply-valid": 1500}
 
-# Holes the fuzzer found that are not fixed yet (issue 12): regression input -> why it fails today.
-_BASE_HOLE = ("issue 12: a base image is checked by its header only (check_page), so a line pointer outside the "
-              "tuple space that no record touches comes back in the answer instead of InvalidPage")
-_FPI_HOLE = ("issue 12: a full-page image a (CRC-valid) record carries is restored without any check, so an "
-             "image PostgreSQL could not read (bad header bounds or line pointers) becomes the answer")
-OPEN_HOLES: dict[str, str] = {
-    # Heap/UPDATE onto a heap page whose item 1 is at 11432, length 335 (off the page).
-    "apply/base-line-pointer-heap.bin": _BASE_HOLE,
-    # Gin/INSERT_LISTPAGE onto a GIN pending-list page whose item 1 is at 8351, length 116.
-    "apply/base-line-pointer-gin.bin": _BASE_HOLE,
-    # XLOG/FPI of a GiST page with pd_lower 28160 > pd_upper 11998.
-    "apply/fpi-header-gist.bin": _FPI_HOLE,
-    # Gin/VACUUM_PAGE whose image of a GIN entry page has item 2 at 8104, length 5800.
-    "apply/fpi-line-pointer-gin.bin": _FPI_HOLE,
-}
+# Holes the fuzzer found that are not fixed yet: regression input -> why it fails today (strict xfail). The
+# four inputs it found first (base images with line pointers off the page, CRC-valid full-page images with bad
+# bounds or pointers, in heap, GIN and GiST records) pass since apply_records validates every page it returns.
+OPEN_HOLES: dict[str, str] = {}
 
 # Targets whose bounded random run still hits an open hole (the seed is fixed: deterministic).
-OPEN_IN_RANDOM_RUN: dict[str, str] = {
-    "apply": "issue 12: mutants of base pages and of full-page images give invalid pages (the two holes above)",
-}
+OPEN_IN_RANDOM_RUN: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from .pg import page as P
 from .pg.bufmgr import RedoContext
 from .pg.errors import InvalidPage, InvalidRecord, RedoError, UnsupportedRecord
 from .pg.mask import heap_mask
+from .pg.pagecheck import page_problem
 from .pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, DecodedRecord, decode_record
 
 
@@ -91,6 +92,9 @@ def apply_records(
     does not fit the page; :class:`InvalidPage` for a base image that is not a PostgreSQL 15 page or a
     missing one; :class:`BlockNotReferenced` when a record does not touch the page;
     :class:`UnsupportedRecord` (with ``rmid`` and ``info``) for record types outside the supported set;
+    :class:`InvalidPage` as well when the page to be returned is not structurally valid for its kind (header
+    bounds, every line pointer with storage inside the tuple space: :mod:`.pg.pagecheck`), so no answer is
+    a page PostgreSQL could not read;
     :class:`MissingCompressionLibrary` for an lz4/zstd image without the package.
     """
     if base_image is not None:
@@ -106,6 +110,7 @@ def apply_records(
         checked = False
     ctx = RedoContext(tag, page, wal_log_hints, checked)
     redo_table = _REDO
+    rmgr = -1  # the rmgr of the last record that was not an XLOG FPI: it tells the page's kind
     for end_lsn, raw in records:
         if not isinstance(end_lsn, int) or not 0 <= end_lsn < 1 << 64:
             raise InvalidRecord(f"invalid end LSN {end_lsn!r}")
@@ -116,9 +121,18 @@ def apply_records(
                 f"unsupported record: rmgr {rec.rmid}, info {rec.info:#04x}", rmid=rec.rmid, info=rec.info
             )
         redo(ctx, rec, end_lsn)
+        if rec.rmid:
+            rmgr = rec.rmid
     if ctx.page is None:
         raise InvalidPage("no base image and no records to build the page from")
-    return bytes(ctx.page)
+    out = bytes(ctx.page)
+    # Never answer with a page PostgreSQL could not read: a corrupt base image no record touched, or a
+    # CRC-valid full-page image that is not a valid page, ends here as an error (pg/pagecheck.py; a page
+    # only XLOG FPIs wrote is of unknown kind and gets the header checks).
+    problem = page_problem(out, tag.forknum, rmgr)
+    if problem is not None:
+        raise InvalidPage(f"the rebuilt page is not valid: {problem}")
+    return out
 
 
 __all__ = ["apply_records", "record_name", "RMGRS", "Rmgr", "RedoError"]

@@ -1,4 +1,8 @@
-"""Is a page the redo engine returned one PostgreSQL could read? Structural checks by page kind.
+"""Is a page one PostgreSQL could read? Structural checks by page kind, run on every page the engine returns.
+
+:func:`.redo.apply_records` refuses to return a page that fails them (:class:`InvalidPage`), whatever the
+records did: a corrupt base image that no record touched, or a CRC-valid full-page image that PostgreSQL
+could not read, must be an error, never an answer. ``scripts/fuzz`` holds the engine to the same checks.
 
 :func:`page_problem` returns ``None`` for a valid page, else what is wrong. Every page must be 8192 bytes
 and either all zeros (a new page: PostgreSQL's ``PageIsVerified`` accepts it) or pass
@@ -37,8 +41,8 @@ from __future__ import annotations
 
 import struct
 
-from walredo_template.pg.errors import InvalidPage
-from walredo_template.pg.page import BLCKSZ, SIZE_OF_PAGE_HEADER, ZERO_PAGE, check_page
+from .errors import InvalidPage
+from .page import BLCKSZ, SIZE_OF_PAGE_HEADER, ZERO_PAGE, check_page, lp_array
 
 VM_FORKNUM = 2
 RM_HEAP2, RM_HEAP, RM_BTREE, RM_HASH, RM_GIN, RM_GIST, RM_SEQ, RM_SPGIST, RM_BRIN, RM_GENERIC = (
@@ -111,10 +115,14 @@ def bad_line_pointer(page: bytes, forknum: int, rmgr: int) -> tuple[int, int] | 
     if not has_lps:
         return None
     lower, upper, special = struct.unpack_from("<HHH", page, 12)
-    for i in range((lower - SIZE_OF_PAGE_HEADER) // 4):
-        w = _U32.unpack_from(page, SIZE_OF_PAGE_HEADER + 4 * i)[0]
-        off, length = w & 0x7FFF, w >> 17
-        if length and (off < upper or off + length > special):
+    nline = (lower - SIZE_OF_PAGE_HEADER) // 4
+    if nline <= 0:
+        return None
+    # One unpack of the whole array; the per-item test only for the rare page that fails the fast one.
+    words = lp_array(nline).unpack_from(page, SIZE_OF_PAGE_HEADER)
+    for i, w in enumerate(words):
+        length = w >> 17
+        if length and ((w & 0x7FFF) < upper or (w & 0x7FFF) + length > special):
             return i + 1, w
     return None
 
