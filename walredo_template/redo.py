@@ -127,8 +127,8 @@ def apply_records(
         raise InvalidPage("no base image and no records to build the page from")
     out = bytes(ctx.page)
     # Never answer with a page PostgreSQL could not read: a corrupt base image no record touched, or a
-    # CRC-valid full-page image that is not a valid page, ends here as an error (pg/pagecheck.py; a page
-    # only XLOG FPIs wrote is of unknown kind and gets the header checks).
+    # CRC-valid full-page image that is not a valid page, ends here as an error (pg/pagecheck.py; the kind of
+    # a page that only XLOG FPIs wrote, or no record, is read from its special space).
     problem = page_problem(out, tag.forknum, rmgr)
     if problem is not None:
         raise InvalidPage(f"the rebuilt page is not valid: {problem}")

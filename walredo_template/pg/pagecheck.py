@@ -34,7 +34,8 @@ generic (20: bloom)         8                 no: bloom packs its tuples after t
 ==========================  ================  =============================================================
 
 A page whose special size is not its access method's (a mutated base page the records never touched) is
-of unknown kind: it gets the header checks only.
+judged by what its own special space says it is (:func:`infer_rmgr`), as is a page no record names (no
+records, or XLOG full-page images only); a special space no access method has gets the header checks only.
 """
 
 from __future__ import annotations
@@ -65,14 +66,45 @@ def _flags_at(page: bytes, special: int, offset: int) -> int:
     return value
 
 
+HASHO_PAGE_ID, GIST_PAGE_ID, SPGIST_PAGE_ID, BLOOM_PAGE_ID = 0xFF80, 0xFF81, 0xFF82, 0xFF83
+SEQ_MAGIC = 0x1717
+BRIN_PAGETYPES = (0xF091, 0xF092, BRIN_PAGETYPE_REGULAR)
+
+
+def infer_rmgr(page: bytes) -> int:
+    """The access method a page's special space says it belongs to, for a page no record named (a request
+    with no records, or XLOG full-page images only): the page ids PostgreSQL's own tools read — hash, GiST,
+    SP-GiST and bloom stamp one in the special space, BRIN a page type, sequences a magic; a 16-byte special
+    without an id is btree's, an 8-byte one GIN's, none heap's; -1 for anything else."""
+    special = _U16.unpack_from(page, 16)[0]
+    size = BLCKSZ - special
+    if size == 0:
+        return RM_HEAP
+    if size == 16:
+        page_id = _U16.unpack_from(page, special + 14)[0]
+        return {HASHO_PAGE_ID: RM_HASH, GIST_PAGE_ID: RM_GIST}.get(page_id, RM_BTREE)
+    if size == 8:
+        if _U32.unpack_from(page, special)[0] == SEQ_MAGIC:
+            return RM_SEQ
+        last = _U16.unpack_from(page, special + 6)[0]
+        if last in BRIN_PAGETYPES:
+            return RM_BRIN
+        return {SPGIST_PAGE_ID: RM_SPGIST, BLOOM_PAGE_ID: RM_GENERIC}.get(last, RM_GIN)
+    return -1
+
+
 def page_kind(page: bytes, forknum: int, rmgr: int) -> tuple[str, bool]:
-    """``(kind, has_line_pointers)`` for a page that passed the header checks (module docstring)."""
+    """``(kind, has_line_pointers)`` for a page that passed the header checks (module docstring); ``rmgr``
+    below 0 means not known: it is inferred from the page (:func:`infer_rmgr`)."""
     special = _U16.unpack_from(page, 16)[0]
     size = BLCKSZ - special
     if forknum == VM_FORKNUM:
         return "vm", False
-    if rmgr in (RM_HEAP, RM_HEAP2):
-        return ("heap", True) if size == 0 else (f"unknown(rmgr {rmgr}, special size {size})", False)
+    inferred = rmgr < 0
+    if inferred:
+        rmgr = infer_rmgr(page)
+    if rmgr in (RM_HEAP, RM_HEAP2) and size == 0:
+        return "heap", True
     if rmgr == RM_BTREE and size == 16:
         flags = _flags_at(page, special, 12)
         if flags & BTP_META:
@@ -105,6 +137,10 @@ def page_kind(page: bytes, forknum: int, rmgr: int) -> tuple[str, bool]:
         return ("brin", True) if kind == BRIN_PAGETYPE_REGULAR else (f"brin-{kind:#06x}", False)
     if rmgr == RM_GENERIC and size == 8:
         return "bloom", False
+    if not inferred:
+        # The special space is not the named rmgr's (a record of another rmgr, a page that is not what the
+        # record says): judge the page by what its own special space says it is.
+        return page_kind(page, forknum, -1)
     return f"unknown(rmgr {rmgr}, special size {size})", False
 
 
