@@ -135,8 +135,10 @@ def page_kind(page: bytes, forknum: int, rmgr: int) -> tuple[str, bool]:
     if rmgr == RM_BRIN and size == 8:
         kind = _flags_at(page, special, 6)
         return ("brin", True) if kind == BRIN_PAGETYPE_REGULAR else (f"brin-{kind:#06x}", False)
-    if rmgr == RM_GENERIC and size == 8:
-        return "bloom", False
+    if rmgr == RM_GENERIC:
+        # Generic WAL is written for any extension's pages (bloom's have an 8-byte special space and no line
+        # pointer array); their layout is the extension's own: header checks only, never inferred.
+        return ("bloom", False) if size == 8 else (f"generic(special size {size})", False)
     if not inferred:
         # The special space is not the named rmgr's (a record of another rmgr, a page that is not what the
         # record says): judge the page by what its own special space says it is.
