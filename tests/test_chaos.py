@@ -48,7 +48,9 @@ def test_template_kill() -> None:
     assert fig.recovery
 
 
-@pytest.mark.xfail(strict=True, reason=STUCK_TEMPLATE)
+# Not strict: in the short version a round may end before any cold spawn reaches the stopped template (a CI
+# run on a fresh clone passed it once), so an unexpected pass is not a failure; scripts/chaos measures it.
+@pytest.mark.xfail(strict=False, reason=STUCK_TEMPLATE)
 def test_template_stop() -> None:
     _run("template-stop")
 
