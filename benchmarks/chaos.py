@@ -51,7 +51,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psuti
 
 from forkserver import RedoTimeout, WalRedoManager
 from forkserver.errors import ForkServerError
-from walredo_template.pg.capture import PageRequest, load_capture, page_requests, pages_match
+from walredo_tools.capture import PageRequest, load_capture, page_requests, pages_match
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTURE = os.path.join(REPO, "tests", "data", "wal-small", "capture.msgpack")

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from walredo_template import BufferTag
-from walredo_template.pg.capture import load_capture
 from walredo_template.pg.crc32c import crc32c
-from walredo_template.pg.walreader import group_by_page, read_wal
 from walredo_template.pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, decode_record
+from walredo_tools.capture import load_capture
+from walredo_tools.walreader import group_by_page, read_wal
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "tests" / "data"
 MAIN_FORK = 0

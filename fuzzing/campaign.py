@@ -65,7 +65,7 @@ def _write_corpus(dirname: str, inputs: list[bytes]) -> int:
 
 def seed_inputs(name: str, *, committed: bool = False) -> list[bytes]:
     from fuzzing import inputs, targets
-    from walredo_template.pg.capture import load_capture
+    from walredo_tools.capture import load_capture
 
     doc = load_capture(CAPTURE)
     if name in ("apply", "apply-valid") and committed:

@@ -29,9 +29,9 @@ from walredo_template import BufferTag
 from walredo_template.pg.errors import RedoError
 from walredo_template.pg.page import BLCKSZ, ZERO_PAGE
 from walredo_template.pg.pagecheck import page_kind, page_problem
-from walredo_template.pg.walreader import group_by_page
 from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import apply_records
+from walredo_tools.walreader import group_by_page
 
 from .records import finish_record, strip_check_images
 

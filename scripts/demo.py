@@ -20,8 +20,8 @@ sys.path.insert(0, REPO)
 from collections import Counter  # noqa: E402
 
 from forkserver import WalRedoManager  # noqa: E402
-from walredo_template.pg.capture import load_capture, page_requests, pages_match  # noqa: E402
 from walredo_template.redo import RMGRS  # noqa: E402
+from walredo_tools.capture import load_capture, page_requests, pages_match  # noqa: E402
 
 DEFAULT_CAPTURE = os.path.join(REPO, "tests", "data", "wal-small", "capture.msgpack")
 

@@ -70,7 +70,7 @@ def small_wal(tmp_path_factory):
     import shutil
     import subprocess
 
-    from walredo_template.pg.walreader import format_lsn
+    from walredo_tools.walreader import format_lsn
 
     dest = tmp_path_factory.mktemp("small_wal") / "pg_wal"
     cluster = pgcluster.PgCluster(wal_segsize_mb=1)

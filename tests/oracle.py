@@ -7,7 +7,7 @@ scripts/capture-wal and scripts/bench_redo. Harness side only: nothing here runs
 state of every page of the relations the WAL touches through the rmgrs it is asked to follow (heap and
 visibility-map pages by default; index, sequence and generic-WAL pages with ``pgcluster.ALL_RMGRS``). Each
 record of those rmgrs is applied to every page it touches (its block references and the VM pages whose bits it clears
-without referencing them, :func:`walredo_template.pg.walreader.pages_touched`), XLOG FPI / FPI_FOR_HINT to their
+without referencing them, :func:`walredo_tools.walreader.pages_touched`), XLOG FPI / FPI_FOR_HINT to their
 blocks, one ``apply_records`` call per record and page, each from the engine's previous result for that
 page. Where a record carries PostgreSQL's consistency image of the page (``wal_consistency_checking``: an
 image not flagged for apply), the engine's page and that image are compared masked by the record's rmgr
@@ -49,10 +49,10 @@ from dataclasses import dataclass, field
 from walredo_template import BufferTag
 from walredo_template.pg.errors import RedoError
 from walredo_template.pg.mask import mask_vm_page
-from walredo_template.pg.walreader import HEAPBLOCKS_PER_VM_PAGE, pages_touched
 from walredo_template.pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, RM_XLOG_ID, decode_record
 from walredo_template.redo import RMGRS, apply_records
 from walredo_template.redo import record_name as _record_name
+from walredo_tools.walreader import HEAPBLOCKS_PER_VM_PAGE, pages_touched
 
 MAIN_FORK = 0
 VM_FORK = 2
@@ -374,7 +374,7 @@ def replay_capture(cap, **kwargs) -> OracleResult:
 def report(name: str, res: OracleResult, *, limit: int = 20) -> str:
     """A readable summary of a replay: counts per record kind (compared / applied), every failure (up to
     ``limit`` each), and the disk check when there is one."""
-    from walredo_template.pg.walreader import format_lsn
+    from walredo_tools.walreader import format_lsn
 
     lines = [f"[oracle {name}] {res.total_compared} consistency images compared, {res.total_applied} records "
              f"applied, {res.seeded} pages seeded, {res.not_started} applications before a page's start "

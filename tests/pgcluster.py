@@ -468,7 +468,7 @@ def capture(config: ClusterConfig, workload=None, *, waldump: bool = True) -> Wa
     cleanly, read its WAL and heap pages, remove it. Raises PgUnavailable / CalledProcessError /
     InvalidWal; the cluster is removed in every case."""
     from walredo_template import BufferTag
-    from walredo_template.pg.walreader import WalReader, format_lsn
+    from walredo_tools.walreader import WalReader, format_lsn
 
     workload = workload or config.run
     cluster = PgCluster(checksums=config.checksums, wal_compression=config.wal_compression,

@@ -12,8 +12,8 @@ from oracle import compare_disk, mask_page, replay
 from pgcluster import ALL_RMGRS
 
 from walredo_template import BufferTag
-from walredo_template.pg.capture import disk_is_wal_state, load_capture
 from walredo_template.pg.xlogrecord import decode_record
+from walredo_tools.capture import disk_is_wal_state, load_capture
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "wal-small", "capture.msgpack")
 

@@ -27,8 +27,8 @@ from fuzzing.mutate import ByteMutator  # noqa: E402
 from walredo_template import BufferTag  # noqa: E402
 from walredo_template.pg import page as P  # noqa: E402
 from walredo_template.pg import pagecheck  # noqa: E402
-from walredo_template.pg.capture import load_capture, page_requests  # noqa: E402
 from walredo_template.pg.xlogrecord import decode_record  # noqa: E402
+from walredo_tools.capture import load_capture, page_requests  # noqa: E402
 
 CORPUS = REPO / "tests" / "data" / "fuzz-corpus"
 REGRESSIONS = CORPUS / "regressions"

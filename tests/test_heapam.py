@@ -14,9 +14,9 @@ from oracle import replay
 
 from walredo_template.pg import heapam
 from walredo_template.pg.mask import mask_heap_page
-from walredo_template.pg.walreader import pages_touched
 from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import apply_records
+from walredo_tools.walreader import pages_touched
 
 # Every record kind the engine must handle, as oracle.record_kind names them.
 REQUIRED_KINDS = [

@@ -367,7 +367,7 @@ async def test_event_loop_never_forks_spawns_or_blocks_during_200_cold_spawns(mg
 
 async def test_50_tenants_mixed_requests_against_the_wal_capture(mgr):
     """Every tenant gets a different slice of the capture's requests plus pings, all concurrently."""
-    from walredo_template.pg.capture import load_capture, page_requests, pages_match
+    from walredo_tools.capture import load_capture, page_requests, pages_match
 
     capture = os.path.join(os.path.dirname(__file__), "data", "wal-small", "capture.msgpack")
     doc = load_capture(capture)

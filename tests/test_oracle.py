@@ -14,7 +14,7 @@ import pytest
 from oracle import VM_FORK, truncate_vm_page
 
 from walredo_template import BufferTag
-from walredo_template.pg.walreader import format_lsn
+from walredo_tools.walreader import format_lsn
 
 CONFIG_NAMES = ["default", "checksums", "pglz", "lz4", "zstd"]
 TOTALS: dict[str, int] = {}

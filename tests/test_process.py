@@ -318,8 +318,8 @@ def _real_chains(small_wal, max_pages=40):
     """(tag, records, expected page) for pages of the small real WAL capture whose chain the engine can
     replay from no base image, with the expected page computed by the engine in this process."""
     from walredo_template.pg.errors import RedoError
-    from walredo_template.pg.walreader import group_by_page, read_wal
     from walredo_template.redo import apply_records
+    from walredo_tools.walreader import group_by_page, read_wal
 
     wal_dir, start, _ = small_wal
     by_page = group_by_page(read_wal(wal_dir, start_lsn=start))

@@ -80,7 +80,7 @@ def test_page_already_past_the_record_is_left_alone(cases):
 
 def test_records_chain_in_one_call(default_capture, cases):
     # Two consecutive records of one page in one call equal two calls.
-    from walredo_template.pg.walreader import group_by_page
+    from walredo_tools.walreader import group_by_page
 
     groups = group_by_page(default_capture.records[:4000])
     for tag, recs in groups.items():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from walredo_template.pg.errors import InvalidRecord
-from walredo_template.pg.walreader import group_by_page
 from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import apply_records
+from walredo_tools.walreader import group_by_page
 
 
 def test_crc_is_verified_unless_the_caller_opts_out(default_capture):

@@ -364,7 +364,7 @@ async def test_fuzzed_records_and_frames_never_trip_the_filter(proc_guard):  # n
     kill here would be a syscall missing from the list."""
     import random
 
-    from walredo_template.pg.capture import load_capture, page_requests
+    from walredo_tools.capture import load_capture, page_requests
 
     doc = load_capture(os.path.join(os.path.dirname(__file__), "data", "wal-small", "capture.msgpack"))
     requests = page_requests(doc)

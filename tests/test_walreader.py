@@ -11,14 +11,14 @@ import pytest
 
 from walredo_template import BufferTag
 from walredo_template.pg.errors import InvalidWal
-from walredo_template.pg.walreader import (
+from walredo_template.pg.xlogrecord import decode_record
+from walredo_tools.walreader import (
     WalReader,
     format_lsn,
     group_by_page,
     pages_touched,
     parse_lsn,
 )
-from walredo_template.pg.xlogrecord import decode_record
 
 _LSN = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+), prev ([0-9A-F]+/[0-9A-F]+)")
 

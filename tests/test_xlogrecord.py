@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from walredo_template import BufferTag
 from walredo_template.pg.crc32c import crc32c, crc32c_pure
 from walredo_template.pg.errors import InvalidRecord, MissingCompressionLibrary
-from walredo_template.pg.walreader import parse_lsn
 from walredo_template.pg.xlogrecord import BLCKSZ, DecodedRecord, decode_record
+from walredo_tools.walreader import parse_lsn
 
 RMGR_IDS = {"XLOG": 0, "Transaction": 1, "Storage": 2, "CLOG": 3, "Database": 4, "Tablespace": 5,
             "MultiXact": 6, "RelMap": 7, "Standby": 8, "Heap2": 9, "Heap": 10, "Btree": 11}

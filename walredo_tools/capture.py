@@ -26,10 +26,9 @@ from typing import Any
 import msgpack
 
 from walredo_template import BufferTag
-
-from .mask import mask_vm_page
-from .walreader import group_by_page
-from .xlogrecord import BlockRef, decode_record
+from walredo_template.pg.mask import mask_vm_page
+from walredo_template.pg.xlogrecord import BlockRef, decode_record
+from walredo_tools.walreader import group_by_page
 
 VM_FORKNUM = 2
 RM_HEAP_ID = 10

@@ -29,10 +29,10 @@ import re
 import struct
 from collections.abc import Iterable, Iterator
 
-from .. import BufferTag
-from .crc32c import crc32c
-from .errors import InvalidRecord, InvalidWal
-from .xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, RM_XLOG_ID, decode_record
+from walredo_template import BufferTag
+from walredo_template.pg.crc32c import crc32c
+from walredo_template.pg.errors import InvalidRecord, InvalidWal
+from walredo_template.pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, RM_XLOG_ID, decode_record
 
 XLOG_PAGE_MAGIC_15 = 0xD110
 _KNOWN_MAGICS = {0xD101: 11, 0xD104: 12, 0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17}
