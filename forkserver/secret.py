@@ -23,6 +23,7 @@ __all__ = ["KEY_SIZE", "Key"]
 
 KEY_SIZE = 32
 _HEX = b"0123456789abcdef"
+_HEX_VALUE = [int(chr(c), 16) if chr(c) in "0123456789abcdefABCDEF" else -1 for c in range(256)]
 # Linux's value on every architecture; CPython's mmap module only names it when built against headers that
 # have it (the 3.11 here does not).
 _MADV_WIPEONFORK = getattr(mmap, "MADV_WIPEONFORK", 18)
@@ -69,6 +70,19 @@ class Key:
             os.close(fd)
 
     @classmethod
+    def from_hex_fd(cls, fd: int) -> Key:
+        """Read 64 hex digits (and an optional newline) from ``fd`` (a key file) into a new key, decoded in
+        the page itself so that no ``str``/``bytes`` copy exists. Errors: ``ValueError`` (not 64 hex digits),
+        ``OSError``."""
+        key = cls()
+        try:
+            key._read_hex(fd)
+        except BaseException:
+            key.close()
+            raise
+        return key
+
+    @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Key:
         """A key holding a copy of ``data`` (the caller's copy stays where it is: a template given a
         ``bytes`` key by its caller has that copy in ordinary memory)."""
@@ -107,6 +121,30 @@ class Key:
         finally:
             view.release()
             mm[base:base + 2 * KEY_SIZE + 1] = bytes(2 * KEY_SIZE + 1)
+
+    def _read_hex(self, fd: int) -> None:
+        mm = self._mm
+        base = KEY_SIZE
+        view = memoryview(mm)[base:base + 2 * KEY_SIZE + 2]
+        try:
+            got = 0
+            while got < len(view):
+                n = os.readv(fd, [view[got:]])
+                if not n:
+                    break
+                got += n
+            if got == 2 * KEY_SIZE + 1 and mm[base + 2 * KEY_SIZE] == 10:
+                got -= 1
+            if got != 2 * KEY_SIZE:
+                raise ValueError(f"expected {2 * KEY_SIZE} hex digits")
+            for i in range(KEY_SIZE):
+                hi, lo = _HEX_VALUE[mm[base + 2 * i]], _HEX_VALUE[mm[base + 2 * i + 1]]
+                if hi < 0 or lo < 0:
+                    raise ValueError("not a hex digit")
+                mm[i] = hi << 4 | lo
+        finally:
+            view.release()
+            mm[base:base + 2 * KEY_SIZE + 2] = bytes(2 * KEY_SIZE + 2)
 
     def close(self) -> None:
         """Zero and unmap the page. Idempotent."""
