@@ -1,0 +1,34 @@
+"""forkserver.status: memory figures of real processes and the operator's table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from forkserver.status import MIB, Memory, format_table, memory_of
+
+
+def test_memory_of_a_live_process_and_a_gone_one():
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        mem = memory_of(proc.pid)
+        assert isinstance(mem, Memory) and mem.rss > MIB
+        if os.geteuid() == 0 or mem.source == "smaps":
+            assert mem.source == "smaps" and mem.uss is not None and 0 < mem.uss <= mem.rss
+            assert mem.pss is not None and mem.uss <= mem.pss <= mem.rss
+    finally:
+        proc.communicate(b"")
+    assert memory_of(proc.pid) is None  # reaped: gone
+
+
+def test_format_table():
+    rows = [
+        {"tenant": "a" * 32, "pid": 12, "uss": 3 * MIB // 2, "rss": None, "uptime": 75.0, "last_request_age": 7300},
+        {"tenant": "b", "pid": 7, "uss": None, "rss": 10 * MIB, "uptime": 1.25, "last_request_age": None},
+    ]
+    text = format_table(rows, ["tenant", "pid", "uss", "rss", "uptime", "last_request_age"])
+    lines = text.splitlines()
+    assert lines[0].split() == ["tenant", "pid", "uss_mib", "rss_mib", "uptime", "last_request_age"]
+    assert lines[1].split() == ["a" * 32, "12", "1.50", "-", "75.0s", "2.0h"]
+    assert lines[2].split() == ["b", "7", "-", "10.00", "1.2s", "-"]
