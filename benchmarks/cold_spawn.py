@@ -10,7 +10,13 @@ The template and the multiprocessing forkserver are started before the heap is a
 would start them at boot), so neither inherits it; fresh interpreters are exec'd, and ``os.fork`` forks
 the whole heap — that is what is compared.
 
-Run: ``scripts/bench_cold_spawn [--quick] [--spawns N] [--heaps 0,1,4] [--methods template,fresh,mp,fork]``
+The pool modes (issue 15, :mod:`benchmarks.pool_spawn`) measure cold tenants through ``WalRedoManager``:
+*sporadic* (10 ms apart: pool hits), *bursts* of ``--pool`` tenants at once, and a *storm* of ``--storm``
+(≤ 2,000) tenants requested together, each next to a warm ping and a raw fork of a process the template's
+size (:mod:`benchmarks.rawfork`), all measured in this run.
+
+Run: ``scripts/bench_cold_spawn [--quick] [--modes methods,sporadic,burst,storm] [--pool N] [--storm N]
+[--spawns N] [--heaps 0,1,4] [--methods template,fresh,mp,fork]``
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks import runner
+from benchmarks import pool_spawn, runner
 from benchmarks.heap import touched_heap
 from benchmarks.loopstall import LoopStallProbe, idle_floor
 from benchmarks.pagefaults import fault_cost_us, minor_faults
@@ -46,6 +52,7 @@ METHODS = {
 }
 WARMUP = 3
 FAULT_SAMPLES = 15
+MODES = ("methods", "sporadic", "burst", "storm")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,6 +60,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heaps", default=None, help="parent heap sizes in GiB, comma-separated (default 0,1,4)")
     p.add_argument("--methods", default="template,fresh,mp,fork", help="subset of: " + ",".join(METHODS))
     p.add_argument("--floor-seconds", type=float, default=None, help="idle ticker duration (default 1; quick 0.3)")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="subset of: methods (the spawn-method × heap matrix), sporadic, burst, storm")
+    p.add_argument("--pool", type=int, default=None,
+                   help="pre-forked children of the pool modes' template (via $WALREDO_TEMPLATE_POOL; default: "
+                        "the template's)")
+    p.add_argument("--sporadic", type=int, default=None, help="sporadic cold tenants (default 200; quick 30)")
+    p.add_argument("--bursts", type=int, default=None, help="burst rounds of --pool tenants (default 30; quick 5)")
+    p.add_argument("--storm", type=int, default=None,
+                   help=f"cold tenants in the storm (default 2000; quick 200; capped at {pool_spawn.STORM_MAX})")
+    p.add_argument("--raw-samples", type=int, default=None, help="raw fork samples (default 300; quick 50)")
     p.add_argument("--profile", action="store_true",
                    help="after the measurements, one more template storm under py-spy (template and parent)")
 
@@ -130,6 +147,123 @@ async def _profile(args: argparse.Namespace, methods: list[SpawnMethod], spawns:
 
 
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = set(modes) - set(MODES)
+    if bad:
+        raise SystemExit(f"unknown modes {sorted(bad)}; choose from {list(MODES)}")
+    pool_data: dict[str, Any] = {}
+    pool_tables: list[Table] = []
+    if set(modes) & {"sporadic", "burst", "storm"}:
+        pool_data, pool_tables = await run_pool_modes(args, modes)
+    if "methods" not in modes:
+        return {"rows": [], "pool_modes": pool_data}, pool_tables
+    data, tables = await run_methods(args)
+    data["pool_modes"] = pool_data
+    return data, [*pool_tables, *tables]
+
+
+async def run_pool_modes(args: argparse.Namespace, modes: list[str]) -> tuple[dict[str, Any], list[Table]]:
+    """The issue-15 modes through ``WalRedoManager``, each next to a warm ping and a raw fork of this run."""
+    import sys
+
+    q = args.quick
+    sporadic_n = args.sporadic or (30 if q else 200)
+    rounds = args.bursts or (5 if q else 30)
+    storm_n, cut = pool_spawn.storm_cap(args.storm or (200 if q else 2000))
+    raw_samples = args.raw_samples or (50 if q else 300)
+    floor_seconds = args.floor_seconds or (0.3 if q else 1.0)
+    data: dict[str, Any] = {"notes": [cut] if cut else []}
+    async with pool_spawn.launched_template(args.pool) as client:
+        st = await pool_spawn.wait_settled(client, args.pool or 1)
+        pool = int(st.get("idle", args.pool or 1))
+        data["pool"] = pool
+        tmpl_mem = pool_spawn.memory_mib(client.template_pid)
+        data["template_mem"] = tmpl_mem
+        log(f"cold_spawn: pool modes, pool {pool}, template RSS {tmpl_mem['rss']:.1f} MiB")
+        log(f"cold_spawn: raw fork of a {tmpl_mem['rss']:.1f} MiB process ({raw_samples} + storm of "
+            f"{storm_n if 'storm' in modes else 0})")
+        data["raw_fork"] = await pool_spawn.raw_fork(sys.executable, tmpl_mem["rss"], raw_samples,
+                                                     storm_n if "storm" in modes else 0)
+        if "sporadic" in modes:
+            log(f"cold_spawn: {sporadic_n} sporadic cold tenants, 10 ms apart")
+            data["sporadic"] = await pool_spawn.sporadic(client, pool, sporadic_n)
+            log(f"cold_spawn: {sporadic_n} back-to-back cold tenants")
+            data["back_to_back"] = await pool_spawn.back_to_back(client, pool, sporadic_n)
+        if "burst" in modes:
+            log(f"cold_spawn: {rounds} bursts of {max(1, pool)} cold tenants")
+            data["burst"] = await pool_spawn.burst(client, pool, rounds)
+        if "storm" in modes:
+            log(f"cold_spawn: storm of {storm_n} cold tenants")
+            data["storm"] = await pool_spawn.storm(client, pool, storm_n, floor_seconds)
+    return data, pool_tables(data)
+
+
+def pool_tables(d: dict[str, Any]) -> list[Table]:
+    raw = d["raw_fork"]
+    raw_ready = raw["ready_ms"]["p50"]
+    tables = []
+    t = Table(
+        f"Cold tenants through WalRedoManager, pool {d['pool']} (ms; × = ratio to the warm ping of the same phase)",
+        ["mode", "n", "warm ping p50", "p50", "p99", "max", "p50 × warm", "p50 × raw fork→ready",
+         "child faults on the request path / at ready (p50)"],
+        note=f"Raw fork: a {raw['rss_mib']:.1f} MiB process (the template's RSS, same imports, gc.freeze) forks a "
+             f"child that writes one byte to a pipe: fork→ready p50 {fmt(raw_ready, 3)} ms, fork+exit+reap p50 "
+             f"{fmt(raw['cycle_ms']['p50'], 3)} ms. Warm ping: `mgr.ping` of a live tenant, p50 of 200, measured "
+             "on the phase's manager right before it. Sporadic: one cold tenant every 10 ms (pool hits: the "
+             "pool was full 10 ms before the request in the count shown); back to back: no pause. Faults on the "
+             "path: the pool child's minor faults after its first pong minus those it had while idle, read just "
+             "before the request.")
+    if "sporadic" in d:
+        s = d["sporadic"]
+        w = s["warm_ms"]["p50"]
+        r = s["ready_ms"]
+        t.add(f"sporadic (pool full before: {s['pool_full_before']}/{s['n']})", s["n"], fmt(w, 3), fmt(r["p50"], 3),
+              fmt(r["p99"], 3), fmt(r["max"], 3), f"{r['p50'] / w:.1f}×", f"{r['p50'] / raw_ready:.1f}×",
+              f"{fmt(s['faults_on_path']['p50'], 0)} / {fmt(s['faults_at_ready']['p50'], 0)}")
+        wg = s["warm_after_gap_ms"]
+        t.add("warm ping after the same 10 ms pause", wg["n"], fmt(w, 3), fmt(wg["p50"], 3), fmt(wg["p99"], 3),
+              fmt(wg["max"], 3), f"{wg['p50'] / w:.1f}×", f"{wg['p50'] / raw_ready:.1f}×", "–")
+        b = d["back_to_back"]["ready_ms"]
+        t.add("back to back", d["back_to_back"]["n"], fmt(w, 3), fmt(b["p50"], 3), fmt(b["p99"], 3),
+              fmt(b["max"], 3), f"{b['p50'] / w:.1f}×", f"{b['p50'] / raw_ready:.1f}×", "–")
+    if "burst" in d:
+        b = d["burst"]
+        w = b["warm_ms"]["p50"]
+        r = b["last_ready_ms"]
+        t.add(f"burst of {b['size']}: last ready ({b['rounds']} rounds)", b["rounds"], fmt(w, 3), fmt(r["p50"], 3),
+              fmt(r["p99"], 3), fmt(r["max"], 3), f"{r['p50'] / w:.1f}×", f"{r['p50'] / raw_ready:.1f}×", "–")
+        e = b["each_ready_ms"]
+        t.add(f"burst of {b['size']}: each tenant", e["n"], fmt(w, 3), fmt(e["p50"], 3), fmt(e["p99"], 3),
+              fmt(e["max"], 3), f"{e['p50'] / w:.1f}×", f"{e['p50'] / raw_ready:.1f}×", "–")
+    tables.append(t)
+    if "storm" in d:
+        s = d["storm"]
+        rs = raw.get("storm") or {}
+        raw_rate = rs.get("forks_per_s")
+        st = Table(
+            f"Storm: {s['n']} cold tenants requested together through WalRedoManager, pool {d['pool']}",
+            ["what", "value"],
+            note="Raw fork storm: the same number of live children forked back to back by the template-sized "
+                 "process, until each wrote its byte. Loop stall: max gap of a 1 ms ticker in the parent during "
+                 "the storm; idle floor: the same ticker on the idle loop right before. 'loop busy' is the "
+                 "most CPU the loop thread used between two ticks. " + " ".join(d.get("notes", [])))
+        g, f = s["loop_gap_ms"], s["idle_floor_ms"]
+        st.add("last tenant ready (ms)", fmt(s["last_ready_ms"], 1))
+        st.add("spawns/s (n / last ready)", f"{s['spawns_per_s']:.0f}")
+        st.add("raw fork storm: forks/s to all ready", f"{raw_rate:.0f}" if raw_rate else "–")
+        st.add("spawn rate vs raw fork rate", f"{s['spawns_per_s'] / raw_rate:.0%}" if raw_rate else "–")
+        st.add("tenant ready p50 / p99 (ms)", f"{fmt(s['ready_ms']['p50'], 1)} / {fmt(s['ready_ms']['p99'], 1)}")
+        st.add("warm ping p50 before (ms)", fmt(s["warm_ms"]["p50"], 3))
+        st.add("loop gap max / p99 (ms)", f"{fmt(g['max'], 1)} / {fmt(g['p99'], 1)}")
+        st.add("idle floor gap max (ms)", fmt(f["max"], 1))
+        st.add("stall over the idle floor (ms)", fmt(s["stall_over_floor_ms"], 1))
+        st.add("loop busy in one gap, max (ms)", fmt(g.get("max_cpu", float("nan")), 1))
+        st.add("live tenants at the end", s["live_at_end"])
+        tables.append(st)
+    return tables
+
+
+async def run_methods(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
     spawns = args.spawns or (20 if args.quick else 200)
     heaps = [float(h) for h in (args.heaps or ("0,0.25" if args.quick else "0,1,4")).split(",")]
     floor_seconds = args.floor_seconds or (0.3 if args.quick else 1.0)

@@ -27,12 +27,37 @@ from benchmarks.goals import evaluate, goals_table  # noqa: E402
 PR_SET_CHILD_SUBREAPER = 36
 
 TINY = {
-    "cold_spawn": ["--spawns", "3", "--heaps", "0,0.01", "--floor-seconds", "0.05"],
+    # The issue-15 pool modes ride along with the method matrix: sporadic, burst and storm through WalRedoManager.
+    "cold_spawn": ["--spawns", "3", "--heaps", "0,0.01", "--floor-seconds", "0.05", "--pool", "2",
+                   "--sporadic", "3", "--bursts", "2", "--storm", "6", "--raw-samples", "5"],
+    # Only this interpreter (no venv is created): the per-version subprocess and the table.
+    "pyversions": ["--pythons", "current", "--rounds", "1", "--spawns", "3", "--siblings", "2"],
     "coalescing": ["--requests", "30", "--rounds", "1"],
     "walredo": ["--clients", "1,2", "--seconds", "0.05"],
     "memory": ["--requests", "40"],
     "scale": ["--tenants", "8", "--concurrency", "4"],
 }
+
+
+def _check_cold_spawn(data: dict) -> None:
+    pool = data["pool_modes"]
+    assert pool["pool"] == 2
+    assert pool["sporadic"]["ready_ms"]["n"] == 3 and pool["back_to_back"]["ready_ms"]["n"] == 3
+    assert pool["burst"]["size"] == 2 and pool["burst"]["each_ready_ms"]["n"] == 4
+    storm = pool["storm"]
+    assert storm["n"] == 6 and storm["ready_ms"]["n"] == 6 and storm["live_at_end"] >= 6
+    assert pool["raw_fork"]["storm"]["n"] == 6 and pool["raw_fork"]["ready_ms"]["n"] == 5
+    assert {r["method"] for r in data["rows"]} >= {"template"}
+
+
+def _check_pyversions(data: dict) -> None:
+    (row,) = data["rows"].values()
+    assert row["python"] == sys.version.split()[0]
+    (run,) = data["runs"]["current"]
+    assert run["sporadic"]["ready_ms"]["n"] == 3 and run["memory"]["siblings"] == 2
+
+
+CHECKS = {"cold_spawn": _check_cold_spawn, "pyversions": _check_pyversions}
 
 
 def _set_subreaper(on: bool) -> None:
@@ -81,6 +106,7 @@ def test_benchmark_runs_and_cleans_up(name, subreaper, results_dir):
     assert data["benchmark"] == name and data["tables"]
     assert (results_dir / f"{name}.md").read_text().count("|") > 4
     assert "#### " in proc.stdout  # the Markdown table is printed too
+    CHECKS.get(name, lambda data: None)(data)
     # Nothing the benchmark started may outlive it (grace period: exits already under way).
     deadline = time.monotonic() + 3
     while (left := [p for p in _reap_and_list_live() if p.pid not in before]) and time.monotonic() < deadline:
