@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .client import ChildHandle, TemplateClient
     from .errors import (
         CellClosed,
+        ControlProtocolError,
         ForkServerError,
         InitAborted,
         InvalidTenantId,
@@ -41,13 +42,14 @@ _EXPORTS = {
     "OnceCell": "oncecell",
     # errors
     "CellClosed": "errors",
+    "ControlProtocolError": "errors",
     "ForkServerError": "errors",
     "InitAborted": "errors",
     "InvalidTenantId": "errors",
     "ManagerClosed": "errors",
     "ProcessBroken": "errors",
     "ProcessClosed": "errors",
-    "ProtocolError": "errors",
+    "ProtocolError": "errors",  # the old name of ControlProtocolError (public API, kept)
     "RedoFailed": "errors",
     "RedoProcessFailed": "errors",
     "RedoTimeout": "errors",
@@ -72,6 +74,7 @@ __all__ = [
     "BufferTag",
     "CellClosed",
     "ChildHandle",
+    "ControlProtocolError",
     "ForkServerError",
     "InitAborted",
     "InvalidTenantId",

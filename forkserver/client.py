@@ -43,7 +43,7 @@ from typing import Any
 
 from forkserver import control, fdpass
 from forkserver.control import ControlConnection, Role
-from forkserver.errors import ProtocolError, SpawnRefused, TemplateUnavailable
+from forkserver.errors import ControlProtocolError, SpawnRefused, TemplateUnavailable
 
 __all__ = ["TemplateClient", "ChildHandle", "ClientState", "ChildState", "validate_tenant_id", "DEFAULT_WORKER"]
 
@@ -252,7 +252,7 @@ class _Session:
             data, fds = fdpass.recv(self.sock, _RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
-        except ProtocolError as e:
+        except ControlProtocolError as e:
             self.fail(e)
             return
         except OSError as e:
@@ -273,7 +273,7 @@ class _Session:
                 self._queue()
                 if self.proto.authenticated and not self.ready.done():
                     self.ready.set_result(None)
-        except ProtocolError as e:
+        except ControlProtocolError as e:
             self.fail(e)
 
     def _dispatch(self, event: control.Message | control.BadRequest) -> None:
@@ -289,7 +289,7 @@ class _Session:
             # Registered synchronously, before the spawner resumes, so an early `exited` finds it.
             self.children[event.pid] = handle
             entry.future.set_result(handle)
-        elif isinstance(event, control.Error):
+        elif isinstance(event, control.ErrorReply):
             entry = self.pending.pop(event.request_id, None) if event.request_id is not None else None
             fut = entry.future if isinstance(entry, _PendingSpawn) else entry
             if fut is None:
@@ -320,7 +320,7 @@ class _Session:
         self.proto.close()
         self.sock.close()
         if not self.ready.done():
-            # The handshake failed: its waiter gets the precise error (e.g. ProtocolError auth-failed).
+            # The handshake failed: its waiter gets the precise error (e.g. ControlProtocolError auth-failed).
             self.ready.set_exception(exc)
             self.ready.exception()
         message = str(exc) if isinstance(exc, TemplateUnavailable) else f"control connection failed: {exc}"
@@ -354,7 +354,7 @@ async def _open_session(loop: asyncio.AbstractEventLoop, path: str, key: bytes,
         _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                             _PEERCRED.size))
         if uid != os.getuid():
-            raise ProtocolError("peer-uid", f"{path} is served by uid {uid}, not ours ({os.getuid()})")
+            raise ControlProtocolError("peer-uid", f"{path} is served by uid {uid}, not ours ({os.getuid()})")
         session = _Session(loop, sock, key, on_lost)
         try:
             async with asyncio.timeout(timeout):
@@ -561,7 +561,7 @@ class TemplateClient:
         if the template goes away, requests fail with :class:`TemplateUnavailable`.
 
         Errors: :class:`TemplateUnavailable` (cannot connect / no handshake in ``timeout``),
-        :class:`ProtocolError` (``auth-failed``: wrong key; ``peer-uid``: served by another user),
+        :class:`ControlProtocolError` (``auth-failed``: wrong key; ``peer-uid``: served by another user),
         ``ValueError`` for a malformed key. Cancel-safe (nothing is left open).
         """
         loop = asyncio.get_running_loop()

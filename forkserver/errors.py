@@ -2,7 +2,7 @@
 
 - Our caller's fault: ``UsageError`` (wrong state), ``InvalidTenantId`` and other ``ValueError``s (bad
   arguments, raised before any I/O).
-- The peer broke or went away: ``ProtocolError`` / ``TemplateUnavailable`` (the template),
+- The peer broke or went away: ``ControlProtocolError`` / ``TemplateUnavailable`` (the template),
   ``ProcessBroken`` / ``ProcessClosed`` (a walredo child's stream; retriable on a new process),
   ``RedoProcessFailed`` (broke on every retry), ``RedoTimeout``.
 - The peer refused, deterministically: ``SpawnRefused`` (template), ``RedoFailed`` (redo engine).
@@ -22,7 +22,7 @@ class InitAborted(ForkServerError):
     """The attempt this caller was waiting on ended cancelled (its factory raised CancelledError)."""
 
 
-# --- Template fork server (issue 3): forkserver.client / control / fdpass / template ---
+# --- Template fork server: forkserver.client / control / fdpass / template ---
 
 
 class TemplateError(ForkServerError):
@@ -47,7 +47,7 @@ class SpawnRefused(TemplateError):
         self.message = message
 
 
-class ProtocolError(TemplateError):
+class ControlProtocolError(TemplateError):
     """The peer on the control socket broke the protocol (bad frame, bad fds, failed authentication).
 
     ``code`` is a short machine-readable string (e.g. ``"frame-too-large"``, ``"bad-fds"``,
@@ -61,11 +61,16 @@ class ProtocolError(TemplateError):
         self.request_id = request_id
 
 
+#: The name :class:`ControlProtocolError` had before the child protocol got an error of the same name
+#: (``walredo_template.protocol.ProtocolError``); kept because ``forkserver.ProtocolError`` is public API.
+ProtocolError = ControlProtocolError
+
+
 class InvalidTenantId(ForkServerError, ValueError):
     """A tenant id is not 32 lowercase hex characters, optionally followed by ``-`` and 4 hex characters."""
 
 
-# --- WalRedoManager (issue 5): forkserver.manager ---
+# --- WalRedoManager: forkserver.manager ---
 
 
 class UsageError(ForkServerError):
@@ -84,7 +89,7 @@ class RedoProcessFailed(ForkServerError):
     """The tenant's walredo process broke on every try (``retries`` + 1), or none could be started."""
 
 
-# --- One walredo child connection (issue 5, child protocol): forkserver.process ---
+# --- One walredo child connection (child protocol): forkserver.process ---
 
 
 class ProcessBroken(ForkServerError):

@@ -22,7 +22,7 @@ import os
 import socket
 from collections.abc import Iterable, Sequence
 
-from forkserver.errors import ProtocolError
+from forkserver.errors import ControlProtocolError
 
 __all__ = ["MAX_FDS", "FdPassError", "close_fds", "recv", "send"]
 
@@ -33,7 +33,7 @@ MAX_FDS = 4
 _FD_SIZE = array.array("i").itemsize
 
 
-class FdPassError(ProtocolError):
+class FdPassError(ControlProtocolError):
     """The peer sent ancillary data we do not accept (wrong type, too many fds, truncated)."""
 
     def __init__(self, message: str):

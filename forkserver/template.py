@@ -54,7 +54,7 @@ from typing import TextIO
 
 from forkserver import child, control, fdpass, sandbox
 from forkserver.control import BadRequest, ControlConnection, Message, Role, Spawn, StatsRequest
-from forkserver.errors import InvalidTenantId, ProtocolError
+from forkserver.errors import ControlProtocolError, InvalidTenantId
 from forkserver.secret import Key
 
 __all__ = ["Template", "TemplateState", "prepare_socket_dir"]
@@ -355,7 +355,7 @@ class Template:
             data, fds = fdpass.recv(conn.sock, _RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
-        except ProtocolError as e:  # bad ancillary data; fdpass closed the fds
+        except ControlProtocolError as e:  # bad ancillary data; fdpass closed the fds
             self._log(f"dropping a connection: {e}")
             self._close_conn(conn)
             return
@@ -373,7 +373,7 @@ class Template:
                 if event is None:
                     break
                 self._handle(conn, event)
-        except ProtocolError as e:
+        except ControlProtocolError as e:
             self._log(f"dropping a connection: {e}")
             self._queue_output(conn)  # the error frame the protocol queued, best effort
             self._close_conn(conn)
@@ -386,7 +386,7 @@ class Template:
         elif isinstance(event, StatsRequest):
             conn.proto.send(control.StatsReply(event.request_id, self.stats()))
         elif isinstance(event, BadRequest):
-            conn.proto.send(control.Error(event.request_id, event.code, event.message))
+            conn.proto.send(control.ErrorReply(event.request_id, event.code, event.message))
         else:  # pragma: no cover - the protocol only returns the types above to the template
             raise AssertionError(event)
 
@@ -400,13 +400,13 @@ class Template:
             control.validate_tenant(req.tenant)
         except InvalidTenantId as e:
             fdpass.close_fds([req.fd])
-            conn.proto.send(control.Error(req.request_id, "invalid-tenant", str(e)))
+            conn.proto.send(control.ErrorReply(req.request_id, "invalid-tenant", str(e)))
             return
         try:
             control.validate_options(req.options)
         except (TypeError, ValueError) as e:
             fdpass.close_fds([req.fd])
-            conn.proto.send(control.Error(req.request_id, "invalid-options", str(e)))
+            conn.proto.send(control.ErrorReply(req.request_id, "invalid-options", str(e)))
             return
         self._served = True
         if self._idle and self._assign_idle(conn, req):
@@ -415,7 +415,7 @@ class Template:
             pid = os.fork()
         except OSError as e:
             fdpass.close_fds([req.fd])
-            conn.proto.send(control.Error(req.request_id, "fork-failed", str(e)))
+            conn.proto.send(control.ErrorReply(req.request_id, "fork-failed", str(e)))
             return
         if pid == 0:
             child.run_child(req.fd, req.tenant, self.worker, forget=self._python_sockets(), policy=self.policy)
@@ -428,7 +428,7 @@ class Template:
                 pidfd = os.pidfd_open(pid)
             except OSError as e:
                 os.kill(pid, signal.SIGKILL)  # unreaped, so the pid is still ours
-                conn.proto.send(control.Error(req.request_id, "fork-failed", f"pidfd_open: {e}"))
+                conn.proto.send(control.ErrorReply(req.request_id, "fork-failed", f"pidfd_open: {e}"))
                 return
             conn.owned_fds.add(pidfd)
             conn.proto.send(control.Spawned(req.request_id, pid, pidfd))

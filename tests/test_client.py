@@ -13,7 +13,7 @@ import psutil
 import pytest
 from proc_guard import proc_guard  # noqa: F401  (fixture)
 
-from forkserver import ChildHandle, InvalidTenantId, ProtocolError, TemplateClient, TemplateUnavailable
+from forkserver import ChildHandle, ControlProtocolError, InvalidTenantId, TemplateClient, TemplateUnavailable
 from forkserver.client import ChildState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -279,7 +279,7 @@ async def test_connect_to_launcher_template(tmp_path, proc_guard):  # noqa: F811
         loop = asyncio.get_running_loop()
         line = await loop.run_in_executor(None, proc.stdout.readline)
         assert line.startswith(b"walredo-template ready")
-        with pytest.raises(ProtocolError) as e:
+        with pytest.raises(ControlProtocolError) as e:
             await TemplateClient.connect(path, key=bytes(32))
         assert e.value.code == "auth-failed"
         c = await TemplateClient.connect(path, key=path + ".key")

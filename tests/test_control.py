@@ -15,7 +15,7 @@ from forkserver import control
 from forkserver.control import (
     BadRequest,
     ControlConnection,
-    Error,
+    ErrorReply,
     FrameDecoder,
     Role,
     Spawn,
@@ -23,7 +23,7 @@ from forkserver.control import (
     State,
     StatsRequest,
 )
-from forkserver.errors import InvalidTenantId, ProtocolError
+from forkserver.errors import ControlProtocolError, InvalidTenantId
 
 KEY = bytes(range(32))
 TENANT = "0123456789abcdef0123456789abcdef"
@@ -95,11 +95,11 @@ def test_wrong_key_is_refused_before_any_request():
     p = ControlConnection(Role.PARENT, bytes(32))
     t.start()
     pump(t, p)
-    with pytest.raises(ProtocolError) as e:
+    with pytest.raises(ControlProtocolError) as e:
         pump(p, t)
     assert e.value.code == "auth-failed" and t.state is State.CLOSED
-    # The template queued an error frame for a best-effort send; the parent turns it into ProtocolError.
-    with pytest.raises(ProtocolError) as e:
+    # The template queued an error frame for a best-effort send; the parent turns it into ControlProtocolError.
+    with pytest.raises(ControlProtocolError) as e:
         pump(t, p)
     assert e.value.code == "auth-failed"
 
@@ -110,7 +110,7 @@ def test_request_before_auth_is_fatal_and_its_fd_closed():
     fd = devnull()
     frame, fds = control.encode(Spawn(1, TENANT, {}, fd))
     t.receive_data(frame, [fd])
-    with pytest.raises(ProtocolError) as e:
+    with pytest.raises(ControlProtocolError) as e:
         t.next_event()
     assert e.value.code == "auth-failed" and not is_open(fd)
 
@@ -123,7 +123,7 @@ def test_template_must_prove_the_key():
     p_out = p.data_to_send()
     # Forge a welcome with a garbage mac
     p.receive_data(*control.encode(control.Welcome(b"\0" * 32, 1)))
-    with pytest.raises(ProtocolError) as e:
+    with pytest.raises(ControlProtocolError) as e:
         p.next_event()
     assert e.value.code == "auth-failed" and p_out
 
@@ -132,7 +132,7 @@ def test_unauthenticated_frames_are_small():
     t = ControlConnection(Role.TEMPLATE, KEY)
     t.start()
     t.receive_data(struct.pack(">I", control.MAX_FRAME_UNAUTHENTICATED + 1))
-    with pytest.raises(ProtocolError) as e:
+    with pytest.raises(ControlProtocolError) as e:
         t.next_event()
     assert e.value.code == "frame-too-large"
 
@@ -141,7 +141,7 @@ def test_oversized_frame_after_auth_is_fatal_and_closes_held_fds():
     t, _ = handshake()
     fd = devnull()
     t.receive_data(struct.pack(">I", control.MAX_FRAME + 1) + b"xx", [fd])
-    with pytest.raises(ProtocolError) as e:
+    with pytest.raises(ControlProtocolError) as e:
         t.next_event()
     assert e.value.code == "frame-too-large" and not is_open(fd)
     assert t.state is State.CLOSED
@@ -194,7 +194,7 @@ def test_stray_fds_in_the_middle_of_a_frame_are_fatal_and_closed():
     frame, _ = control.encode(StatsRequest(4))
     t.receive_data(frame[:3])
     t.receive_data(frame[3:], [fd])  # no frame starts in this chunk
-    with pytest.raises(ProtocolError) as e:
+    with pytest.raises(ControlProtocolError) as e:
         t.next_event()
     assert e.value.code == "bad-fds" and not is_open(fd)
 
@@ -269,7 +269,7 @@ def test_garbage_bodies_never_crash(body):
     t.receive_data(struct.pack(">I", len(body)) + body)
     try:
         ev = t.next_event()
-    except ProtocolError:
+    except ControlProtocolError:
         return
     assert ev is None or isinstance(ev, (BadRequest, Spawn, StatsRequest))
 
@@ -277,7 +277,7 @@ def test_garbage_bodies_never_crash(body):
 def test_send_guards():
     t, p = handshake()
     with pytest.raises(RuntimeError):
-        p.send(Error(1, "x"))  # a parent never sends errors
+        p.send(ErrorReply(1, "x"))  # a parent never sends errors
     fresh = ControlConnection(Role.PARENT, KEY)
     with pytest.raises(RuntimeError):
         fresh.send(StatsRequest(1))
@@ -289,7 +289,7 @@ def test_decoder_refuses_fd_batch_flood():
     d = FrameDecoder()
     fds = [devnull() for _ in range(FrameDecoder.MAX_PENDING_BATCHES + 1)]
     d.feed(struct.pack(">I", 1000))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ControlProtocolError):
         for fd in fds:
             d.feed(b"x", [fd])
     assert not any(map(is_open, fds))
@@ -333,5 +333,5 @@ def test_a_template_key_in_a_secret_page_authenticates_a_bytes_key_parent():
     wrong = ControlConnection(Role.TEMPLATE, Key.from_bytes(bytes(32)), pid=1)
     wrong.start()
     pump(wrong, p2 := ControlConnection(Role.PARENT, KEY))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ControlProtocolError):
         pump(p2, wrong)

@@ -19,6 +19,24 @@ def frame(payload) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+def encode(m) -> bytes:
+    """Frame any message object of the protocol with its own encoder (the protocol has none for objects:
+    the parent and the child build each frame from its fields)."""
+    match m:
+        case p.Ping(id=id):
+            return p.encode_ping(id)
+        case p.Redo():
+            return p.encode_redo(m.tag, m.lsn, m.base_image, m.records, m.pg_version, m.id,
+                                 wal_log_hints=m.wal_log_hints)
+        case p.Pong(id=id):
+            return p.encode_pong(id)
+        case p.Page(page=page, id=id):
+            return p.encode_page(page, id)
+        case p.Error(code=code, message=text, id=id):
+            return p.encode_error(code, text, id)
+    raise TypeError(m)
+
+
 def decode_all(decoder, data: bytes) -> list:
     decoder.receive_data(data)
     return list(decoder)
@@ -39,17 +57,17 @@ RESPONSES = [p.Pong(), p.Pong(5), p.Page(PAGE, 1), p.Error("invalid-record", "ba
 
 
 def test_requests_round_trip_in_one_buffer():
-    data = b"".join(p.encode(m) for m in REQUESTS)
+    data = b"".join(encode(m) for m in REQUESTS)
     assert decode_all(p.RequestDecoder(), data) == REQUESTS
 
 
 def test_responses_round_trip_in_one_buffer():
-    data = b"".join(p.encode(m) for m in RESPONSES)
+    data = b"".join(encode(m) for m in RESPONSES)
     assert decode_all(p.ResponseDecoder(), data) == RESPONSES
 
 
 def test_byte_by_byte_split():
-    data = b"".join(p.encode(m) for m in REQUESTS)
+    data = b"".join(encode(m) for m in REQUESTS)
     d = p.RequestDecoder()
     out = []
     for i in range(len(data)):
@@ -70,7 +88,7 @@ def test_truncated_frame_is_need_data_and_buffered():
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_arbitrary_split_points(data):
-    blob = b"".join(p.encode(m) for m in RESPONSES * 3)
+    blob = b"".join(encode(m) for m in RESPONSES * 3)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(blob)), max_size=20)))
     d = p.ResponseDecoder()
     out = []
@@ -100,7 +118,7 @@ def test_redo_round_trip_property(tag, lsn, base, records, ver, id, hints):
     if base is None and not records:
         records = [(lsn, b"x")]
     msg = p.Redo(BufferTag(*tag), lsn, base, records, ver, id, hints)
-    assert decode_all(p.RequestDecoder(), p.encode(msg)) == [msg]
+    assert decode_all(p.RequestDecoder(), encode(msg)) == [msg]
 
 
 # --- malformed frames ----------------------------------------------------------------------------------
@@ -310,8 +328,6 @@ def test_encode_checks():
         p.encode_error("nope", "x")
     with pytest.raises(p.InvalidMessage):
         p.encode_ping(-1)
-    with pytest.raises(TypeError):
-        p.encode(object())
 
 
 def test_validate_redo_records_fast_check_and_detailed_loop_agree():

@@ -15,7 +15,7 @@ from proc_guard import proc_guard  # noqa: F401  (fixture)
 
 from forkserver import control, fdpass
 from forkserver.control import ControlConnection, Role
-from forkserver.errors import ProtocolError
+from forkserver.errors import ControlProtocolError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = "tests.echo_worker:main"
@@ -166,7 +166,7 @@ def test_invalid_tenant_refused_typed(template):
     c = RawClient(template.path, template.key)
     before = template.num_fds()
     parent = c.spawn(3, tenant="NOT-A-TENANT")
-    err = c.next(control.Error)
+    err = c.next(control.ErrorReply)
     assert err.request_id == 3 and err.code == "invalid-tenant"
     parent.settimeout(10)
     assert parent.recv(1) == b""  # the template closed the child end it was given
@@ -204,30 +204,30 @@ def test_bad_input_never_crashes_or_leaks(template):
     # oversized frame: typed error, then closed
     c = authed()
     c.sock.sendall((control.MAX_FRAME + 1).to_bytes(4, "big") + b"x" * 100)
-    assert c.next(control.Error).code == "frame-too-large"
+    assert c.next(control.ErrorReply).code == "frame-too-large"
     with pytest.raises(EOFError):
         c.next()
     c.close()
     # garbage body, wrong types, fd-less spawn, extra fds: typed errors, the connection keeps working
     c = authed()
     c.sock.sendall(b"\0\0\0\3abc")
-    assert c.next(control.Error).code == "bad-request"
+    assert c.next(control.ErrorReply).code == "bad-request"
     body = b'\x84\xa1t\xa5spawn\xa2id\x05\xa6tenant\x01\xa7options\x80'
     c.sock.sendall(len(body).to_bytes(4, "big") + body)
-    assert c.next(control.Error).code == "bad-request"
+    assert c.next(control.ErrorReply).code == "bad-request"
     frame, _ = control.encode(control.Spawn(6, TENANT, {}, 0))
     c.sock.sendall(frame)  # no fd attached
-    err = c.next(control.Error)
+    err = c.next(control.ErrorReply)
     assert (err.request_id, err.code) == (6, "missing-fd")
     fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(2)]
     frame, _ = control.encode(control.Spawn(7, TENANT, {}, fds[0]))
     fdpass.send(c.sock, frame, fds)
     fdpass.close_fds(fds)
-    assert c.next(control.Error).code == "extra-fds"
+    assert c.next(control.ErrorReply).code == "extra-fds"
     parent, child = socket.socketpair()
     c.send(control.Spawn(8, TENANT, {"bad": [1, 2]}, child.fileno()))
     child.close()
-    assert c.next(control.Error).code == "invalid-options"
+    assert c.next(control.ErrorReply).code == "invalid-options"
     parent.close()
     c.send(control.StatsRequest(10))
     assert c.next(control.StatsReply).stats["spawns"] == 0
@@ -241,7 +241,7 @@ def test_bad_input_never_crashes_or_leaks(template):
 
 
 def test_peer_without_key_is_refused_and_template_keeps_serving(template):
-    with pytest.raises(ProtocolError) as e:
+    with pytest.raises(ControlProtocolError) as e:
         RawClient(template.path, bytes(32))
     assert e.value.code == "auth-failed"
     c = RawClient(template.path, template.key)

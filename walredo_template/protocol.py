@@ -19,8 +19,9 @@ direction is a sequence of frames::
    :                                                               :
    +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 
-``max`` is :data:`MAX_FRAME_SIZE` (64 MiB) unless a decoder is built with another bound. A length above
-it is a protocol error as soon as the 4 length bytes have arrived (the payload is never buffered).
+The frame is the one every fork-server protocol uses (:mod:`walredo_template.framing`). ``max`` is
+:data:`MAX_FRAME_SIZE` (64 MiB) unless a decoder is built with another bound. A length above it is a
+protocol error as soon as the 4 length bytes have arrived (the payload is never buffered).
 
 Each payload is a msgpack map with str keys. ``type`` (str) names the message; ``id`` is optional
 (absent or nil, or an int in [0, 2**64)) and a response echoes its request's ``id``. Strings are msgpack
@@ -71,14 +72,13 @@ continues; only an undecodable frame ends it.
 from __future__ import annotations
 
 import enum
-import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgpack
 
-from walredo_template import BufferTag
+from walredo_template import BufferTag, framing
 
 PAGE_SIZE = 8192
 #: Largest payload either side accepts. A redo request carries at most a page and its WAL records;
@@ -86,7 +86,6 @@ PAGE_SIZE = 8192
 MAX_FRAME_SIZE = 64 * 1024 * 1024
 SUPPORTED_PG_VERSION = 15
 
-_LEN = struct.Struct(">I")
 _U32_MAX = 2**32 - 1
 _U64_MAX = 2**64 - 1
 
@@ -189,10 +188,10 @@ Response = Pong | Page | Error
 
 
 def _frame(payload: dict[str, Any], max_frame_size: int) -> bytes:
-    body: bytes = msgpack.packb(payload, use_bin_type=True)
-    if len(body) > max_frame_size:
-        raise FrameTooLarge(f"message of {len(body)} bytes exceeds the frame bound of {max_frame_size}")
-    return _LEN.pack(len(body)) + body
+    try:
+        return framing.pack(payload, max_frame_size)
+    except framing.FrameTooLarge as e:
+        raise FrameTooLarge(f"message of {e.length} bytes exceeds the frame bound of {e.bound}") from None
 
 
 def _with_id(payload: dict[str, Any], id: int | None) -> dict[str, Any]:
@@ -292,25 +291,6 @@ def encode_error(code: str, message: str, id: int | None = None) -> bytes:
     # An exception's text may hold lone surrogates (surrogateescape'd bytes), which UTF-8 cannot encode.
     text = str(message).encode("utf-8", "replace").decode("utf-8")
     return _frame(_with_id({"type": "error", "code": code, "message": text}, id), MAX_FRAME_SIZE)
-
-
-def encode(message: Request | Response) -> bytes:
-    """Frame any message object of this module."""
-    match message:
-        case Ping(id=id):
-            return encode_ping(id)
-        case Redo():
-            m = message
-            return encode_redo(
-                m.tag, m.lsn, m.base_image, m.records, m.pg_version, m.id, wal_log_hints=m.wal_log_hints
-            )
-        case Pong(id=id):
-            return encode_pong(id)
-        case Page(page=page, id=id):
-            return encode_page(page, id)
-        case Error(code=code, message=text, id=id):
-            return encode_error(code, text, id)
-    raise TypeError(f"not a child-protocol message: {message!r}")
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -494,31 +474,19 @@ class _Decoder(Generic[_M]):
         # Frames longer than this (but within max_frame_size) are refused unread (Oversized): the stream
         # survives, the payload is never buffered. None: every frame within max_frame_size is decoded.
         self.refuse_above = refuse_above
-        self._skip = 0  # payload bytes of a refused frame still to discard
-        self._buf = bytearray()
-        # Read position in _buf: consumed frames are dropped lazily (in receive_data) so a burst of small
-        # pipelined frames is not quadratic.
-        self._pos = 0
+        self._frames = framing.FrameReader(max_frame_size)
         self._state = _State.OK
         self._error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a message (non-zero at EOF = a truncated frame)."""
-        return len(self._buf) - self._pos
+        return self._frames.buffered
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes read from the stream (copied: the caller may reuse its buffer). Never raises for
         bad data (:meth:`next_event` does)."""
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        if self._skip:
-            # Inside a refused frame: drop its bytes without copying them.
-            n = min(self._skip, len(data))
-            self._skip -= n
-            data = data[n:]
-        self._buf += data
+        self._frames.feed(data)
 
     def next_event(self) -> _M | Oversized | None:
         """Return the next complete message (or :class:`Oversized` for a refused frame, only with
@@ -529,26 +497,23 @@ class _Decoder(Generic[_M]):
         if self._state is _State.BROKEN:
             assert self._error is not None
             raise self._error
-        avail = len(self._buf) - self._pos
-        if avail < 4:
+        frames = self._frames
+        try:
+            n = frames.next_length()
+        except framing.FrameTooLarge as e:
+            raise self._broken(FrameTooLarge(str(e))) from None
+        if n is None:
             return None
-        (n,) = _LEN.unpack_from(self._buf, self._pos)
-        if n > self.max_frame_size:
-            raise self._broken(FrameTooLarge(f"frame of {n} bytes exceeds the bound of {self.max_frame_size}"))
         if self.refuse_above is not None and n > self.refuse_above:
             # Refused before its payload is buffered: what is here is dropped, the rest as it arrives.
-            here = min(n, avail - 4)
-            self._pos += 4 + here
-            self._skip = n - here
+            frames.discard(n)
             return Oversized(n, self.refuse_above)
-        if avail < 4 + n:
+        payload = frames.take(n)
+        if payload is None:
             return None
-        start = self._pos + 4
-        self._pos = start + n
-        # Parse straight out of the buffer: msgpack copies what it keeps (the records), so copying the
-        # frame first (twice, via a bytearray slice and bytes()) was pure overhead. Both views are
+        # Parse straight out of the buffer: msgpack copies what it keeps (the records). The view is
         # released before returning, so the buffer can be resized by the next receive_data.
-        with memoryview(self._buf) as view, view[start : start + n] as payload:
+        with payload:
             return self._parse(payload)
 
     def __iter__(self) -> Iterator[_M | Oversized]:
@@ -613,7 +578,6 @@ __all__ = [
     "RequestDecoder",
     "Response",
     "ResponseDecoder",
-    "encode",
     "encode_error",
     "encode_page",
     "encode_ping",
