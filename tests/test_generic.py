@@ -17,8 +17,9 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import flipped_page, flipped_raw, mutate, rebuild
 from pgcluster import INDEX_CONFIG_NAMES
-from recordbuilder import Block, build_record, finish_record
+from recordbuilder import Block, build_record
 
 from walredo_template import BufferTag
 from walredo_template.pg import generic as G
@@ -289,15 +290,6 @@ def test_samples_replay_to_postgres_images(samples):
     assert n >= 10
 
 
-def _rebuild(raw: bytes, data: dict[int, bytes | None]) -> bytes:
-    """The record rebuilt from its decoded parts (images uncompressed) with some blocks' data replaced."""
-    rec = decode_record(raw)
-    blocks = [Block(b.block_id, b.tag, data=data.get(b.block_id, b.data), will_init=b.will_init,
-                    image=b.image() if b.has_image else None, apply_image=b.apply_image)
-              for b in rec.blocks.values()]
-    return build_record(rec.rmid, rec.info, blocks, rec.main_data, xid=rec.xid)
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(data=st.data())
@@ -308,29 +300,15 @@ def test_mutations_give_a_valid_page_or_a_typed_error(samples, data):
     where = data.draw(st.sampled_from(["block-data", "fragment", "raw", "base"]))
     delta = bytearray(blk.data or b"")
     if where == "block-data":
-        how = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
-        if how == "flip" and delta:
-            for _ in range(data.draw(st.integers(1, 4))):
-                delta[data.draw(st.integers(0, len(delta) - 1))] = data.draw(st.integers(0, 255))
-        elif how == "truncate":
-            del delta[data.draw(st.integers(0, len(delta))):]
-        else:
-            delta += data.draw(st.binary(min_size=1, max_size=64))
-        raw = _rebuild(raw, {blk.block_id: bytes(delta)})
+        raw = rebuild(raw, data={blk.block_id: mutate(data, bytes(delta), extend=64)})
     elif where == "fragment":  # a well-formed fragment anywhere on the page, e.g. into the header
         off = data.draw(st.integers(0, 8192))
         body = data.draw(st.binary(max_size=min(64, 8192 - off)))
-        raw = _rebuild(raw, {blk.block_id: bytes(delta) + frag(off, body)})
+        raw = rebuild(raw, data={blk.block_id: bytes(delta) + frag(off, body)})
     elif where == "raw":
-        buf = bytearray(raw)
-        for _ in range(data.draw(st.integers(1, 4))):
-            buf[data.draw(st.integers(16, len(buf) - 1))] = data.draw(st.integers(0, 255))
-        raw = finish_record(buf) if data.draw(st.booleans()) else bytes(buf)
+        raw = flipped_raw(data, raw)
     elif base is not None:
-        b = bytearray(base)
-        for _ in range(data.draw(st.integers(1, 8))):
-            b[data.draw(st.integers(0, 8191))] = data.draw(st.integers(0, 255))
-        base = bytes(b)
+        base = flipped_page(data, base)
     try:
         out = apply_records(tag, base, [(end, raw)])
     except RedoError:

@@ -16,6 +16,7 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import rebuild
 from pgcluster import INDEX_CONFIG_NAMES
 from recordbuilder import Block, build_record
 
@@ -473,15 +474,10 @@ def _rebuild(raw: bytes, target: object, mutate) -> bytes:
     """``raw`` rebuilt with the main data (target "main") or block ``target``'s data passed through
     ``mutate``; images stay as they are (uncompressed), so the record still decodes."""
     rec = decode_record(raw)
-    blocks = []
-    for bid, b in sorted(rec.blocks.items()):
-        data = b.data
-        if target == bid:
-            data = mutate(data or b"")
-        blocks.append(Block(bid, b.tag, data=data, will_init=b.will_init,
-                            image=b.image() if b.has_image else None, apply_image=b.apply_image))
-    main = mutate(rec.main_data) if target == "main" else rec.main_data
-    return build_record(rec.rmid, rec.info, blocks, main, xid=rec.xid)
+    if target == "main":
+        return rebuild(rec, main=mutate(rec.main_data))
+    blk = rec.blocks.get(target) if isinstance(target, int) else None
+    return rebuild(rec, data={} if blk is None else {blk.block_id: mutate(blk.data or b"")})
 
 
 def _check_outcome(tag: BufferTag, base: bytes | None, end: int, raw: bytes) -> None:

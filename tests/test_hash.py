@@ -10,6 +10,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import check_outcome, check_rebuilt_samples, flipped_page, header_and_special, mutated_record
 from pgcluster import INDEX_CONFIG_NAMES
 from recordbuilder import Block, build_record
 
@@ -18,8 +19,8 @@ from walredo_template.pg import hash as hashredo
 from walredo_template.pg import hash_page as H
 from walredo_template.pg import indexpage as IP
 from walredo_template.pg import page as P
-from walredo_template.pg.errors import BlockNotReferenced, InvalidPage, InvalidRecord, RedoError, UnsupportedRecord
-from walredo_template.pg.xlogrecord import DecodedRecord, decode_record
+from walredo_template.pg.errors import BlockNotReferenced, InvalidPage, InvalidRecord, UnsupportedRecord
+from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import apply_records
 
 RM = hashredo.RM_ID
@@ -645,64 +646,11 @@ def samples(oracle_results):
     return out
 
 
-def _rebuild(rec: DecodedRecord, main: bytes, data: dict[int, bytes | None], drop: int | None,
-             toggle_init: int | None) -> bytes:
-    blocks = []
-    for bid, b in sorted(rec.blocks.items()):
-        if bid == drop:
-            continue
-        blocks.append(Block(bid, b.tag, data=data.get(bid, b.data), will_init=b.will_init != (bid == toggle_init),
-                            image=b.image() if b.has_image else None, apply_image=b.apply_image))
-    return build_record(rec.rmid, rec.info, blocks, main)
-
-
-def _valid(page: bytes) -> None:
-    P.check_page(page)
-    special = P.get_special(page)
-    if special == H.OPAQUE_OFF and struct.unpack_from("<H", page, H.OFF_FLAG)[0] & (H.LH_META_PAGE | H.LH_BITMAP_PAGE):
-        return  # their "line pointers" are the metadata / the bitmap
-    upper = P.get_upper(page)
-    for i in range(1, IP.items(page) + 1):
-        w = P.get_itemid(page, i)
-        if w >> 17:
-            assert upper <= w & 0x7FFF and (w & 0x7FFF) + (w >> 17) <= special, (i, hex(w))
-
-
-def _mutate(buf: bytes, data, lo: int = 0) -> bytes:
-    out = bytearray(buf)
-    kind = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
-    if kind == "flip" and len(out) > lo:
-        for _ in range(data.draw(st.integers(1, 4))):
-            out[data.draw(st.integers(lo, len(out) - 1))] = data.draw(st.integers(0, 255))
-    elif kind == "truncate":
-        out = out[:data.draw(st.integers(0, max(0, len(out) - 1)))]
-    else:
-        out += data.draw(st.binary(min_size=1, max_size=16))
-    return bytes(out)
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_records_give_a_valid_page_or_a_redo_error(samples, data):
     tag, base, end, raw, _key = data.draw(st.sampled_from(samples))
-    rec = decode_record(raw)
-    main, blockdata, drop, toggle = rec.main_data, {}, None, None
-    what = data.draw(st.sampled_from(["main", "block", "drop", "init"]))
-    if what == "main":
-        main = _mutate(main, data)
-    elif what == "block":
-        bid = data.draw(st.sampled_from(sorted(rec.blocks)))
-        blockdata[bid] = _mutate(rec.blocks[bid].data or b"", data) or None
-    elif what == "drop":
-        drop = data.draw(st.sampled_from(sorted(rec.blocks)))
-    else:
-        toggle = data.draw(st.sampled_from(sorted(rec.blocks)))
-    mutated = _rebuild(rec, main, blockdata, drop, toggle)
-    try:
-        page = apply_records(tag, base, [(end, mutated)])
-    except RedoError:
-        return
-    _valid(page)
+    check_outcome(tag, base, end, mutated_record(data, raw), RM)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -712,25 +660,9 @@ def test_mutated_base_pages_give_a_valid_page_or_a_redo_error(samples, data):
     returned as it came, whatever it holds)."""
     with_base = [s for s in samples if s[1] is not None]
     tag, base, end, raw, _key = data.draw(st.sampled_from(with_base))
-    page = bytearray(base)
-    for _ in range(data.draw(st.integers(1, 6))):
-        i = data.draw(st.one_of(st.integers(8, 120), st.integers(8, P.BLCKSZ - 1),
-                                st.integers(P.BLCKSZ - 16, P.BLCKSZ - 1)))
-        page[i] = data.draw(st.integers(0, 255))
-    try:
-        out = apply_records(tag, bytes(page), [(end, raw)])
-    except RedoError:
-        return
-    _valid(out)
+    check_outcome(tag, flipped_page(data, base, header_and_special(120, 16), most=6), end, raw, RM)
 
 
 def test_real_samples_replay_to_their_consistency_images(samples):
     """The rebuilt-record path the mutation tests take reproduces PostgreSQL's page when nothing is mutated."""
-    for tag, base, end, raw, _key in samples[:80]:
-        rec = decode_record(raw)
-        a = apply_records(tag, base, [(end, raw)])
-        b = apply_records(tag, base, [(end, _rebuild(rec, rec.main_data, {}, None, None))])
-        assert a == b
-        blk = next(b for b in rec.blocks.values() if b.tag == tag)
-        if blk.has_image and not blk.apply_image:
-            assert _masked(a) == _masked(blk.image())
+    check_rebuilt_samples(samples[:80], lambda page, _blknum: hashredo.mask(page, 1))

@@ -9,6 +9,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import check_outcome, check_rebuilt_samples, flipped_page, header_and_special, mutated_record
 from pgcluster import INDEX_CONFIG_NAMES
 from recordbuilder import Block, build_record
 
@@ -17,8 +18,8 @@ from walredo_template.pg import indexpage as IP
 from walredo_template.pg import nbtree
 from walredo_template.pg import nbtree_page as B
 from walredo_template.pg import page as P
-from walredo_template.pg.errors import BlockNotReferenced, InvalidPage, InvalidRecord, RedoError, UnsupportedRecord
-from walredo_template.pg.xlogrecord import DecodedRecord, decode_record
+from walredo_template.pg.errors import BlockNotReferenced, InvalidPage, InvalidRecord, UnsupportedRecord
+from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import apply_records
 
 RM = nbtree.RM_ID
@@ -406,64 +407,11 @@ def samples(oracle_results):
     return out
 
 
-def _rebuild(rec: DecodedRecord, main: bytes, data: dict[int, bytes | None], drop: int | None,
-             toggle_init: int | None) -> bytes:
-    blocks = []
-    for bid, b in sorted(rec.blocks.items()):
-        if bid == drop:
-            continue
-        blocks.append(Block(bid, b.tag, data=data.get(bid, b.data), will_init=b.will_init != (bid == toggle_init),
-                            image=b.image() if b.has_image else None, apply_image=b.apply_image))
-    return build_record(rec.rmid, rec.info, blocks, main)
-
-
-def _valid(page: bytes) -> None:
-    P.check_page(page)
-    special = P.get_special(page)
-    flags = opaque(page)[3] if special == B.BT_SPECIAL else 0
-    if flags & (B.BTP_META | B.BTP_DELETED):
-        return  # their "line pointers" are the metadata / the safexid
-    upper = P.get_upper(page)
-    for i in range(1, IP.items(page) + 1):
-        w = P.get_itemid(page, i)
-        if w >> 17:
-            assert upper <= w & 0x7FFF and (w & 0x7FFF) + (w >> 17) <= special, (i, hex(w))
-
-
-def _mutate(buf: bytes, data) -> bytes:
-    out = bytearray(buf)
-    kind = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
-    if kind == "flip" and out:
-        for _ in range(data.draw(st.integers(1, 4))):
-            out[data.draw(st.integers(0, len(out) - 1))] = data.draw(st.integers(0, 255))
-    elif kind == "truncate":
-        out = out[:data.draw(st.integers(0, max(0, len(out) - 1)))]
-    else:
-        out += data.draw(st.binary(min_size=1, max_size=16))
-    return bytes(out)
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_records_give_a_valid_page_or_a_redo_error(samples, data):
-    t, base, end, raw, _key = data.draw(st.sampled_from(samples))
-    rec = decode_record(raw)
-    main, blockdata, drop, toggle = rec.main_data, {}, None, None
-    what = data.draw(st.sampled_from(["main", "block", "block", "drop", "init"]))
-    if what == "main":
-        main = _mutate(main, data)
-    elif what == "block":
-        bid = data.draw(st.sampled_from(sorted(rec.blocks)))
-        blockdata[bid] = _mutate(rec.blocks[bid].data or b"", data) or None
-    elif what == "drop":
-        drop = data.draw(st.sampled_from(sorted(rec.blocks)))
-    else:
-        toggle = data.draw(st.sampled_from(sorted(rec.blocks)))
-    try:
-        page = apply_records(t, base, [(end, _rebuild(rec, main, blockdata, drop, toggle))])
-    except RedoError:
-        return
-    _valid(page)
+    tag, base, end, raw, _key = data.draw(st.sampled_from(samples))
+    check_outcome(tag, base, end, mutated_record(data, raw, ("main", "block", "block", "drop", "init")), RM)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -471,31 +419,13 @@ def test_mutated_records_give_a_valid_page_or_a_redo_error(samples, data):
 def test_mutated_base_pages_give_a_valid_page_or_a_redo_error(samples, data):
     """Bytes 8.. of the page before the record are changed (pd_lsn is kept)."""
     with_base = [s for s in samples if s[1] is not None]
-    t, base, end, raw, _key = data.draw(st.sampled_from(with_base))
-    page = bytearray(base)
+    tag, base, end, raw, _key = data.draw(st.sampled_from(with_base))
     upper = P.get_upper(base)
-    for _ in range(data.draw(st.integers(1, 6))):
-        i = data.draw(st.one_of(st.integers(8, 120), st.integers(8, P.BLCKSZ - 1),
-                                st.integers(min(upper, P.BLCKSZ - 1), P.BLCKSZ - 1),
-                                st.integers(P.BLCKSZ - 16, P.BLCKSZ - 1)))
-        page[i] = data.draw(st.integers(0, 255))
-    try:
-        out = apply_records(t, bytes(page), [(end, raw)])
-    except RedoError:
-        return
-    _valid(out)
+    positions = st.one_of(header_and_special(120, 16), st.integers(min(upper, P.BLCKSZ - 1), P.BLCKSZ - 1))
+    check_outcome(tag, flipped_page(data, base, positions, most=6), end, raw, RM)
 
 
 def test_rebuilt_samples_replay_like_the_originals(samples):
     """The rebuilt-record path the mutation tests take gives the same page when nothing is mutated, and
     that page is PostgreSQL's (masked) where the record carries its image."""
-    for t, base, end, raw, _key in samples:
-        rec = decode_record(raw)
-        a = apply_records(t, base, [(end, raw)])
-        assert apply_records(t, base, [(end, _rebuild(rec, rec.main_data, {}, None, None))]) == a
-        blk = next(b for b in rec.blocks.values() if b.tag == t)
-        if blk.has_image and not blk.apply_image:
-            ma, mb = bytearray(a), bytearray(blk.image())
-            nbtree.mask(ma, t.blknum)
-            nbtree.mask(mb, t.blknum)
-            assert ma == mb
+    check_rebuilt_samples(samples, nbtree.mask)

@@ -16,6 +16,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import assert_sane, flipped_page, flipped_raw, mutate, rebuild
 from pgcluster import INDEX_CONFIG_NAMES
 from recordbuilder import Block, build_record, finish_record
 
@@ -86,16 +87,6 @@ def expected_page(tup: bytes, lsn: int) -> bytes:
     page[upper:upper + len(tup)] = tup
     struct.pack_into("<I", page, special, 0x1717)
     return bytes(page)
-
-
-def assert_sane(page: bytes) -> None:
-    """A structurally valid page: check_page passes and every line pointer lies inside the tuple space."""
-    P.check_page(page)
-    upper, special = P.get_upper(page), P.get_special(page)
-    for off in range(1, P.max_offset(page) + 1):
-        w = P.get_itemid(page, off)
-        if P.lp_flags(w) == P.LP_NORMAL or P.lp_len(w):
-            assert upper <= P.lp_off(w) and P.lp_off(w) + P.lp_len(w) <= special
 
 
 # --- the real captures ---------------------------------------------------------------------------------
@@ -368,29 +359,6 @@ def test_samples_replay_to_postgres_images(samples):
         assert out == img
 
 
-def _rebuild(raw: bytes, main: bytes | None = None, data: dict[int, bytes | None] | None = None) -> bytes:
-    """The record rebuilt from its decoded parts (images uncompressed), with main data / block data
-    replaced."""
-    rec = decode_record(raw)
-    blocks = [Block(b.block_id, b.tag, data=(data or {}).get(b.block_id, b.data), will_init=b.will_init,
-                    image=b.image() if b.has_image else None, apply_image=b.apply_image)
-              for b in rec.blocks.values()]
-    return build_record(rec.rmid, rec.info, blocks, rec.main_data if main is None else main, xid=rec.xid)
-
-
-def _mutate(data, b: bytes) -> bytes:
-    buf = bytearray(b)
-    how = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
-    if how == "flip" and buf:
-        for _ in range(data.draw(st.integers(1, 4))):
-            buf[data.draw(st.integers(0, len(buf) - 1))] = data.draw(st.integers(0, 255))
-    elif how == "truncate":
-        del buf[data.draw(st.integers(0, len(buf))):]
-    else:
-        buf += data.draw(st.binary(min_size=1, max_size=64))
-    return bytes(buf)
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(data=st.data())
@@ -398,19 +366,13 @@ def test_mutations_give_a_valid_page_or_a_typed_error(samples, data):
     tag, base, end, raw, _key = data.draw(st.sampled_from(samples))
     where = data.draw(st.sampled_from(["main", "raw", "base", "block-data"]))
     if where == "main":
-        raw = _rebuild(raw, main=_mutate(data, decode_record(raw).main_data))
+        raw = rebuild(raw, main=mutate(data, decode_record(raw).main_data, extend=64))
     elif where == "block-data":
-        raw = _rebuild(raw, data={0: data.draw(st.binary(max_size=40))})
+        raw = rebuild(raw, data={0: data.draw(st.binary(max_size=40))})
     elif where == "raw":
-        buf = bytearray(raw)
-        for _ in range(data.draw(st.integers(1, 4))):
-            buf[data.draw(st.integers(16, len(buf) - 1))] = data.draw(st.integers(0, 255))
-        raw = finish_record(buf) if data.draw(st.booleans()) else bytes(buf)
+        raw = flipped_raw(data, raw)
     elif base is not None:
-        b = bytearray(base)
-        for _ in range(data.draw(st.integers(1, 8))):
-            b[data.draw(st.integers(0, 8191))] = data.draw(st.integers(0, 255))
-        base = bytes(b)
+        base = flipped_page(data, base)
     try:
         out = apply_records(tag, base, [(end, raw)])
     except RedoError:

@@ -20,6 +20,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import assert_sane, rebuild
 from pgcluster import INDEX_CONFIG_NAMES
 from recordbuilder import Block, build_record
 
@@ -100,16 +101,6 @@ def node_tid(page: bytes, offnum: int, node: int) -> tuple[int, int]:
 
 def redo(tag: BufferTag, base: bytes | None, info: int, blocks: list[Block], main: bytes) -> bytes:
     return apply_records(tag, base, [(END, build_record(RM, info, blocks, main))])
-
-
-def assert_sane(page: bytes) -> None:
-    """check_page passes and every line pointer with storage lies inside the tuple space."""
-    P.check_page(page)
-    upper, special = P.get_upper(page), P.get_special(page)
-    for off in range(1, P.max_offset(page) + 1):
-        w = P.get_itemid(page, off)
-        if P.lp_flags(w) == P.LP_NORMAL or P.lp_len(w):
-            assert upper <= P.lp_off(w) and P.lp_off(w) + P.lp_len(w) <= special
 
 
 # --- the real captures ---------------------------------------------------------------------------
@@ -378,16 +369,6 @@ def samples(oracle_results):
     return out
 
 
-def _rebuild(raw: bytes, *, main: bytes | None = None, data: dict[int, bytes] | None = None) -> bytes:
-    rec = decode_record(raw)
-    blocks = []
-    for bid, b in sorted(rec.blocks.items()):
-        d = (data or {}).get(bid, b.data)
-        blocks.append(Block(bid, b.tag, data=d, will_init=b.will_init,
-                            image=b.image() if b.has_image else None, apply_image=b.apply_image))
-    return build_record(rec.rmid, rec.info, blocks, rec.main_data if main is None else main, xid=rec.xid)
-
-
 def _mutate(data: st.DataObject, blob: bytes) -> bytes:
     b = bytearray(blob)
     if b and data.draw(st.booleans()):
@@ -404,9 +385,9 @@ def test_mutations_give_a_valid_page_or_a_typed_error(samples, data):
     tag, base, end, raw, _key = data.draw(st.sampled_from(samples))
     where = data.draw(st.sampled_from(["main", "main", "block-data", "base"]))
     if where == "main":
-        raw = _rebuild(raw, main=_mutate(data, decode_record(raw).main_data))
+        raw = rebuild(raw, main=_mutate(data, decode_record(raw).main_data))
     elif where == "block-data":
-        raw = _rebuild(raw, data={0: data.draw(st.binary(max_size=40))})
+        raw = rebuild(raw, data={0: data.draw(st.binary(max_size=40))})
     elif base is not None:
         b = bytearray(base)
         for _ in range(data.draw(st.integers(1, 8))):
