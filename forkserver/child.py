@@ -50,9 +50,13 @@ import setproctitle
 
 from forkserver import fdpass, sandbox
 
-__all__ = ["run_child", "run_idle", "plan_signal_reset"]
+__all__ = ["DEFAULT_WORKER", "Worker", "run_child", "run_idle", "plan_signal_reset"]
 
+#: What a child runs: ``worker(sock, tenant)``, returning when its socket reaches EOF.
 Worker = Callable[[socket.socket, str], object]
+#: The worker (``MODULE:FUNCTION``) the launcher preloads, ``TemplateClient.launch`` and ``WalRedoManager``
+#: ask for, unless told otherwise: the walredo child's request loop.
+DEFAULT_WORKER = "walredo_template.worker:main"
 
 
 def run_child(sock_fd: int, tenant: str, worker: Worker, forget: Iterable[socket.socket] = (),

@@ -31,26 +31,24 @@ import selectors
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from forkserver import control, fdpass
+from forkserver.child import DEFAULT_WORKER
 from forkserver.control import ControlConnection, Role
 from forkserver.errors import ControlProtocolError, SpawnRefused, TemplateUnavailable
+from forkserver.sender import FrameSender
 
 __all__ = ["TemplateClient", "ChildHandle", "ClientState", "ChildState", "validate_tenant_id", "DEFAULT_WORKER"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKER = "walredo_template.worker:main"
-_PEERCRED = struct.Struct("3i")
 _RECV_SIZE = 256 * 1024
 
 
@@ -171,13 +169,6 @@ class ChildHandle:
 
 
 @dataclass
-class _OutFrame:
-    view: memoryview
-    fds: list[int]
-    owned: list[socket.socket]  # our copies of the sent fds, closed once they went out
-
-
-@dataclass
 class _PendingSpawn:
     future: asyncio.Future[ChildHandle]
     parent_end: socket.socket
@@ -192,7 +183,7 @@ class _Session:
         self.loop = loop
         self.sock = sock
         self.proto = ControlConnection(Role.PARENT, key)
-        self.out: deque[_OutFrame] = deque()
+        self.out = FrameSender(sock)
         # request id -> a spawn's waiter, or a stats request's future
         self.pending: dict[int, _PendingSpawn | asyncio.Future[dict[str, Any]]] = {}
         self.children: dict[int, ChildHandle] = {}
@@ -211,34 +202,30 @@ class _Session:
         self._queue(owned)
 
     def _queue(self, owned: Sequence[socket.socket] = ()) -> None:
-        owned = list(owned)
-        for frame, fds in self.proto.data_to_send():
-            self.out.append(_OutFrame(memoryview(frame), list(fds), owned if fds else []))
-            if fds:
-                owned = []
-        for s in owned:
-            s.close()
+        # From here the sender owns them (as fd numbers): it closes them once their frame went out.
+        owned_fds = [s.detach() for s in owned]
+        try:
+            for frame, fds in self.proto.data_to_send():
+                if self.lost:
+                    break
+                mine: list[int] = []
+                if fds:
+                    mine, owned_fds = owned_fds, []
+                self.out.send(frame, fds, mine)
+        except OSError as e:
+            self.fail(TemplateUnavailable(f"control connection broke: {e}"))
+            return
+        finally:
+            fdpass.close_fds(owned_fds)
         self._flush()
 
     def _flush(self) -> None:
-        while self.out and not self.lost:
-            item = self.out[0]
-            try:
-                n = fdpass.send(self.sock, item.view, item.fds)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:
-                self.fail(TemplateUnavailable(f"control connection broke: {e}"))
-                return
-            if item.fds:
-                item.fds = []
-                for s in item.owned:
-                    s.close()
-                item.owned = []
-            item.view = item.view[n:]
-            if not len(item.view):
-                self.out.popleft()
         if self.lost:
+            return
+        try:
+            self.out.flush()
+        except OSError as e:
+            self.fail(TemplateUnavailable(f"control connection broke: {e}"))
             return
         if self.out and not self._writing:
             self.loop.add_writer(self.sock.fileno(), self._flush)
@@ -313,10 +300,7 @@ class _Session:
         self.loop.remove_reader(self.sock.fileno())
         if self._writing:
             self.loop.remove_writer(self.sock.fileno())
-        for item in self.out:
-            for s in item.owned:
-                s.close()
-        self.out.clear()
+        self.out.close()
         self.proto.close()
         self.sock.close()
         if not self.ready.done():
@@ -351,8 +335,7 @@ async def _open_session(loop: asyncio.AbstractEventLoop, path: str, key: bytes,
             await loop.sock_connect(sock, path)
         except OSError as e:
             raise TemplateUnavailable(f"cannot connect to {path}: {e}") from None
-        _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                            _PEERCRED.size))
+        uid = fdpass.peer_credentials(sock).uid
         if uid != os.getuid():
             raise ControlProtocolError("peer-uid", f"{path} is served by uid {uid}, not ours ({os.getuid()})")
         session = _Session(loop, sock, key, on_lost)

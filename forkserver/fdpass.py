@@ -1,6 +1,8 @@
 """All SCM_RIGHTS handling of the fork server: send bytes with fds, receive bytes with fds.
 
-Runs in every process role (parent, template); it is the only module that builds or parses ancillary data.
+Runs in every process role (parent, template); it is the only module that builds or parses ancillary data,
+and it reads a peer's credentials (:func:`peer_credentials`, ``SO_PEERCRED``) for both ends of the control
+socket.
 
 Guarantees of :func:`recv`:
 
@@ -20,17 +22,20 @@ from __future__ import annotations
 import array
 import os
 import socket
+import struct
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from forkserver.errors import ControlProtocolError
 
-__all__ = ["MAX_FDS", "FdPassError", "close_fds", "recv", "send"]
+__all__ = ["MAX_FDS", "FdPassError", "PeerCredentials", "close_fds", "peer_credentials", "recv", "send"]
 
 # A control-protocol message carries at most one fd; a little headroom lets us see (and reject) a peer
 # that sends more instead of having the kernel silently truncate.
 MAX_FDS = 4
 
 _FD_SIZE = array.array("i").itemsize
+_UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 
 
 class FdPassError(ControlProtocolError):
@@ -38,6 +43,18 @@ class FdPassError(ControlProtocolError):
 
     def __init__(self, message: str):
         super().__init__("bad-fds", message)
+
+
+class PeerCredentials(NamedTuple):
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """The credentials the kernel recorded for the peer of a connected ``AF_UNIX`` socket (at
+    ``connect``/``socketpair`` time). Errors: ``OSError``."""
+    return PeerCredentials(*_UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)))
 
 
 def close_fds(fds: Iterable[int]) -> None:

@@ -33,10 +33,9 @@ from collections.abc import Callable
 import setproctitle
 
 from forkserver import sandbox
+from forkserver.child import DEFAULT_WORKER
 from forkserver.secret import Key
 from forkserver.template import Template, prepare_socket_dir
-
-DEFAULT_WORKER = "walredo_template.worker:main"
 
 
 def load_worker(spec: str) -> Callable[..., object]:

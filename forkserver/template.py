@@ -43,11 +43,9 @@ import selectors
 import signal
 import socket
 import stat
-import struct
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TextIO
@@ -56,10 +54,10 @@ from forkserver import child, control, fdpass, sandbox
 from forkserver.control import BadRequest, ControlConnection, Message, Role, Spawn, StatsRequest
 from forkserver.errors import ControlProtocolError, InvalidTenantId
 from forkserver.secret import Key
+from forkserver.sender import FrameSender
 
 __all__ = ["Template", "TemplateState", "prepare_socket_dir"]
 
-_PEERCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _RECV_SIZE = 64 * 1024
 _MAX_OUTPUT = 1 << 20  # bytes queued to a peer that does not read; beyond this we drop it
 _AUTH_DEADLINE = 10.0  # seconds an unauthenticated connection may idle before we drop it
@@ -114,19 +112,11 @@ class _Idle:
 
 
 @dataclass
-class _OutFrame:
-    view: memoryview
-    fds: list[int]  # attached to the next sendmsg (the frame's first byte)
-    owned: list[int]  # our copies to close once the fds went out (e.g. the pidfd)
-
-
-@dataclass
 class _Conn:
     sock: socket.socket
     proto: ControlConnection
     created: float
-    out: deque[_OutFrame] = field(default_factory=deque)
-    queued: int = 0
+    sender: FrameSender
     closed: bool = False
     # pidfds we opened and queued in a `spawned` reply: ours to close once the frame carrying them went out.
     owned_fds: set[int] = field(default_factory=set)
@@ -331,8 +321,7 @@ class Template:
                 return
             sock.setblocking(False)
             try:
-                _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                                    _PEERCRED.size))
+                uid = fdpass.peer_credentials(sock).uid
             except OSError:
                 uid = -1
             if uid != os.getuid():
@@ -344,7 +333,7 @@ class Template:
                 self._log("refused a connection: too many open")
                 sock.close()
                 continue
-            conn = _Conn(sock, ControlConnection(Role.TEMPLATE, self._key), time.monotonic())
+            conn = _Conn(sock, ControlConnection(Role.TEMPLATE, self._key), time.monotonic(), FrameSender(sock))
             conn.proto.start()
             self._conns[sock.fileno()] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
@@ -432,7 +421,7 @@ class Template:
                 return
             conn.owned_fds.add(pidfd)
             conn.proto.send(control.Spawned(req.request_id, pid, pidfd))
-            if not conn.out:
+            if not conn.sender:
                 # The parent is waiting for this reply: send it now, not after the rest of this read's batch.
                 self._queue_output(conn)
         finally:
@@ -461,7 +450,7 @@ class Template:
             self._children[pid] = conn
             conn.owned_fds.add(idle.pidfd)
             conn.proto.send(control.Spawned(req.request_id, pid, idle.pidfd))
-            if not conn.out:
+            if not conn.sender:
                 self._queue_output(conn)
             return True
         return False
@@ -554,70 +543,39 @@ class Template:
             if conn.closed:
                 fdpass.close_fds(mine)
                 continue
-            if not conn.out:
-                # Nothing queued ahead (the usual case): send it now, without the queue's bookkeeping (every
-                # object it touches is a page the template copies after each fork).
-                try:
-                    n = fdpass.send(conn.sock, frame, fds)
-                except (BlockingIOError, InterruptedError):
-                    n = -1  # nothing went out, fds included: queue the whole frame
-                except OSError:
-                    fdpass.close_fds(mine)
-                    self._close_conn(conn)
-                    continue
-                if n >= 0:
-                    fdpass.close_fds(mine)  # delivered with the first byte: our copies are done
-                    if n == len(frame):
-                        continue
-                    frame, fds, mine = frame[n:], [], []
-            conn.out.append(_OutFrame(memoryview(frame), list(fds), mine))
-            conn.queued += len(frame)
+            try:
+                conn.sender.send(frame, fds, mine)
+            except OSError:
+                self._close_conn(conn)
         if conn.closed:
             fdpass.close_fds(conn.owned_fds)
             conn.owned_fds.clear()
             return
-        if conn.queued > _MAX_OUTPUT:
+        if conn.sender.queued > _MAX_OUTPUT:
             self._log("dropping a connection that does not read its replies")
             self._close_conn(conn)
             return
         self._flush(conn)
 
     def _flush(self, conn: _Conn) -> None:
-        while conn.out and not conn.closed:
-            item: _OutFrame = conn.out[0]
-            try:
-                n = fdpass.send(conn.sock, item.view, item.fds)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self._close_conn(conn)
-                return
-            if item.fds:
-                item.fds = []
-                fdpass.close_fds(item.owned)
-                item.owned = []
-            item.view = item.view[n:]
-            conn.queued -= n
-            if not len(item.view):
-                conn.out.popleft()
-        if not conn.closed and conn.writing != bool(conn.out):
-            conn.writing = bool(conn.out)
+        if conn.closed:
+            return
+        try:
+            conn.sender.flush()
+        except OSError:
+            self._close_conn(conn)
+            return
+        if conn.writing != bool(conn.sender):
+            conn.writing = bool(conn.sender)
             self._sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.writing else 0),
                              conn)
 
     def _close_conn(self, conn: _Conn) -> None:
         if conn.closed:
             return
-        # Best effort: a pending error frame explaining the hang-up.
-        if conn.out and not conn.out[0].fds:
-            try:
-                conn.sock.send(conn.out[0].view)
-            except OSError:
-                pass
+        conn.sender.send_head_best_effort()  # a pending error frame explaining the hang-up
         conn.closed = True
-        for item in conn.out:
-            fdpass.close_fds(item.owned)
-        conn.out.clear()
+        conn.sender.close()
         fdpass.close_fds(conn.owned_fds)
         conn.owned_fds.clear()
         conn.proto.close()
