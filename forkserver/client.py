@@ -17,6 +17,11 @@ A launched client restarts a template that died (off the loop, with backoff). Re
 connection fail with :class:`TemplateUnavailable`; new requests wait for the restart up to ``spawn_timeout``
 and then fail with :class:`TemplateUnavailable` — nothing hangs. Children forked by a dead template keep
 serving (they talk to the parent directly), but their exit status can no longer be reported.
+
+The client is split along its seams: :mod:`forkserver.handle` (the child handle), :mod:`forkserver.session`
+(one control connection: handshake, requests, replies, events), :mod:`forkserver.launch` (starting and
+stopping a template we own, in an executor); this module holds the client's lifecycle (connect, launch,
+restart, close) and its requests. ``ChildHandle``, ``ChildState`` and ``DEFAULT_WORKER`` are re-exported.
 """
 
 from __future__ import annotations
@@ -27,29 +32,23 @@ import functools
 import itertools
 import logging
 import os
-import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from forkserver import control, fdpass
+from forkserver import control
 from forkserver.child import DEFAULT_WORKER
-from forkserver.control import ControlConnection, Role
-from forkserver.errors import ControlProtocolError, SpawnRefused, TemplateUnavailable
-from forkserver.sender import FrameSender
+from forkserver.errors import TemplateUnavailable
+from forkserver.handle import ChildHandle, ChildState
+from forkserver.launch import LaunchSpec, launcher_args, read_key_file, remove_dir_later, start_template, stop_template
+from forkserver.session import PendingSpawn, Session, open_session
 
 __all__ = ["TemplateClient", "ChildHandle", "ClientState", "ChildState", "validate_tenant_id", "DEFAULT_WORKER"]
 
 log = logging.getLogger(__name__)
-
-_RECV_SIZE = 256 * 1024
 
 
 def validate_tenant_id(tenant_id: object) -> str:
@@ -57,402 +56,6 @@ def validate_tenant_id(tenant_id: object) -> str:
 
     Errors: :class:`~forkserver.errors.InvalidTenantId` (a ``ValueError``)."""
     return control.validate_tenant(tenant_id)
-
-
-# ----------------------------------------------------------------------------------------------- child
-
-
-class ChildState(enum.Enum):
-    RUNNING = "running"  # no exit reported yet
-    EXITED = "exited"  # the template reported the exit status; pidfd closed
-    UNKNOWN = "unknown"  # the template (or our client) went away before reporting; pidfd closed once seen
-
-
-class ChildHandle:
-    """One tenant child forked by the template.
-
-    Attributes: ``pid``, ``tenant``, ``socket`` (the parent's end of the child's socketpair, non-blocking; the
-    child exits when it reaches EOF, so closing it ends the child), ``state``, ``returncode`` (``None`` until
-    the exit status is known; ``os.waitstatus_to_exitcode`` convention: ``-N`` for signal N).
-
-    The handle holds a pidfd for the child until the exit is known; :meth:`kill` signals through it.
-    """
-
-    def __init__(self, pid: int, pidfd: int, sock: socket.socket, tenant: str,
-                 loop: asyncio.AbstractEventLoop):
-        self.pid = pid
-        self.tenant = tenant
-        self.socket = sock
-        self.state = ChildState.RUNNING
-        self.returncode: int | None = None
-        self._pidfd: int | None = pidfd
-        self._loop = loop
-        self._status: asyncio.Future[int] = loop.create_future()
-        self._pidfd_ready: asyncio.Future[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"<ChildHandle pid={self.pid} tenant={self.tenant} {self.state.value}>"
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` through the pidfd (never reaches a recycled pid). A no-op once the child is known to
-        have exited. Errors: ``OSError`` other than "no such process" (e.g. ``ValueError`` for a bad signal)."""
-        if self._pidfd is None:
-            return
-        try:
-            signal.pidfd_send_signal(self._pidfd, sig)
-        except ProcessLookupError:
-            pass  # it exited already; the exit event will follow
-
-    async def wait(self) -> int:
-        """Wait until the child exited and return its status (exit code, or ``-signal``).
-
-        Exit is observed through the pidfd becoming readable; the status comes from the template's ``exited``
-        event. Errors: :class:`TemplateUnavailable` if the template or client went away before reporting the
-        status (the child has exited when this is raised, unless the client was closed).
-        Cancel-safe: cancelling a wait changes nothing; other waiters are unaffected.
-        """
-        if self._pidfd is not None:  # not known to have exited yet (RUNNING, or UNKNOWN and maybe running)
-            if self._pidfd_ready is None:
-                self._pidfd_ready = self._loop.create_future()
-                self._loop.add_reader(self._pidfd, self._on_pidfd_readable)
-            await asyncio.shield(self._pidfd_ready)
-        return await asyncio.shield(self._status)
-
-    def close(self) -> None:
-        """Close the parent's end of the socket (the child sees EOF and exits). Idempotent; ``wait`` still
-        works afterwards."""
-        self.socket.close()
-
-    # -- driven by the client (on the loop thread)
-
-    def _on_pidfd_readable(self) -> None:
-        self._drop_reader()
-        if self._pidfd_ready is not None and not self._pidfd_ready.done():
-            self._pidfd_ready.set_result(None)
-        if self.state is ChildState.UNKNOWN:
-            self._close_pidfd()
-
-    def _drop_reader(self) -> None:
-        if self._pidfd is not None and self._pidfd_ready is not None:
-            self._loop.remove_reader(self._pidfd)
-
-    def _close_pidfd(self) -> None:
-        if self._pidfd is not None:
-            self._drop_reader()
-            fdpass.close_fds([self._pidfd])
-            self._pidfd = None
-        if self._pidfd_ready is not None and not self._pidfd_ready.done():
-            self._pidfd_ready.set_result(None)
-
-    def _set_exited(self, status: int) -> None:
-        if self.state is not ChildState.RUNNING:
-            return
-        self.state = ChildState.EXITED
-        self.returncode = status
-        self._status.set_result(status)
-        self._close_pidfd()
-
-    def _set_unknown(self, why: str) -> None:
-        if self.state is not ChildState.RUNNING:
-            return
-        self.state = ChildState.UNKNOWN
-        self._status.set_exception(TemplateUnavailable(f"exit status of child {self.pid} unknown: {why}"))
-        self._status.exception()  # retrieved: no "never retrieved" warning if nobody waits
-        if self._pidfd is not None and self._pidfd_ready is None:
-            # Nobody will report its exit any more: watch the pidfd ourselves so that it is closed (and
-            # kill() stops) as soon as the child is gone, whether or not anyone waits.
-            self._pidfd_ready = self._loop.create_future()
-            self._loop.add_reader(self._pidfd, self._on_pidfd_readable)
-
-
-# ---------------------------------------------------------------------------------------------- session
-
-
-@dataclass
-class _PendingSpawn:
-    future: asyncio.Future[ChildHandle]
-    parent_end: socket.socket
-    tenant: str
-
-
-class _Session:
-    """One authenticated control connection to one template process (loop thread only)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, key: bytes,
-                 on_lost: Callable[[_Session], None]):
-        self.loop = loop
-        self.sock = sock
-        self.proto = ControlConnection(Role.PARENT, key)
-        self.out = FrameSender(sock)
-        # request id -> a spawn's waiter, or a stats request's future
-        self.pending: dict[int, _PendingSpawn | asyncio.Future[dict[str, Any]]] = {}
-        self.children: dict[int, ChildHandle] = {}
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self.lost = False
-        self._on_lost = on_lost
-        self._writing = False
-        loop.add_reader(sock.fileno(), self._on_readable)
-
-    @property
-    def template_pid(self) -> int | None:
-        return self.proto.peer_pid
-
-    def send(self, msg: control.Message, owned: Sequence[socket.socket] = ()) -> None:
-        self.proto.send(msg)
-        self._queue(owned)
-
-    def _queue(self, owned: Sequence[socket.socket] = ()) -> None:
-        # From here the sender owns them (as fd numbers): it closes them once their frame went out.
-        owned_fds = [s.detach() for s in owned]
-        try:
-            for frame, fds in self.proto.data_to_send():
-                if self.lost:
-                    break
-                mine: list[int] = []
-                if fds:
-                    mine, owned_fds = owned_fds, []
-                self.out.send(frame, fds, mine)
-        except OSError as e:
-            self.fail(TemplateUnavailable(f"control connection broke: {e}"))
-            return
-        finally:
-            fdpass.close_fds(owned_fds)
-        self._flush()
-
-    def _flush(self) -> None:
-        if self.lost:
-            return
-        try:
-            self.out.flush()
-        except OSError as e:
-            self.fail(TemplateUnavailable(f"control connection broke: {e}"))
-            return
-        if self.out and not self._writing:
-            self.loop.add_writer(self.sock.fileno(), self._flush)
-            self._writing = True
-        elif not self.out and self._writing:
-            self.loop.remove_writer(self.sock.fileno())
-            self._writing = False
-
-    def _on_readable(self) -> None:
-        try:
-            data, fds = fdpass.recv(self.sock, _RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except ControlProtocolError as e:
-            self.fail(e)
-            return
-        except OSError as e:
-            self.fail(TemplateUnavailable(f"control connection broke: {e}"))
-            return
-        if not data:
-            fdpass.close_fds(fds)
-            self.fail(TemplateUnavailable("the template closed the control connection"))
-            return
-        try:
-            self.proto.receive_data(data, fds)
-            while not self.lost:
-                event = self.proto.next_event()
-                if event is None:
-                    break
-                self._dispatch(event)
-            if not self.lost:
-                self._queue()
-                if self.proto.authenticated and not self.ready.done():
-                    self.ready.set_result(None)
-        except ControlProtocolError as e:
-            self.fail(e)
-
-    def _dispatch(self, event: control.Message | control.BadRequest) -> None:
-        if isinstance(event, control.Spawned):
-            entry = self.pending.pop(event.request_id, None)
-            if not isinstance(entry, _PendingSpawn) or entry.future.done():
-                # Its caller gave up (cancelled / timed out) and closed the parent end: the child sees EOF
-                # and exits; we only drop the pidfd. A reply to an unknown id is tolerated the same way.
-                fdpass.close_fds([event.pidfd])
-                return
-            entry.parent_end.setblocking(False)
-            handle = ChildHandle(event.pid, event.pidfd, entry.parent_end, entry.tenant, self.loop)
-            # Registered synchronously, before the spawner resumes, so an early `exited` finds it.
-            self.children[event.pid] = handle
-            entry.future.set_result(handle)
-        elif isinstance(event, control.ErrorReply):
-            entry = self.pending.pop(event.request_id, None) if event.request_id is not None else None
-            fut = entry.future if isinstance(entry, _PendingSpawn) else entry
-            if fut is None:
-                log.warning("template error without a waiting request: %s %s", event.code, event.message)
-            elif not fut.done():
-                fut.set_exception(SpawnRefused(event.code, event.message))
-        elif isinstance(event, control.Exited):
-            exited = self.children.pop(event.pid, None)
-            if exited is not None:
-                exited._set_exited(event.status)
-        elif isinstance(event, control.StatsReply):
-            waiter = self.pending.pop(event.request_id, None)
-            if isinstance(waiter, asyncio.Future) and not waiter.done():
-                waiter.set_result(dict(event.stats))
-
-    def fail(self, exc: BaseException, *, closing: bool = False) -> None:
-        """The connection is gone: release everything, fail every waiter with ``exc``. Idempotent."""
-        if self.lost:
-            return
-        self.lost = True
-        self.loop.remove_reader(self.sock.fileno())
-        if self._writing:
-            self.loop.remove_writer(self.sock.fileno())
-        self.out.close()
-        self.proto.close()
-        self.sock.close()
-        if not self.ready.done():
-            # The handshake failed: its waiter gets the precise error (e.g. ControlProtocolError auth-failed).
-            self.ready.set_exception(exc)
-            self.ready.exception()
-        message = str(exc) if isinstance(exc, TemplateUnavailable) else f"control connection failed: {exc}"
-        for entry in self.pending.values():
-            fut = entry.future if isinstance(entry, _PendingSpawn) else entry
-            if not fut.done():
-                # One instance per waiter: re-raising a shared one grows its traceback by every waiter's
-                # frames and keeps them all alive.
-                fut.set_exception(TemplateUnavailable(message))
-        self.pending.clear()
-        why = "the client was closed" if closing else "the template connection was lost"
-        for handle in self.children.values():
-            # Keep the pidfd while the child runs so that kill() still works and wait() still observes the
-            # exit (then raises); it is closed as soon as the child is gone.
-            handle._set_unknown(why)
-        self.children.clear()
-        self._on_lost(self)
-
-
-async def _open_session(loop: asyncio.AbstractEventLoop, path: str, key: bytes,
-                        on_lost: Callable[[_Session], None], timeout: float) -> _Session:
-    """Connect, check the peer uid, and authenticate; cancel-safe (the socket is closed on any exit)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    session = None
-    try:
-        try:
-            await loop.sock_connect(sock, path)
-        except OSError as e:
-            raise TemplateUnavailable(f"cannot connect to {path}: {e}") from None
-        uid = fdpass.peer_credentials(sock).uid
-        if uid != os.getuid():
-            raise ControlProtocolError("peer-uid", f"{path} is served by uid {uid}, not ours ({os.getuid()})")
-        session = _Session(loop, sock, key, on_lost)
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.shield(session.ready)
-        except TimeoutError:
-            raise TemplateUnavailable(f"no handshake from {path} within {timeout} s") from None
-        return session
-    except BaseException as e:
-        if session is not None:
-            session._on_lost = lambda s: None  # never installed: nothing to restart
-            session.fail(e if isinstance(e, Exception) else TemplateUnavailable("cancelled"))
-        else:
-            sock.close()
-        raise
-
-
-# ------------------------------------------------------------------------------------- template process
-
-
-def _remove_dir_later(fut: asyncio.Future[str]) -> None:
-    # A launch cancelled while its directory was being made: remove it once made (still off the loop).
-    if not fut.cancelled() and fut.exception() is None:
-        asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(shutil.rmtree, fut.result(), ignore_errors=True))
-
-
-def _read_key_file(path: str | os.PathLike[str]) -> bytes:
-    with open(path) as f:
-        return bytes.fromhex(f.read().strip())
-
-
-def _template_env() -> dict[str, str]:
-    # The template must import what we can (the worker module may live beside the caller's code, e.g.
-    # tests/): hand it our sys.path.
-    env = dict(os.environ)
-    paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    return env
-
-
-def _start_template(python: str, worker: str, socket_path: str, key: bytes, timeout: float,
-                    extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
-    """Blocking (executor thread): start the template, wait for its readiness line.
-
-    Returns ``(Popen, parent_pipe_w)``. Errors: :class:`TemplateUnavailable` (the process is gone)."""
-    r, w = os.pipe()
-    try:
-        os.write(w, key)
-        proc = subprocess.Popen(
-            [python, "-m", "forkserver.launcher", "--socket", socket_path, "--worker", worker,
-             "--parent-fd", str(r), *extra_args],
-            pass_fds=(r,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=_template_env(),
-            process_group=0,  # its own group: a Ctrl-C aimed at us must not kill it behind our back
-        )
-    except BaseException:
-        os.close(w)
-        raise
-    finally:
-        os.close(r)
-    stdout = proc.stdout
-    assert stdout is not None  # stdout=PIPE
-    try:
-        line = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(stdout, selectors.EVENT_READ)
-            loop_deadline = time.monotonic() + timeout
-            while not line.endswith(b"\n"):
-                remaining = loop_deadline - time.monotonic()
-                if remaining <= 0 or not sel.select(remaining):
-                    raise TemplateUnavailable(f"template did not become ready within {timeout} s")
-                chunk = os.read(stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                line += chunk
-        if not line.startswith(b"walredo-template ready "):
-            proc.wait(timeout=timeout)
-            raise TemplateUnavailable(f"template failed to start (exit status {proc.returncode})")
-    except BaseException:
-        _stop_template(proc, w, timeout)
-        raise
-    finally:
-        stdout.close()
-    return proc, w
-
-
-def _stop_template(proc: subprocess.Popen[bytes], pipe_w: int | None, timeout: float = 5.0) -> None:
-    """Blocking (executor thread): SIGTERM (children keep serving), escalate to SIGKILL, reap; then close the
-    parent pipe. Closing the pipe first would mean "parent died" and the template would kill its children."""
-    try:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    finally:
-        if pipe_w is not None:
-            fdpass.close_fds([pipe_w])
-
-
-# ----------------------------------------------------------------------------------------------- client
-
-
-@dataclass(frozen=True)
-class _LaunchSpec:
-    """How a launched client (re)starts the template it owns."""
-
-    worker: str
-    python: str
-    dir: str  # the private mkdtemp directory of the socket, removed on close
-    start_timeout: float
-    args: tuple[str, ...]  # extra launcher flags (sandbox, child user, memory limit, pool)
 
 
 class ClientState(enum.Enum):
@@ -464,13 +67,13 @@ class TemplateClient:
     """Asyncio client of one template. Create with :meth:`launch` or :meth:`connect`; use on one loop."""
 
     def __init__(self, *, _loop: asyncio.AbstractEventLoop, _key: bytes, _socket_path: str, spawn_timeout: float,
-                 launched: _LaunchSpec | None = None):
+                 launched: LaunchSpec | None = None):
         self._loop = _loop
         self._key = _key
         self.socket_path = _socket_path
         self.spawn_timeout = spawn_timeout
         self.state = ClientState.OPEN
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._session_up = asyncio.Event()
         self._ids = itertools.count(1)
         # launched mode only: how to (re)start the template we own
@@ -505,29 +108,20 @@ class TemplateClient:
         authenticate within ``start_timeout``. Cancel-safe: a cancelled launch stops and reaps the template
         (in the executor) before the cancellation propagates.
         """
-        extra: list[str] = []
-        if not sandbox:
-            extra.append("--no-sandbox")
-        if child_user is not None:
-            extra += ["--child-user", str(child_user)]
-        if child_memory_limit is not None:
-            if child_memory_limit < 0:
-                raise ValueError("child_memory_limit must be >= 0")
-            extra += ["--child-memory-limit", str(max(1, child_memory_limit >> 20) if child_memory_limit else 0)]
-        if pool is not None:
-            extra += ["--pool", str(int(pool))]
+        extra = launcher_args(sandbox=sandbox, child_user=child_user, child_memory_limit=child_memory_limit,
+                              pool=pool)
         loop = asyncio.get_running_loop()
         key = os.urandom(control.KEY_SIZE)
         mkdir = loop.run_in_executor(None, functools.partial(tempfile.mkdtemp, prefix="walredo-template-"))
         try:
             sockdir = await asyncio.shield(mkdir)
         except asyncio.CancelledError:
-            mkdir.add_done_callback(_remove_dir_later)
+            mkdir.add_done_callback(remove_dir_later)
             raise
         self = cls(_loop=loop, _key=key, _socket_path=os.path.join(sockdir, "control.sock"),
                    spawn_timeout=spawn_timeout,
-                   launched=_LaunchSpec(worker=worker, python=python or sys.executable, dir=sockdir,
-                                        start_timeout=start_timeout, args=tuple(extra)))
+                   launched=LaunchSpec(worker=worker, python=python or sys.executable, dir=sockdir,
+                                        start_timeout=start_timeout, args=extra))
         try:
             await self._start_and_connect()
         except BaseException:
@@ -549,11 +143,11 @@ class TemplateClient:
         """
         loop = asyncio.get_running_loop()
         if isinstance(key, (str, os.PathLike)):
-            key = await loop.run_in_executor(None, _read_key_file, key)  # file I/O stays off the loop
+            key = await loop.run_in_executor(None, read_key_file, key)  # file I/O stays off the loop
         if len(key) != control.KEY_SIZE:
             raise ValueError(f"key must be {control.KEY_SIZE} bytes")
         self = cls(_loop=loop, _key=bytes(key), _socket_path=os.fspath(socket_path), spawn_timeout=spawn_timeout)
-        session = await _open_session(loop, self.socket_path, self._key, self._on_session_lost, timeout)
+        session = await open_session(loop, self.socket_path, self._key, self._on_session_lost, timeout)
         self._install(session)
         return self
 
@@ -585,7 +179,7 @@ class TemplateClient:
                 parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 rid = next(self._ids)
                 fut: asyncio.Future[ChildHandle] = self._loop.create_future()
-                session.pending[rid] = _PendingSpawn(fut, parent_end, tenant_id)
+                session.pending[rid] = PendingSpawn(fut, parent_end, tenant_id)
                 try:
                     # From here the session owns child_end: it closes it once the frame went out (closing it
                     # earlier could let its fd number be reused and sent in its place).
@@ -644,7 +238,7 @@ class TemplateClient:
 
     # -- internals
 
-    async def _wait_session(self) -> _Session:
+    async def _wait_session(self) -> Session:
         while True:
             if self.state is ClientState.CLOSED:
                 raise TemplateUnavailable("the client is closed")
@@ -658,12 +252,12 @@ class TemplateClient:
             self._session_up.clear()
             await self._session_up.wait()
 
-    def _install(self, session: _Session) -> None:
+    def _install(self, session: Session) -> None:
         self._session = session
         if not session.lost:  # it may have died between the handshake and now; _restart checks
             self._session_up.set()
 
-    def _on_session_lost(self, session: _Session) -> None:
+    def _on_session_lost(self, session: Session) -> None:
         if session is not self._session:
             return
         self._session_up.clear()
@@ -675,7 +269,7 @@ class TemplateClient:
         assert opts is not None  # only a launched client starts its template
         loop = self._loop
         self._starting = loop.run_in_executor(
-            None, _start_template, opts.python, opts.worker, self.socket_path, self._key,
+            None, start_template, opts.python, opts.worker, self.socket_path, self._key,
             opts.start_timeout, opts.args)
         try:
             proc, pipe_w = await asyncio.shield(self._starting)
@@ -689,7 +283,7 @@ class TemplateClient:
             raise
         self._starting = None
         self._proc, self._pipe_w = proc, pipe_w
-        session = await _open_session(loop, self.socket_path, self._key, self._on_session_lost,
+        session = await open_session(loop, self.socket_path, self._key, self._on_session_lost,
                                       opts.start_timeout)
         self._install(session)
 
@@ -700,7 +294,7 @@ class TemplateClient:
                 proc, pipe_w = self._proc, self._pipe_w
                 self._proc = self._pipe_w = None
                 if proc is not None:
-                    await self._loop.run_in_executor(None, _stop_template, proc, pipe_w, 2.0)
+                    await self._loop.run_in_executor(None, stop_template, proc, pipe_w, 2.0)
                 try:
                     await self._start_and_connect()
                     assert self._session is not None  # installed by _start_and_connect
@@ -732,11 +326,11 @@ class TemplateClient:
                 try:
                     self._proc, self._pipe_w = await self._starting
                 except Exception:
-                    pass  # it failed to start; _start_template cleaned up after itself
+                    pass  # it failed to start; start_template cleaned up after itself
                 self._starting = None
             proc, pipe_w = self._proc, self._pipe_w
             self._proc = self._pipe_w = None
             if proc is not None:
-                await self._loop.run_in_executor(None, _stop_template, proc, pipe_w, 5.0)
+                await self._loop.run_in_executor(None, stop_template, proc, pipe_w, 5.0)
             await self._loop.run_in_executor(
                 None, functools.partial(shutil.rmtree, self._launched.dir, ignore_errors=True))

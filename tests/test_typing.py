@@ -27,7 +27,7 @@ REVEALS = [
     ("await manager.request_redo(TENANT, BufferTag(1663, 5, 16384, 0, 0), 0x1000000, None, [])", "bytes"),
     ("manager.processes()", "dict[str, forkserver.manager.ProcessInfo]"),
     ("manager.template", "forkserver.client.TemplateClient"),
-    ("await manager.template.spawn(TENANT)", "forkserver.client.ChildHandle"),
+    ("await manager.template.spawn(TENANT)", "forkserver.handle.ChildHandle"),
     ("await forkserver.TemplateClient.launch()", "forkserver.client.TemplateClient"),
     ("forkserver.WalRedoProcess", "-> forkserver.process.WalRedoProcess"),
     ("cell", "forkserver.oncecell.OnceCell[int]"),

@@ -1,0 +1,217 @@
+"""Parent side: one authenticated control connection to one template process (asyncio, loop thread only).
+
+:func:`open_session` connects, checks the peer's uid (``SO_PEERCRED``) and runs the handshake of
+:mod:`forkserver.control`; a :class:`Session` then carries spawn and stats requests, turns ``spawned``
+replies into :class:`~forkserver.handle.ChildHandle` objects and delivers ``exited`` events to them. It only
+does non-blocking socket I/O (``add_reader`` / ``add_writer``; sending through
+:class:`~forkserver.sender.FrameSender`). When the connection goes, :meth:`Session.fail` fails every waiter
+and tells its owner (:class:`~forkserver.client.TemplateClient`, which may restart the template).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from forkserver import control, fdpass
+from forkserver.control import ControlConnection, Role
+from forkserver.errors import ControlProtocolError, SpawnRefused, TemplateUnavailable
+from forkserver.handle import ChildHandle
+from forkserver.sender import FrameSender
+
+__all__ = ["PendingSpawn", "Session", "open_session"]
+
+log = logging.getLogger("forkserver.client")  # the client's logger, where its warnings have always gone
+
+_RECV_SIZE = 256 * 1024
+
+
+@dataclass
+class PendingSpawn:
+    future: asyncio.Future[ChildHandle]
+    parent_end: socket.socket
+    tenant: str
+
+
+class Session:
+    """One authenticated control connection to one template process (loop thread only)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, key: bytes,
+                 on_lost: Callable[[Session], None]):
+        self.loop = loop
+        self.sock = sock
+        self.proto = ControlConnection(Role.PARENT, key)
+        self.out = FrameSender(sock)
+        # request id -> a spawn's waiter, or a stats request's future
+        self.pending: dict[int, PendingSpawn | asyncio.Future[dict[str, Any]]] = {}
+        self.children: dict[int, ChildHandle] = {}
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.lost = False
+        self._on_lost = on_lost
+        self._writing = False
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    @property
+    def template_pid(self) -> int | None:
+        return self.proto.peer_pid
+
+    def send(self, msg: control.Message, owned: Sequence[socket.socket] = ()) -> None:
+        self.proto.send(msg)
+        self._queue(owned)
+
+    def _queue(self, owned: Sequence[socket.socket] = ()) -> None:
+        # From here the sender owns them (as fd numbers): it closes them once their frame went out.
+        owned_fds = [s.detach() for s in owned]
+        try:
+            for frame, fds in self.proto.data_to_send():
+                if self.lost:
+                    break
+                mine: list[int] = []
+                if fds:
+                    mine, owned_fds = owned_fds, []
+                self.out.send(frame, fds, mine)
+        except OSError as e:
+            self.fail(TemplateUnavailable(f"control connection broke: {e}"))
+            return
+        finally:
+            fdpass.close_fds(owned_fds)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.lost:
+            return
+        try:
+            self.out.flush()
+        except OSError as e:
+            self.fail(TemplateUnavailable(f"control connection broke: {e}"))
+            return
+        if self.out and not self._writing:
+            self.loop.add_writer(self.sock.fileno(), self._flush)
+            self._writing = True
+        elif not self.out and self._writing:
+            self.loop.remove_writer(self.sock.fileno())
+            self._writing = False
+
+    def _on_readable(self) -> None:
+        try:
+            data, fds = fdpass.recv(self.sock, _RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ControlProtocolError as e:
+            self.fail(e)
+            return
+        except OSError as e:
+            self.fail(TemplateUnavailable(f"control connection broke: {e}"))
+            return
+        if not data:
+            fdpass.close_fds(fds)
+            self.fail(TemplateUnavailable("the template closed the control connection"))
+            return
+        try:
+            self.proto.receive_data(data, fds)
+            while not self.lost:
+                event = self.proto.next_event()
+                if event is None:
+                    break
+                self._dispatch(event)
+            if not self.lost:
+                self._queue()
+                if self.proto.authenticated and not self.ready.done():
+                    self.ready.set_result(None)
+        except ControlProtocolError as e:
+            self.fail(e)
+
+    def _dispatch(self, event: control.Message | control.BadRequest) -> None:
+        if isinstance(event, control.Spawned):
+            entry = self.pending.pop(event.request_id, None)
+            if not isinstance(entry, PendingSpawn) or entry.future.done():
+                # Its caller gave up (cancelled / timed out) and closed the parent end: the child sees EOF
+                # and exits; we only drop the pidfd. A reply to an unknown id is tolerated the same way.
+                fdpass.close_fds([event.pidfd])
+                return
+            entry.parent_end.setblocking(False)
+            handle = ChildHandle(event.pid, event.pidfd, entry.parent_end, entry.tenant, self.loop)
+            # Registered synchronously, before the spawner resumes, so an early `exited` finds it.
+            self.children[event.pid] = handle
+            entry.future.set_result(handle)
+        elif isinstance(event, control.ErrorReply):
+            entry = self.pending.pop(event.request_id, None) if event.request_id is not None else None
+            fut = entry.future if isinstance(entry, PendingSpawn) else entry
+            if fut is None:
+                log.warning("template error without a waiting request: %s %s", event.code, event.message)
+            elif not fut.done():
+                fut.set_exception(SpawnRefused(event.code, event.message))
+        elif isinstance(event, control.Exited):
+            exited = self.children.pop(event.pid, None)
+            if exited is not None:
+                exited._set_exited(event.status)
+        elif isinstance(event, control.StatsReply):
+            waiter = self.pending.pop(event.request_id, None)
+            if isinstance(waiter, asyncio.Future) and not waiter.done():
+                waiter.set_result(dict(event.stats))
+
+    def fail(self, exc: BaseException, *, closing: bool = False) -> None:
+        """The connection is gone: release everything, fail every waiter with ``exc``. Idempotent."""
+        if self.lost:
+            return
+        self.lost = True
+        self.loop.remove_reader(self.sock.fileno())
+        if self._writing:
+            self.loop.remove_writer(self.sock.fileno())
+        self.out.close()
+        self.proto.close()
+        self.sock.close()
+        if not self.ready.done():
+            # The handshake failed: its waiter gets the precise error (e.g. ControlProtocolError auth-failed).
+            self.ready.set_exception(exc)
+            self.ready.exception()
+        message = str(exc) if isinstance(exc, TemplateUnavailable) else f"control connection failed: {exc}"
+        for entry in self.pending.values():
+            fut = entry.future if isinstance(entry, PendingSpawn) else entry
+            if not fut.done():
+                # One instance per waiter: re-raising a shared one grows its traceback by every waiter's
+                # frames and keeps them all alive.
+                fut.set_exception(TemplateUnavailable(message))
+        self.pending.clear()
+        why = "the client was closed" if closing else "the template connection was lost"
+        for handle in self.children.values():
+            # Keep the pidfd while the child runs so that kill() still works and wait() still observes the
+            # exit (then raises); it is closed as soon as the child is gone.
+            handle._set_unknown(why)
+        self.children.clear()
+        self._on_lost(self)
+
+
+async def open_session(loop: asyncio.AbstractEventLoop, path: str, key: bytes,
+                        on_lost: Callable[[Session], None], timeout: float) -> Session:
+    """Connect, check the peer uid, and authenticate; cancel-safe (the socket is closed on any exit)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    session = None
+    try:
+        try:
+            await loop.sock_connect(sock, path)
+        except OSError as e:
+            raise TemplateUnavailable(f"cannot connect to {path}: {e}") from None
+        uid = fdpass.peer_credentials(sock).uid
+        if uid != os.getuid():
+            raise ControlProtocolError("peer-uid", f"{path} is served by uid {uid}, not ours ({os.getuid()})")
+        session = Session(loop, sock, key, on_lost)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(session.ready)
+        except TimeoutError:
+            raise TemplateUnavailable(f"no handshake from {path} within {timeout} s") from None
+        return session
+    except BaseException as e:
+        if session is not None:
+            session._on_lost = lambda s: None  # never installed: nothing to restart
+            session.fail(e if isinstance(e, Exception) else TemplateUnavailable("cancelled"))
+        else:
+            sock.close()
+        raise
