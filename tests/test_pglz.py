@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from walredo_template.pg.errors import InvalidRecord
+from walredo_template.pg.page import BLCKSZ
 from walredo_template.pg.pglz import pglz_compress_literal, pglz_decompress
-from walredo_template.pg.xlogrecord import BKPIMAGE_COMPRESS_PGLZ, BLCKSZ, decode_record
+from walredo_template.pg.xlogrecord import BKPIMAGE_COMPRESS_PGLZ, decode_record
 
 
 @pytest.fixture(scope="module")

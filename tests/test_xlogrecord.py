@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from walredo_template import BufferTag
 from walredo_template.pg.crc32c import crc32c, crc32c_pure
 from walredo_template.pg.errors import InvalidRecord, MissingCompressionLibrary
-from walredo_template.pg.xlogrecord import BLCKSZ, DecodedRecord, decode_record
+from walredo_template.pg.page import BLCKSZ
+from walredo_template.pg.xlogrecord import DecodedRecord, decode_record
 from walredo_tools.walreader import parse_lsn
 
 RMGR_IDS = {"XLOG": 0, "Transaction": 1, "Storage": 2, "CLOG": 3, "Database": 4, "Tablespace": 5,

@@ -128,20 +128,6 @@ def _require_type(page: bytearray, pagetype: int, what: str) -> None:
         raise InvalidPage(f"{what}: page type is {found:#06x}, expected {pagetype:#06x}")
 
 
-def _check_items(page: bytearray, name: str) -> None:
-    """Every line pointer with storage must point inside pd_upper..pd_special: PostgreSQL's item
-    operations only check the item they act on, and shift the others, so a corrupt base page could
-    otherwise come out with a pointer past the page."""
-    lower, upper, special = P._LUS.unpack_from(page, P.OFF_LOWER)
-    n = (lower - P.SIZE_OF_PAGE_HEADER) >> 2
-    if n <= 0:
-        return
-    bad = [w for w in P.lp_array(n).unpack_from(page, P.SIZE_OF_PAGE_HEADER)
-           if w >> 17 and not upper <= w & 0x7FFF <= special - (w >> 17)]
-    if bad:
-        raise InvalidPage(f"{name}: line pointer {bad[0]:#010x} lies outside the tuple space {upper}..{special}")
-
-
 def _regular_page(page: bytearray, name: str) -> bytearray:
     _require_type(page, BRIN_PAGETYPE_REGULAR, name)
     return page
@@ -182,7 +168,7 @@ def _insert_part(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int, 
                 return
             page = _regular_page(found, name)
         IP.add_item(page, block_data(blk, name), offnum, overwrite=True)
-        _check_items(page, name)
+        IP.check_line_pointers(page, name)
         finish(page, lsn)
     elif blk.block_id == 1:
         found = page_for_redo(ctx, blk, lsn)
@@ -199,7 +185,7 @@ def _remove_tuple(ctx: RedoContext, blk: BlockRef, lsn: int, offnum: int, name: 
     page = page_for_redo(ctx, blk, lsn)
     if page is not None:
         IP.delete_item_no_compact(_regular_page(page, name), offnum)
-        _check_items(page, name)
+        IP.check_line_pointers(page, name)
         finish(page, lsn)
 
 
@@ -239,7 +225,7 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         page = page_for_redo(ctx, blk, lsn)
         if page is not None:
             IP.overwrite_item(_regular_page(page, name), offnum, block_data(blk, name))
-            _check_items(page, name)
+            IP.check_line_pointers(page, name)
             finish(page, lsn)
     elif op == XLOG_BRIN_DESUMMARIZE:
         ppr, heap_blk, reg_off = main_struct(rec, _DESUMMARIZE, name)

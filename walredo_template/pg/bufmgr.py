@@ -20,6 +20,7 @@ tell a restored page from one already done.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from .. import BufferTag
@@ -166,6 +167,45 @@ def read_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int) -> int:
     if page_for_redo(ctx, blk, lsn) is not None:
         return BLK_NEEDS_REDO
     return BLK_RESTORED if blk.apply_image else BLK_DONE
+
+
+class ItemCheck:
+    """An access method's check of every line pointer of the page it redoes, run once per request: the first
+    time the request redoes the page, and again after an image restore (``ctx.checked`` is False then).
+
+    PostgreSQL's item operations only check the items they act on, so a corrupt page that came from outside
+    (a base image, a restored image) would otherwise pass its bad pointers on; a page the redo built itself
+    needs no check (:meth:`done`). One instance per access method: each holds the request whose page it
+    checked last (a reference, so its id cannot be reused by a later request).
+    """
+
+    __slots__ = ("_check", "_last")
+
+    def __init__(self, check: Callable[[bytearray, str], None]):
+        self._check = check
+        self._last: RedoContext | None = None
+
+    def pending(self, ctx: RedoContext) -> bool:
+        """Whether the page of ``ctx`` still needs the check (before reading it for redo)."""
+        return not ctx.checked or self._last is not ctx
+
+    def run(self, ctx: RedoContext, page: bytearray, name: str = "") -> None:
+        """Check ``page`` (raises :class:`InvalidPage`, naming the record ``name``) and remember that ``ctx``
+        passed."""
+        self._check(page, name)
+        self._last = ctx
+
+    def done(self, ctx: RedoContext) -> None:
+        """The page of ``ctx`` needs no check: the redo just built it."""
+        self._last = ctx
+
+    def page_for_redo(self, ctx: RedoContext, blk: BlockRef, lsn: int, name: str = "") -> bytearray | None:
+        """:func:`page_for_redo`, plus the check when it is pending."""
+        fresh = self.pending(ctx)
+        page = page_for_redo(ctx, blk, lsn)
+        if page is not None and fresh:
+            self.run(ctx, page, name)
+        return page
 
 
 def finish(page: bytearray, lsn: int) -> None:

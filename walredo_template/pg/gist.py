@@ -55,6 +55,7 @@ from . import indexpage as IP
 from . import page as P
 from .bufmgr import (
     BLK_DONE,
+    ItemCheck,
     RedoContext,
     finish,
     main_struct,
@@ -155,27 +156,20 @@ def init_page(page: bytearray, flags: int) -> None:
     _OPAQUE.pack_into(page, MAX_SPECIAL, 0, 0, INVALID_BLOCK, flags, GIST_PAGE_ID)
 
 
-def _check_items(page: bytearray, special: int, name: str) -> None:
+def _check_items(page: bytearray, name: str) -> None:
     """Every line pointer with storage must lie inside pd_upper..pd_special. PostgreSQL's item operations
     only check the items they act on, so a corrupt page that came from outside (a base image, a restored
     image) would otherwise pass its bad pointers on. A deleted page has no items: what pd_lower covers
     is its deleteXid, and nothing more."""
-    lower, upper, _special = _LUS.unpack_from(page, P.OFF_LOWER)
-    if _flags(page, special) & F_DELETED:
+    lower = P.get_lower(page)
+    if _flags(page, _special(page)) & F_DELETED:
         if lower > DELETED_CONTENTS_END:
             raise InvalidPage(f"{name}: deleted GiST page with pd_lower {lower}")
         return
-    n = (lower - P.SIZE_OF_PAGE_HEADER) >> 2
-    if n <= 0:
-        return
-    bad = [w for w in P.lp_array(n).unpack_from(page, P.SIZE_OF_PAGE_HEADER)
-           if w >> 17 and not upper <= w & 0x7FFF <= special - (w >> 17)]
-    if bad:
-        raise InvalidPage(f"{name}: line pointer {bad[0]:#010x} lies outside the tuple space {upper}..{special}")
+    IP.check_line_pointers(page, name)
 
 
-# The request whose page had its line pointers checked last (a reference, so its id cannot be reused).
-_items_checked: list[RedoContext | None] = [None]
+_ITEMS = ItemCheck(_check_items)
 
 
 def _page(ctx: RedoContext, blk: BlockRef, lsn: int, name: str) -> tuple[bytearray, int] | None:
@@ -183,14 +177,10 @@ def _page(ctx: RedoContext, blk: BlockRef, lsn: int, name: str) -> tuple[bytearr
     or already past the record). The first time a request redoes its page its line pointers are checked
     (:func:`_check_items`). A deleted page is refused: PostgreSQL never changes the items of one (inserts
     and VACUUM skip it), and its "line pointers" are its deleteXid."""
-    fresh = not ctx.checked or _items_checked[0] is not ctx
-    page = page_for_redo(ctx, blk, lsn)
+    page = _ITEMS.page_for_redo(ctx, blk, lsn, name)
     if page is None:
         return None
     special = _special(page)
-    if fresh:
-        _check_items(page, special, name)
-        _items_checked[0] = ctx
     if _flags(page, special) & F_DELETED:
         raise InvalidPage(f"{name}: block {blk.block_id} is a deleted GiST page")
     return page, special
@@ -257,7 +247,7 @@ def _fill_new(page: bytearray, tuples: list[memoryview], name: str) -> None:
 
 def _clear_follow_right(ctx: RedoContext, blk: BlockRef, lsn: int, name: str) -> None:
     """gistRedoClearFollowRight: NSN := LSN and F_FOLLOW_RIGHT cleared, on the page redone or restored."""
-    fresh = not ctx.checked or _items_checked[0] is not ctx
+    fresh = _ITEMS.pending(ctx)
     if read_for_redo(ctx, blk, lsn) == BLK_DONE:
         return
     page = ctx.page
@@ -265,10 +255,9 @@ def _clear_follow_right(ctx: RedoContext, blk: BlockRef, lsn: int, name: str) ->
     if not ctx.checked:  # a restored image
         P.check_page(page)
         ctx.checked = True
-    special = _special(page)
     if fresh or blk.apply_image:
-        _check_items(page, special, name)
-        _items_checked[0] = ctx
+        _ITEMS.run(ctx, page, name)
+    special = _special(page)
     _set_nsn(page, special, lsn)
     _set_flags(page, special, _flags(page, special) & ~F_FOLLOW_RIGHT)
     finish(page, lsn)
@@ -360,7 +349,7 @@ def _redo_page_split(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: i
     init_page(page, F_LEAF if origleaf and not isroot else 0)
     _fill_new(page, tuples, name)
     ctx.checked = True
-    _items_checked[0] = ctx  # a page built here has only the pointers just added
+    _ITEMS.done(ctx)  # a page built here has only the pointers just added
     flags = _flags(page, MAX_SPECIAL)
     if isroot:
         rightlink = INVALID_BLOCK

@@ -66,6 +66,7 @@ from .bufmgr import (
     BLK_DONE,
     BLK_NEEDS_REDO,
     BLK_RESTORED,
+    ItemCheck,
     RedoContext,
     block_data,
     finish,
@@ -139,20 +140,18 @@ def _init_block(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray:
     return page
 
 
-# The request whose page had its line pointers checked last (a reference, so its id cannot be reused).
-_items_checked: list[RedoContext | None] = [None]
+_ITEMS = ItemCheck(lambda page, _name: H.check_items(page))
 
 
 def _read(ctx: RedoContext, blk: BlockRef, lsn: int) -> int:
     """XLogReadBufferForRedo(Extended, RBM_NORMAL). The first time a request redoes its page, and after an
     image restore, the page's line pointers are checked too (:func:`.hash_page.check_items`): records that
     leave the items alone must not pass a corrupt base image on as a page of theirs."""
-    fresh = not ctx.checked
+    fresh = _ITEMS.pending(ctx)
     action = read_for_redo(ctx, blk, lsn)
-    if action == BLK_NEEDS_REDO and (fresh or _items_checked[0] is not ctx):
+    if action == BLK_NEEDS_REDO and fresh:
         assert ctx.page is not None
-        H.check_items(ctx.page)
-        _items_checked[0] = ctx
+        _ITEMS.run(ctx, ctx.page)
     return action
 
 

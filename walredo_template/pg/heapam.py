@@ -42,7 +42,7 @@ from collections.abc import Callable
 from .. import BufferTag
 from . import page as P
 from . import visibilitymap as VM
-from .bufmgr import RedoContext, init_for_redo, page_for_redo, restore_image
+from .bufmgr import RedoContext, block_data, init_for_redo, main_struct, page_for_redo, restore_image
 from .bufmgr import block_matches as _matches
 from .errors import BlockNotReferenced, InvalidRecord, UnsupportedRecord
 from .xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, BlockRef, DecodedRecord
@@ -150,13 +150,6 @@ def _same_rel(blk: BlockRef, tag: BufferTag) -> bool:
     return blk.relnode == tag.relnode and blk.dbnode == tag.dbnode and blk.spcnode == tag.spcnode
 
 
-def _block_data(blk: BlockRef, what: str) -> bytes:
-    data = blk.data
-    if data is None:
-        raise InvalidRecord(f"{what}: block {blk.block_id} carries no data")
-    return data
-
-
 def _fix_infomask_from_infobits(infobits: int, infomask: int, infomask2: int) -> tuple[int, int]:
     infomask &= ~(HEAP_XMAX_IS_MULTI | HEAP_XMAX_LOCK_ONLY | HEAP_XMAX_KEYSHR_LOCK | HEAP_XMAX_EXCL_LOCK)
     infomask2 &= ~HEAP_KEYS_UPDATED
@@ -171,12 +164,6 @@ def _fix_infomask_from_infobits(infobits: int, infomask: int, infomask2: int) ->
     if infobits & XLHL_KEYS_UPDATED:
         infomask2 |= HEAP_KEYS_UPDATED
     return infomask, infomask2
-
-
-def _main(rec: DecodedRecord, st: struct.Struct, what: str) -> tuple[int, ...]:
-    if len(rec.main_data) < st.size:
-        raise InvalidRecord(f"{what}: main data has {len(rec.main_data)} bytes, expected {st.size}")
-    return st.unpack_from(rec.main_data)
 
 
 def _clear_all_visible(page: bytearray) -> None:
@@ -207,15 +194,15 @@ def vm_clears(rec: DecodedRecord) -> list[tuple[BlockRef, int, int]]:
     md = rec.main_data
     if rmid == RM_HEAP_ID:
         if op == XLOG_HEAP_INSERT:
-            flags = _main(rec, _INSERT, "INSERT")[1]
+            flags = main_struct(rec, _INSERT, "INSERT")[1]
             if flags & XLH_INSERT_ALL_VISIBLE_CLEARED:
                 return [(blk0, blk0.blkno, VM.VISIBILITYMAP_VALID_BITS)]
         elif op == XLOG_HEAP_DELETE:
-            flags = _main(rec, _DELETE, "DELETE")[3]
+            flags = main_struct(rec, _DELETE, "DELETE")[3]
             if flags & XLH_DELETE_ALL_VISIBLE_CLEARED:
                 return [(blk0, blk0.blkno, VM.VISIBILITYMAP_VALID_BITS)]
         elif op == XLOG_HEAP_UPDATE or op == XLOG_HEAP_HOT_UPDATE:
-            flags = _main(rec, _UPDATE, "UPDATE")[3]
+            flags = main_struct(rec, _UPDATE, "UPDATE")[3]
             out = []
             if flags & XLH_UPDATE_OLD_ALL_VISIBLE_CLEARED:
                 old = rec.blocks.get(1, blk0)
@@ -224,7 +211,7 @@ def vm_clears(rec: DecodedRecord) -> list[tuple[BlockRef, int, int]]:
                 out.append((blk0, blk0.blkno, VM.VISIBILITYMAP_VALID_BITS))
             return out
         elif op == XLOG_HEAP_LOCK:
-            flags = _main(rec, _LOCK, "LOCK")[3]
+            flags = main_struct(rec, _LOCK, "LOCK")[3]
             if flags & XLH_LOCK_ALL_FROZEN_CLEARED:
                 return [(blk0, blk0.blkno, VM.VISIBILITYMAP_ALL_FROZEN)]
     elif rmid == RM_HEAP2_ID:
@@ -234,7 +221,7 @@ def vm_clears(rec: DecodedRecord) -> list[tuple[BlockRef, int, int]]:
             if md[0] & XLH_INSERT_ALL_VISIBLE_CLEARED:
                 return [(blk0, blk0.blkno, VM.VISIBILITYMAP_VALID_BITS)]
         elif op == XLOG_HEAP2_LOCK_UPDATED:
-            flags = _main(rec, _LOCK, "LOCK_UPDATED")[3]
+            flags = main_struct(rec, _LOCK, "LOCK_UPDATED")[3]
             if flags & XLH_LOCK_ALL_FROZEN_CLEARED:
                 return [(blk0, blk0.blkno, VM.VISIBILITYMAP_ALL_FROZEN)]
     return []
@@ -278,7 +265,7 @@ def redo_vm_page(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> bool:
 
 
 def _redo_visible_vm(ctx: RedoContext, rec: DecodedRecord, vmblk: BlockRef, lsn: int) -> None:
-    cutoff_xid, flags = _main(rec, _VISIBLE, "VISIBLE")
+    cutoff_xid, flags = main_struct(rec, _VISIBLE, "VISIBLE")
     heapblk = rec.blocks.get(1)
     if heapblk is None:
         raise InvalidRecord("VISIBLE: no heap block reference (block 1)")
@@ -310,7 +297,7 @@ def _redo_visible_vm(ctx: RedoContext, rec: DecodedRecord, vmblk: BlockRef, lsn:
 # --- Heap records --------------------------------------------------------------------------------
 
 def redo_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    offnum, flags = _main(rec, _INSERT, "INSERT")
+    offnum, flags = main_struct(rec, _INSERT, "INSERT")
     page: bytearray | None
     if rec.info & XLOG_HEAP_INIT_PAGE:
         page = init_for_redo(ctx, blk, lsn)  # redone even over a restored image, as heap_xlog_insert does
@@ -319,7 +306,7 @@ def redo_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
         page = page_for_redo(ctx, blk, lsn)
         if page is None:
             return
-    data = _block_data(blk, "INSERT")
+    data = block_data(blk, "INSERT")
     if len(data) <= _XL_HEAP_HEADER.size:
         raise InvalidRecord(f"INSERT: tuple data of {len(data)} bytes")
     infomask2, infomask, hoff = _XL_HEAP_HEADER.unpack_from(data)
@@ -331,7 +318,7 @@ def redo_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
 
 
 def redo_multi_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    flags, ntuples = _main(rec, _MULTI_INSERT, "MULTI_INSERT")
+    flags, ntuples = main_struct(rec, _MULTI_INSERT, "MULTI_INSERT")
     isinit = bool(rec.info & XLOG_HEAP_INIT_PAGE)
     md = rec.main_data
     if not isinit and len(md) < _MULTI_INSERT.size + 2 * ntuples:
@@ -344,7 +331,7 @@ def redo_multi_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
         page = page_for_redo(ctx, blk, lsn)
         if page is None:
             return
-    data = _block_data(blk, "MULTI_INSERT")
+    data = block_data(blk, "MULTI_INSERT")
     if isinit:
         _multi_insert_into_empty_page(page, data, ntuples, rec.xid, blk.blkno)
         P.set_lsn(page, lsn)
@@ -494,7 +481,7 @@ def _multi_insert_general(page: bytearray, data: bytes, ntuples: int, xid: int, 
 
 
 def redo_delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    xmax, offnum, infobits, flags = _main(rec, _DELETE, "DELETE")
+    xmax, offnum, infobits, flags = main_struct(rec, _DELETE, "DELETE")
     page = page_for_redo(ctx, blk, lsn)
     if page is None:
         return
@@ -647,7 +634,7 @@ def redo_update(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
 
 
 def redo_confirm(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    (offnum,) = _main(rec, _U16, "CONFIRM")
+    (offnum,) = main_struct(rec, _U16, "CONFIRM")
     page = page_for_redo(ctx, blk, lsn)
     if page is None:
         return
@@ -668,7 +655,7 @@ def _locked_infomasks(page: bytearray, offnum: int, infobits: int) -> tuple[int,
 
 
 def redo_lock(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    locking_xid, offnum, infobits, _flags = _main(rec, _LOCK, "LOCK")
+    locking_xid, offnum, infobits, _flags = main_struct(rec, _LOCK, "LOCK")
     page = page_for_redo(ctx, blk, lsn)
     if page is None:
         return
@@ -684,7 +671,7 @@ def redo_lock(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> 
 
 
 def redo_lock_updated(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    xmax, offnum, infobits, _flags = _main(rec, _LOCK, "LOCK_UPDATED")
+    xmax, offnum, infobits, _flags = main_struct(rec, _LOCK, "LOCK_UPDATED")
     page = page_for_redo(ctx, blk, lsn)
     if page is None:
         return
@@ -695,7 +682,7 @@ def redo_lock_updated(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
 
 
 def redo_inplace(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    (offnum,) = _main(rec, _U16, "INPLACE")
+    (offnum,) = main_struct(rec, _U16, "INPLACE")
     page = page_for_redo(ctx, blk, lsn)
     if page is None:
         return
@@ -710,8 +697,8 @@ def redo_inplace(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) 
 
 # --- Heap2 records -------------------------------------------------------------------------------
 
-def _offsets(data: bytes, count: int, start: int) -> list[int]:
-    return list(struct.unpack_from(f"<{count}H", data, start)) if count else []
+def _offsets(data: bytes, count: int) -> list[int]:
+    return list(struct.unpack_from(f"<{count}H", data)) if count else []
 
 
 def _check_offsets(page: bytearray, offsets: list[int], what: str) -> None:
@@ -722,7 +709,7 @@ def _check_offsets(page: bytearray, offsets: list[int], what: str) -> None:
 
 
 def redo_prune(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    _xid, nredirected, ndead = _main(rec, _PRUNE, "PRUNE")
+    _xid, nredirected, ndead = main_struct(rec, _PRUNE, "PRUNE")
     page = page_for_redo(ctx, blk, lsn)
     if page is None:
         return
@@ -730,7 +717,7 @@ def redo_prune(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) ->
     if len(data) & 1 or len(data) < 2 * (2 * nredirected + ndead):
         raise InvalidRecord(f"PRUNE: {len(data)} bytes of offsets for {nredirected} redirects, {ndead} dead")
     count = len(data) // 2
-    offs = _offsets(data, count, 0)
+    offs = _offsets(data, count)
     _check_offsets(page, offs, "PRUNE")
     if not offs:
         raise InvalidRecord("PRUNE: nothing to do")
@@ -747,14 +734,14 @@ def redo_prune(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) ->
 
 
 def redo_vacuum(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    (nunused,) = _main(rec, _U16, "VACUUM")
+    (nunused,) = main_struct(rec, _U16, "VACUUM")
     page = page_for_redo(ctx, blk, lsn)
     if page is None:
         return
     data = blk.data or b""
     if nunused == 0 or len(data) < 2 * nunused:
         raise InvalidRecord(f"VACUUM: {len(data)} bytes of offsets for {nunused} unused items")
-    offs = _offsets(data, nunused, 0)
+    offs = _offsets(data, nunused)
     _check_offsets(page, offs, "VACUUM")
     for o in offs:
         P.set_itemid(page, o, 0, P.LP_UNUSED, 0)
@@ -763,7 +750,7 @@ def redo_vacuum(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
 
 
 def redo_freeze_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    _cutoff, ntuples = _main(rec, _FREEZE_PAGE, "FREEZE_PAGE")
+    _cutoff, ntuples = main_struct(rec, _FREEZE_PAGE, "FREEZE_PAGE")
     page = page_for_redo(ctx, blk, lsn)
     if page is None:
         return
@@ -784,7 +771,7 @@ def redo_freeze_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: i
 
 def redo_visible_heap(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     """VISIBLE on the heap page (block 1): set PD_ALL_VISIBLE; the LSN only with wal_log_hints/checksums."""
-    _main(rec, _VISIBLE, "VISIBLE")
+    main_struct(rec, _VISIBLE, "VISIBLE")
     page = page_for_redo(ctx, blk, lsn)
     if page is None:
         return
@@ -827,8 +814,7 @@ _UPDATE_NEW_OR_OLD = 1  # UPDATE / HOT_UPDATE: as block 0 (new page) or 1 (old p
 _VISIBLE_HEAP = 2  # VISIBLE: only as block 1 (block 0 is the VM page)
 
 # (rmid << 8) | (info & 0xF0) -> (block rule, handler); INIT_PAGE variants only where PostgreSQL writes
-# them. A key not here is an unsupported record. One table lookup and one call per record: the previous
-# per-kind wrapper functions cost a Python call on every record.
+# them. A key not here is an unsupported record. One table lookup and one call per record.
 _DISPATCH: dict[int, tuple[int, RedoHandler]] = {}
 for _op, _fn in _HEAP_SIMPLE.items():
     _DISPATCH[RM_HEAP_ID << 8 | _op] = (_BLOCK0, _fn)

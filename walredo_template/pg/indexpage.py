@@ -19,6 +19,7 @@ from .errors import InvalidPage, InvalidRecord
 from .page import (
     _BOUNDS,
     _LU,
+    _LUS,
     BLCKSZ,
     LP_NORMAL,
     LP_UNUSED,
@@ -41,6 +42,19 @@ def _bounds(page: bytearray) -> tuple[int, int, int, int]:
     if not (SIZE_OF_PAGE_HEADER <= lower <= upper <= special <= BLCKSZ) or special & 7:
         raise InvalidPage(f"corrupted page pointers: lower = {lower}, upper = {upper}, special = {special}")
     return flags, lower, upper, special
+
+
+def check_line_pointers(page: bytearray, name: str) -> None:
+    """Every line pointer with storage must lie inside pd_upper..pd_special (raises :class:`InvalidPage`
+    naming the record ``name``): for the pages whose redo does not check every item it moves."""
+    lower, upper, special = _LUS.unpack_from(page, OFF_LOWER)
+    n = (lower - SIZE_OF_PAGE_HEADER) >> 2
+    if n <= 0:
+        return
+    bad = [w for w in lp_array(n).unpack_from(page, SIZE_OF_PAGE_HEADER)
+           if w >> 17 and not upper <= w & 0x7FFF <= special - (w >> 17)]
+    if bad:
+        raise InvalidPage(f"{name}: line pointer {bad[0]:#010x} lies outside the tuple space {upper}..{special}")
 
 
 def _lp_pos(offnum: int) -> int:

@@ -64,7 +64,15 @@ from collections.abc import Callable
 
 from . import indexpage as IP
 from . import nbtree_page as B
-from .bufmgr import RedoContext, block_data, finish, main_struct, page_for_redo, referenced_block, unsupported
+from .bufmgr import (
+    ItemCheck,
+    RedoContext,
+    block_data,
+    finish,
+    main_struct,
+    referenced_block,
+    unsupported,
+)
 from .errors import InvalidPage, InvalidRecord
 from .xlogrecord import BlockRef, DecodedRecord
 
@@ -108,19 +116,13 @@ _U64 = struct.Struct("<Q")
 _INTERVAL = struct.Struct("<HH")
 
 
-# The request whose page had its line pointers checked last (a reference, so its id cannot be reused).
-_items_checked: list[RedoContext | None] = [None]
+_ITEMS = ItemCheck(lambda page, _name: B.check_items(page))
 
 
 def _page(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray | None:
     """page_for_redo (XLogReadBufferForRedo), plus :func:`.nbtree_page.check_items` the first time a
     request redoes its page and after an image restore."""
-    fresh = not ctx.checked or _items_checked[0] is not ctx
-    page = page_for_redo(ctx, blk, lsn)
-    if page is not None and fresh:
-        B.check_items(page)
-        _items_checked[0] = ctx
-    return page
+    return _ITEMS.page_for_redo(ctx, blk, lsn)
 
 
 def _require(rec: DecodedRecord, block_id: int, name: str) -> BlockRef:

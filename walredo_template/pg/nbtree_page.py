@@ -33,9 +33,9 @@ from . import page as P
 from .bufmgr import RedoContext, init_for_redo
 from .errors import InvalidPage, InvalidRecord
 from .mask import mask_page_lsn_and_checksum, mask_unused_space
+from .page import BLCKSZ
 from .xlogrecord import BlockRef
 
-BLCKSZ = P.BLCKSZ
 BT_SPECIAL = BLCKSZ - 16  # pd_special of every btree page
 P_NONE = 0
 P_HIKEY = 1

@@ -69,7 +69,7 @@ from collections.abc import Callable
 
 from . import indexpage as IP
 from . import spgist_page as S
-from .bufmgr import RedoContext, finish, init_for_redo, page_for_redo, referenced_block, unsupported
+from .bufmgr import ItemCheck, RedoContext, finish, init_for_redo, referenced_block, unsupported
 from .errors import InvalidRecord
 from .xlogrecord import BlockRef, DecodedRecord
 
@@ -131,8 +131,7 @@ def _block(rec: DecodedRecord, block_id: int, what: str) -> BlockRef:
     return blk
 
 
-# The request whose page had its line pointers checked last (a reference, so its id cannot be reused).
-_items_checked: list[RedoContext | None] = [None]
+_ITEMS = ItemCheck(lambda page, _name: S.check_items(page))
 
 
 def _init(ctx: RedoContext, blk: BlockRef, lsn: int, flags: int) -> bytearray:
@@ -141,7 +140,7 @@ def _init(ctx: RedoContext, blk: BlockRef, lsn: int, flags: int) -> bytearray:
     page = init_for_redo(ctx, blk, lsn)
     S.init_page(page, flags)
     ctx.checked = True
-    _items_checked[0] = ctx  # a page built here has only the pointers redo adds
+    _ITEMS.done(ctx)  # a page built here has only the pointers redo adds
     return page
 
 
@@ -149,12 +148,7 @@ def _read(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray | None:
     """page_for_redo (XLogReadBufferForRedo). The first time a request redoes its page, and after an image
     restore, every line pointer is checked (:func:`.spgist_page.check_items`): redo only checks the items
     it acts on, and must not pass on a corrupt base page as a valid one."""
-    fresh = not ctx.checked or _items_checked[0] is not ctx
-    page = page_for_redo(ctx, blk, lsn)
-    if page is not None and fresh:
-        S.check_items(page)
-        _items_checked[0] = ctx
-    return page
+    return _ITEMS.page_for_redo(ctx, blk, lsn)
 
 
 def _leaf_flags(stores_nulls: int) -> int:
@@ -435,11 +429,10 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         raise unsupported(rec, NAME)
     blk = referenced_block(ctx, rec, record_name(rec.info))
     page = ctx.page
-    if page is not None and ctx.checked and _items_checked[0] is not ctx:
+    if page is not None and ctx.checked and _ITEMS.pending(ctx):
         # a base image (its header already checked): refuse a corrupt one even where this record leaves
         # the page alone
-        S.check_items(page)
-        _items_checked[0] = ctx
+        _ITEMS.run(ctx, page)
     fn(ctx, rec, blk, lsn)
 
 

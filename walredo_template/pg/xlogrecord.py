@@ -33,9 +33,9 @@ from typing import NamedTuple
 from .. import BufferTag
 from .crc32c import crc32c
 from .errors import InvalidRecord, MissingCompressionLibrary
+from .page import BLCKSZ, ZERO_PAGE
 from .pglz import pglz_decompress
 
-BLCKSZ = 8192
 SIZE_OF_XLOG_RECORD = 24
 
 # rmgr ids used by the heap redo (src/include/access/rmgrlist.h)
@@ -73,7 +73,6 @@ _U32 = struct.Struct("<I")
 _BLK_HDR = struct.Struct("<BH")  # fork_flags, data_length (after the id byte)
 _IMG_HDR = struct.Struct("<HHB")  # length, hole_offset, bimg_info
 _RNODE_BLK = struct.Struct("<IIII")  # spc, db, rel, blkno
-_ZERO_PAGE = bytes(BLCKSZ)
 # fast paths of decode_record, from offset 25 (block 0's fork_flags):
 # block 0: fork_flags, data_length, spc, db, rel, blkno; 0xFF; main data length
 _FAST1 = struct.Struct("<BHIIIIxB")
@@ -134,7 +133,7 @@ class BlockRef(NamedTuple):
             raise InvalidRecord(f"image of block {self.block_id} has {len(body)} bytes, expected {want}")
         if hole_length == 0:
             return bytes(body)
-        return b"".join((body[:hole_offset], _ZERO_PAGE[:hole_length], body[hole_offset:]))
+        return b"".join((body[:hole_offset], ZERO_PAGE[:hole_length], body[hole_offset:]))
 
 
 def _decompress(bimg: bytes, info: int, want: int) -> bytes:
