@@ -10,6 +10,7 @@ Per request (``request_redo``)::
 
     validate arguments ──ValueError──▶ caller           (before any spawn or I/O)
     for attempt in 0..retries:
+        cell = the tenant's current cell (created if none)
         process = cell.get_or_init(spawn)                 (cold tenant: one spawn, others wait)
         process already BROKEN (died while idle)          → take_if, replace it once without spending a try
         page = process.redo(...) within request_timeout
@@ -21,6 +22,19 @@ Per request (``request_redo``)::
 
 ``take_if`` removes the process only if it is still the one this caller used, so a caller that saw an old
 process die never evicts the replacement another caller already started.
+
+Forgetting tenants: a cell that is empty, with no spawn in flight and no waiter, is dropped from the map and
+closed in the same synchronous step (``OnceCell.close_if_empty``): when its process is retired (idle, timeout,
+broken), when its spawn failed and nobody waits. A request takes the tenant's current cell on every try, so
+no request uses a dropped cell (closed: ``get_or_init`` on it raises ``CellClosed`` and never spawns), and a
+cell with a spawn in flight or a waiter is never dropped, so a tenant never has two processes. Live
+processes are also kept in their own map (``_live``), so the watchdog and quiesce ticks cost O(live
+processes), not O(tenants ever seen).
+
+Stop causes are counted once the child is reaped, by what happened to it (:func:`stop_cause`): its exit
+status, and whether its stream broke before this side stopped it (``WalRedoProcess.broke_first``). A child
+killed by a signal this side did not send is ``broken`` even if it was idle or being stopped for another
+reason.
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ from prometheus_client import CollectorRegistry
 from walredo_template import BufferTag
 from walredo_template.protocol import MAX_FRAME_SIZE, SUPPORTED_PG_VERSION, RedoRequest
 
-from .client import TemplateClient, validate_tenant_id
+from .client import DEFAULT_WORKER, TemplateClient, validate_tenant_id
 from .errors import (
     CellClosed,
     InitAborted,
@@ -55,14 +69,12 @@ from .errors import (
 )
 from .metrics import Outcome, RedoMetrics, StopCause
 from .oncecell import OnceCell
-from .process import ProcessState, WalRedoProcess
+from .process import ProcessState, WalRedoProcess, check_record_lsns
 from .sandbox import EXIT_MEMORY_LIMIT
 
 log = logging.getLogger(__name__)
 
 _R = TypeVar("_R")  # what one request on a process returns (_call)
-
-DEFAULT_WORKER = "walredo_template.worker:main"
 
 
 class ManagerState(enum.Enum):
@@ -83,6 +95,15 @@ class ProcessInfo:
     requests_served: int
     last_request_at: float | None  # time.time() of the last request sent, None if none yet
     in_flight: int
+
+
+@dataclass(frozen=True)
+class ManagerStatistics:
+    """A snapshot of a :class:`WalRedoManager`, as returned by :meth:`WalRedoManager.statistics`."""
+
+    tenants: int  # tenants with a cell: a live process, a spawn in flight, or requests about to use one
+    live_processes: int  # processes serving (RUNNING)
+    reaping: int  # stopped processes whose child is still being reaped
 
 
 class WalRedoManager:
@@ -145,7 +166,11 @@ class WalRedoManager:
         self.retries = retries
         self.quiesce_period = quiesce_period
         self.metrics = RedoMetrics(registry)
+        # One cell per tenant that has a process or is getting one; dropped once empty (_forget).
         self._cells: dict[str, OnceCell[WalRedoProcess]] = {}
+        # Every RUNNING process and its cell: what the watchdog and quiesce ticks walk (O(live processes)).
+        # A process leaves it synchronously when it stops (its on_stop callback).
+        self._live: dict[WalRedoProcess, OnceCell[WalRedoProcess]] = {}
         self._state = ManagerState.NEW
         self._quiesce_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
@@ -285,7 +310,8 @@ class WalRedoManager:
         Errors:
             - ``ValueError`` for bad arguments, before any spawn or I/O: invalid tenant id, tag not 5 ints, lsn
               not a non-negative int, base image not 8192 bytes, a record that is not ``(int, bytes)``, no
-              records and no base image;
+              records and no base image, records whose end LSNs are not strictly ascending, a last record
+              ending after ``lsn``, a request too large for one frame;
             - ``RedoFailed`` when the engine refuses the input (unsupported or malformed record, ...): not
               retried, the process is kept;
             - ``RedoTimeout`` after ``request_timeout``: the process is killed and replaced on the next request;
@@ -317,13 +343,13 @@ class WalRedoManager:
 
     def processes(self) -> dict[str, ProcessInfo]:
         """A snapshot of the live processes, by tenant id. Never waits; tenants still spawning are absent, and
-        so is a process whose child died since its last request (it is replaced on the next one)."""
+        so is a process whose child died (dropped as soon as its EOF is read; replaced on the next request)."""
         out = {}
-        for tenant_id, cell in self._cells.items():
-            process = cell.get()
-            if process is not None and process.state is ProcessState.RUNNING:
-                out[tenant_id] = ProcessInfo(
-                    tenant_id=tenant_id,
+        for process, cell in self._live.items():
+            if cell.get() is process and process.state is ProcessState.RUNNING:
+                assert process.tenant is not None
+                out[process.tenant] = ProcessInfo(
+                    tenant_id=process.tenant,
                     pid=process.pid,
                     started_at=process.started_at,
                     requests_served=process.requests_served,
@@ -332,10 +358,12 @@ class WalRedoManager:
                 )
         return out
 
+    def statistics(self) -> ManagerStatistics:
+        """Counts of tenants with a cell, live processes and processes being reaped. Never waits."""
+        return ManagerStatistics(tenants=len(self._cells), live_processes=len(self._live),
+                                 reaping=len(self._reapers))
+
     async def _call(self, tenant_id: str, op: Callable[[WalRedoProcess], Awaitable[_R]]) -> _R:
-        cell = self._cells.get(tenant_id)
-        if cell is None:
-            cell = self._cells[tenant_id] = OnceCell(dispose=self._dispose_on_shutdown)
         last_error: BaseException | None = None
         # Replacing a process once does not spend one of the tries when this request is not why it failed:
         # a process found BROKEN when picked up (its child died between requests), or one this side closed
@@ -345,15 +373,25 @@ class WalRedoManager:
             tries = 0
             while tries <= self.retries:
                 tries += 1
+                if self._state is not ManagerState.RUNNING:  # a new cell now would outlive the shutdown
+                    raise ManagerClosed("WalRedoManager was closed during the request")
+                # The tenant's current cell, on every try: the one an earlier try used may have been dropped
+                # (and closed) since it became empty. Nothing awaits between this lookup and get_or_init
+                # starting its attempt, and a cell with an attempt in flight is never dropped.
+                cell = self._cells.get(tenant_id)
+                if cell is None:
+                    cell = self._cells[tenant_id] = OnceCell(dispose=self._dispose_on_shutdown)
                 try:
-                    process = await cell.get_or_init(lambda: self._launch(tenant_id))
+                    process = await cell.get_or_init(functools.partial(self._launch, tenant_id, cell))
                 except (CellClosed, InitAborted) as exc:
                     if self._state is not ManagerState.RUNNING:
                         raise ManagerClosed("WalRedoManager was closed while the request waited") from exc
+                    self._forget(tenant_id, cell)
                     last_error = exc
                     continue
                 except (TemplateError, OSError) as exc:
                     # OSError: the spawn's own resources (EMFILE/ENFILE at its socketpair) in this process.
+                    self._forget(tenant_id, cell)
                     last_error = exc
                     continue
                 if process.state is not ProcessState.RUNNING and free_replacement:
@@ -396,18 +434,43 @@ class WalRedoManager:
             self.metrics.count_request(Outcome.CANCELLED)
             raise
 
-    async def _launch(self, tenant_id: str) -> WalRedoProcess:
+    async def _launch(self, tenant_id: str, cell: OnceCell[WalRedoProcess]) -> WalRedoProcess:
         # Runs in the cell's attempt task: callers' cancellations do not reach it.
         assert self._template is not None
         started = time.perf_counter()
-        handle = await self._template.spawn(tenant_id)
-        process = WalRedoProcess(handle, tenant=tenant_id)
+        try:
+            handle = await self._template.spawn(tenant_id)
+        except BaseException:
+            # The cell is empty once this attempt ends. If every caller left meanwhile (cancelled), nobody
+            # handles the failure: drop the cell here, after the attempt ended (_forget refuses while a woken
+            # waiter has yet to resume; that waiter drops it itself).
+            asyncio.get_running_loop().call_soon(self._forget, tenant_id, cell)
+            raise
+        process = WalRedoProcess(handle, tenant=tenant_id, on_stop=self._on_process_stop)
+        self._live[process] = cell
         self.metrics.launch_seconds.observe(time.perf_counter() - started)
         self.metrics.started.inc()
         return process
 
-    def _retire(self, cell: OnceCell[WalRedoProcess], process: WalRedoProcess, cause: StopCause) -> None:
-        """Remove ``process`` from its cell if it is still there, kill it and reap it in the background.
+    def _forget(self, tenant_id: str, cell: OnceCell[WalRedoProcess]) -> None:
+        """Drop the tenant's cell if it is idle (empty, no spawn in flight, no waiter), closing it in the same
+        step: a caller still holding it gets ``CellClosed`` and takes the tenant's current cell."""
+        if self._cells.get(tenant_id) is cell and cell.close_if_empty():
+            del self._cells[tenant_id]
+
+    def _on_process_stop(self, process: WalRedoProcess) -> None:
+        # Called synchronously when the process leaves RUNNING. A process whose stream broke on its own (its
+        # child died, maybe while idle) is retired now: its tenant is forgotten if it never comes back, and
+        # no tick or request has to find it dead.
+        cell = self._live.pop(process, None)
+        if cell is not None and process.broke_first and cell.take_if(process):
+            assert process.tenant is not None
+            self._forget(process.tenant, cell)
+            self._reap_later(process, StopCause.BROKEN)
+
+    def _retire(self, cell: OnceCell[WalRedoProcess], process: WalRedoProcess, reason: StopCause) -> None:
+        """Remove ``process`` from its cell if it is still there, kill it and reap it in the background; its
+        stop is counted once reaped (:func:`stop_cause`: ``reason`` unless the child broke first).
 
         Only the caller whose ``take_if`` succeeds owns the reap (awaited on shutdown); a late caller holding
         the same stale process just makes sure it is dead, and never touches the cell's newer process.
@@ -415,20 +478,26 @@ class WalRedoManager:
         if not cell.take_if(process):
             process.close()  # idempotent: already closed by whoever retired it
             return
-        task: asyncio.Task[object]
-        if cause is StopCause.BROKEN:
-            # Why it broke is only known from its exit status: counted once it is reaped.
-            task = asyncio.get_running_loop().create_task(self._reap_broken(process))
-        else:
-            self.metrics.count_stop(cause)
-            log.info("stopping walredo process %d (tenant %s): %s", process.pid, process.tenant, cause.value)
-            task = asyncio.get_running_loop().create_task(process.aclose())
+        assert process.tenant is not None
+        self._forget(process.tenant, cell)
+        self._live.pop(process, None)
+        process.close()  # the kill, now (on_stop finds it already out of _live)
+        self._reap_later(process, reason)
+
+    def _reap_later(self, process: WalRedoProcess, reason: StopCause) -> None:
+        task = asyncio.get_running_loop().create_task(self._reap(process, reason),
+                                                      name=f"walredo-retire-{process.pid}")
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
 
-    async def _reap_broken(self, process: WalRedoProcess) -> None:
-        status = await process.aclose()
-        cause = broken_cause(status)
+    async def _reap(self, process: WalRedoProcess, reason: StopCause) -> None:
+        self._count_stop(process, await process.aclose(), reason)
+
+    async def _dispose_on_shutdown(self, process: WalRedoProcess) -> None:
+        self._count_stop(process, await process.aclose(), StopCause.SHUTDOWN)
+
+    def _count_stop(self, process: WalRedoProcess, status: int | None, reason: StopCause) -> None:
+        cause = stop_cause(status, broke_first=process.broke_first, reason=reason)
         self.metrics.count_stop(cause)
         if cause is StopCause.SANDBOX_VIOLATION:
             log.error("walredo process %d (tenant %s) stopped: sandbox violation (killed by SIGSYS: a syscall "
@@ -437,12 +506,8 @@ class WalRedoManager:
             log.error("walredo process %d (tenant %s) stopped: memory limit (an allocation failed at its "
                       "address-space limit)", process.pid, process.tenant)
         else:
-            log.info("stopping walredo process %d (tenant %s): broken (exit status %s)", process.pid,
-                     process.tenant, status)
-
-    async def _dispose_on_shutdown(self, process: WalRedoProcess) -> None:
-        self.metrics.count_stop(StopCause.SHUTDOWN)
-        await process.aclose()
+            log.info("walredo process %d (tenant %s) stopped: %s (exit status %s)", process.pid, process.tenant,
+                     cause.value, status)
 
     # ------------------------------------------------------------------ request timeouts
 
@@ -459,11 +524,10 @@ class WalRedoManager:
         now = time.monotonic() if now is None else now
         sent_before = now - self.request_timeout
         total = 0
-        for tenant_id, cell in list(self._cells.items()):
-            process = cell.get()
-            if process is None or not process.in_flight:
-                continue
-            expired = process.expire(sent_before, functools.partial(self._timeout_error, tenant_id, process.pid))
+        for process, cell in [(p, c) for p, c in self._live.items() if p.in_flight]:
+            assert process.tenant is not None
+            expired = process.expire(sent_before,
+                                     functools.partial(self._timeout_error, process.tenant, process.pid))
             if expired:
                 total += expired
                 self._retire(cell, process, StopCause.TIMEOUT)
@@ -489,25 +553,29 @@ class WalRedoManager:
         """
         now = time.time() if now is None else now
         stopped = []
-        for tenant_id, cell in list(self._cells.items()):
-            process = cell.get()
-            if process is None or process.in_flight:
-                continue
-            last = process.last_request_at if process.last_request_at is not None else process.started_at
-            if now - last >= self.idle_timeout:
-                self._retire(cell, process, StopCause.IDLE)
-                stopped.append(tenant_id)
+        idle = [(p, c) for p, c in self._live.items() if not p.in_flight
+                and now - (p.last_request_at if p.last_request_at is not None else p.started_at) >= self.idle_timeout]
+        for process, cell in idle:
+            assert process.tenant is not None
+            self._retire(cell, process, StopCause.IDLE)
+            stopped.append(process.tenant)
         return stopped
 
 
-def broken_cause(status: int | None) -> StopCause:
-    """The stop cause of a broken process from its exit status: killed by SIGSYS (its seccomp filter) →
-    ``SANDBOX_VIOLATION``; the worker's memory-limit exit → ``MEMORY_LIMIT``; anything else ``BROKEN``."""
+def stop_cause(status: int | None, *, broke_first: bool, reason: StopCause) -> StopCause:
+    """Why a process stopped, from what happened to its child: killed by SIGSYS (its seccomp filter) →
+    ``SANDBOX_VIOLATION``; the worker's memory-limit exit → ``MEMORY_LIMIT``; its stream broke before this
+    side stopped it (``broke_first``: it died, was killed by a signal we did not send, or misbehaved), or it
+    ended any other way than by our SIGKILL → ``BROKEN``; else ``reason``, why this side stopped it (``IDLE``,
+    ``TIMEOUT``, ``SHUTDOWN``; ``BROKEN`` when it was retired for breaking). ``status`` is the exit status
+    (``-N`` for signal N; ``None`` if unknown)."""
     if status == -signal.SIGSYS:
         return StopCause.SANDBOX_VIOLATION
     if status == EXIT_MEMORY_LIMIT:
         return StopCause.MEMORY_LIMIT
-    return StopCause.BROKEN
+    if broke_first or (status is not None and status != -signal.SIGKILL):
+        return StopCause.BROKEN
+    return reason
 
 
 def _redo_request(tag: BufferTag, lsn: int, base_image: bytes | None, records: Sequence[tuple[int, bytes]],
@@ -521,6 +589,7 @@ def _redo_request(tag: BufferTag, lsn: int, base_image: bytes | None, records: S
         request = RedoRequest(tag, lsn, base_image, records, pg_version, wal_log_hints=wal_log_hints)
     except TypeError as exc:
         raise ValueError(str(exc)) from exc
+    check_record_lsns(lsn, records)
     # The frame bound (FrameTooLarge) would otherwise only be hit when the process frames the request,
     # after a spawn. Framing costs a copy, so only a request that may be near the bound is framed here:
     # msgpack adds at most 15 bytes per record (array header, u64, bin header) and a few hundred for the rest.

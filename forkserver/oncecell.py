@@ -14,6 +14,7 @@ Lifecycle (``CellState``)::
       ▲                        │  factory raises / cancelled                 │
       └────────────────────────┘                                             │
     any state ──close()──▶ CLOSED (terminal; the value, present or late, goes to ``dispose`` once)
+    EMPTY, no waiter ──close_if_empty()──▶ CLOSED (synchronous: an owner forgets an idle cell)
 
 Design choices, each behind a numbered test in ``tests/test_oncecell.py``:
 
@@ -140,6 +141,19 @@ class OnceCell(Generic[T]):
             self._value = _NOTHING
             return True
         return False
+
+    def close_if_empty(self) -> bool:
+        """Close the cell at once if it is idle: no value, no attempt in flight, no waiter still to resume.
+        Returns whether this call closed it (False if it holds or is making a value, or was closed already).
+
+        Synchronous, so an owner can drop an idle cell from its map and close it in one step, with no await in
+        between: a caller still holding the dropped cell gets ``CellClosed`` from ``get_or_init`` (and goes
+        back to the map), and never starts an attempt in a cell nobody owns. There is nothing to dispose.
+        """
+        if self._closed or self._attempt is not None or self._value is not _NOTHING or self._waiters:
+            return False
+        self._closed = True
+        return True
 
     # ------------------------------------------------------------------ initialization
 

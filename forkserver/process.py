@@ -22,6 +22,16 @@ Lifecycle::
 
     RUNNING ──stream breaks──▶ BROKEN ──close()/aclose()──▶ CLOSED
        └───────────────close()/aclose()─────────────────────────┘
+
+Who ended it (``broke_first``): True when the stream broke on its own (the child died, was killed by someone
+else, or sent something unusable) before this side closed the process — also when ``close()`` finds the
+child's end of the socket already hung up, a death whose EOF the reader had not seen yet. A caller that
+counts stops by cause (the manager) reads it with the exit status, so a child killed while idle is a broken
+child, not an idle stop. ``on_stop`` (optional) is called once, synchronously, when the process leaves
+RUNNING, so an owner can drop it at once instead of finding it dead on its next request.
+
+Arguments are checked before any I/O, including :func:`check_record_lsns` (records in ascending LSN order,
+the last one ending at or before the request's LSN).
 """
 
 from __future__ import annotations
@@ -61,6 +71,24 @@ def _recv_buffer() -> tuple[bytearray, memoryview]:
         buf = bytearray(RECV_SIZE)
         state = _thread_state.recv_buffer = (buf, memoryview(buf))
     return state
+
+
+def check_record_lsns(lsn: int, records: Sequence[tuple[int, bytes]]) -> None:
+    """Refuse records out of LSN order, or ending after the LSN the page is asked at.
+
+    ``records`` are ``(end_lsn, record)`` pairs already type-checked (``protocol.validate_redo``): their end
+    LSNs must be strictly ascending (WAL order; two records never end at the same LSN) and the last must be at
+    or before ``lsn``. Raises ``BadRedoRequest`` (a ``ValueError``). Without it, a request at LSN 1 or at
+    2^64-1 returned the same page as the right one, and records out of order went unnoticed.
+    """
+    prev = -1
+    for end_lsn, _rec in records:
+        if end_lsn <= prev:
+            raise protocol.BadRedoRequest(
+                f"records are not in ascending LSN order: end LSN {end_lsn:X} follows {prev:X}")
+        prev = end_lsn
+    if prev > lsn:
+        raise protocol.BadRedoRequest(f"the last record ends at LSN {prev:X}, after the request's LSN {lsn:X}")
 
 
 class ChildHandleLike(Protocol):
@@ -109,21 +137,25 @@ class ProcessStats:
     last_request_at: float | None
     in_flight: int
     exit_status: int | None
+    broke_first: bool
 
 
 class WalRedoProcess:
     """A pipelined connection to one walredo child.
 
-    ``WalRedoProcess(handle, tenant=None)`` takes ownership of ``handle`` and its socket (made non-blocking
-    and watched by the running loop, so construct it on the loop thread). Many requests may be in flight.
+    ``WalRedoProcess(handle, tenant=None, on_stop=None)`` takes ownership of ``handle`` and its socket (made
+    non-blocking and watched by the running loop, so construct it on the loop thread). Many requests may be
+    in flight. ``on_stop(process)`` is called once, synchronously, when it leaves RUNNING (broken or closed).
 
     Attributes (read-only): ``pid``, ``tenant``, ``state``, ``started_at`` and ``last_request_at``
     (``time.time()``; the latter ``None`` until the first request), ``requests_served`` (responses read,
     including dropped ones), ``in_flight`` (requests sent and not yet answered), ``exit_status``
-    (``None`` until reaped).
+    (``None`` until reaped), ``broke_first`` (the stream broke before this side closed it: see the module
+    docstring).
     """
 
-    def __init__(self, handle: ChildHandleLike, *, tenant: str | None = None) -> None:
+    def __init__(self, handle: ChildHandleLike, *, tenant: str | None = None,
+                 on_stop: Callable[[WalRedoProcess], object] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._handle = handle
         self._sock = handle.socket
@@ -134,6 +166,8 @@ class WalRedoProcess:
         self.last_request_at: float | None = None
         self.requests_served = 0
         self.exit_status: int | None = None
+        self.broke_first = False
+        self._on_stop = on_stop
         self._state = ProcessState.RUNNING
         # Why the stream broke (or ProcessClosed): raised to every later caller.
         self._error: ProcessBroken | None = None
@@ -167,6 +201,7 @@ class WalRedoProcess:
             last_request_at=self.last_request_at,
             in_flight=len(self._pending),
             exit_status=self.exit_status,
+            broke_first=self.broke_first,
         )
 
     async def ping(self) -> None:
@@ -193,19 +228,21 @@ class WalRedoProcess:
         ``wal_log_hints``: the cluster had data checksums or wal_log_hints on (changes Heap2 VISIBLE redo).
 
         Raises, before any I/O, ``TypeError`` or ``ValueError`` (``BadRedoRequest``, ``FrameTooLarge``) for
-        invalid arguments; ``RedoFailed(code, message)`` when the child refuses the request (a redo-engine
+        invalid arguments, among them records not in ascending end-LSN order or ending after ``lsn``
+        (:func:`check_record_lsns`); ``RedoFailed(code, message)`` when the child refuses the request (a redo-engine
         error, unsupported pg_version, ...; deterministic, the process stays usable); ``ProcessBroken``
         (``ProcessClosed`` after ``close()``) when the stream is or becomes unusable (retry on a new process).
         Cancellation: cancel-safe; the request stays queued and its response is read and dropped. No
         timeout of its own: wrap it in ``asyncio.timeout`` and close the process if it fires.
         """
         request = protocol.RedoRequest(tag, lsn, base_image, records, pg_version, wal_log_hints=wal_log_hints)
+        check_record_lsns(lsn, records)
         return await self.send_redo(request)
 
     async def send_redo(self, request: protocol.RedoRequest) -> bytes:
         """:meth:`redo` for a request already built (and so already checked), e.g. by a caller that checks
-        its arguments before it has a process. Raises ``FrameTooLarge`` before any I/O, then as
-        :meth:`redo`. Cancellation: as :meth:`redo`.
+        its arguments before it has a process (and :func:`check_record_lsns`: not repeated here). Raises
+        ``FrameTooLarge`` before any I/O, then as :meth:`redo`. Cancellation: as :meth:`redo`.
         """
         page = await self._request(_Kind.REDO, request.frame)
         assert page is not None  # a redo slot is only ever resolved with a Page's bytes (_dispatch)
@@ -393,6 +430,7 @@ class WalRedoProcess:
     def _break(self, reason: str) -> None:
         if self._state is not ProcessState.RUNNING:
             return
+        self.broke_first = True
         log.warning("walredo process %d (tenant %s) broke: %s", self.pid, self.tenant, reason)
         self._shutdown(ProcessBroken(f"walredo process {self.pid}: {reason}"), ProcessState.BROKEN)
 
@@ -400,6 +438,8 @@ class WalRedoProcess:
         """Enter ``state`` (BROKEN or CLOSED) and do every synchronous part of stopping: fail pending
         requests, drop the socket, kill the child, start the reap. Each part runs at most once."""
         first = self._state is ProcessState.RUNNING
+        if first and state is ProcessState.CLOSED and self._child_hung_up():
+            self.broke_first = True  # it died before our kill: its EOF was waiting, unread
         self._state = state
         self._error = error
         while self._pending:
@@ -426,6 +466,28 @@ class WalRedoProcess:
         self._sock.close()
         if loop_open:
             self._reap_task = self._loop.create_task(self._reap(), name=f"walredo-reap-{self.pid}")
+        if self._on_stop is not None:
+            on_stop, self._on_stop = self._on_stop, None
+            try:
+                on_stop(self)
+            except Exception:
+                log.exception("on_stop of walredo process %d failed", self.pid)
+
+    def _child_hung_up(self) -> bool:
+        """Whether the child already closed its end of the socket (it exited, or someone else killed it),
+        judged without blocking before this side kills it. What it sent meanwhile is read and dropped: the
+        process is being closed, no request will get it. Bounded: a child still writing counts as alive."""
+        rbuf, _view = _recv_buffer()
+        for _ in range(16):
+            try:
+                n = self._sock.recv_into(rbuf, 0, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return True  # reset (it died with our data unread) or the socket is unusable
+            if not n:
+                return True
+        return False
 
     def _fresh_error(self) -> ProcessBroken:
         # One instance per caller: re-raising a shared instance prepends each raiser's frames to its
@@ -440,4 +502,4 @@ class WalRedoProcess:
             log.exception("could not reap walredo process %d", self.pid)
 
 
-__all__ = ["ProcessState", "ProcessStats", "WalRedoProcess"]
+__all__ = ["ProcessState", "ProcessStats", "WalRedoProcess", "check_record_lsns"]

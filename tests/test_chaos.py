@@ -20,7 +20,6 @@ from benchmarks import chaos  # noqa: E402
 
 STUCK_TEMPLATE = ("issue 12: a SIGSTOPped template is never noticed; a cold request waits spawn_timeout per try "
                   "(30 s by default), ignoring request_timeout")
-NEVER_FORGETS = "issue 12: the manager never forgets a tenant (one cell per tenant ever seen)"
 
 
 def _run(name: str) -> chaos.Figures:
@@ -70,9 +69,11 @@ def test_emfile() -> None:
     assert fig.answers > 0
 
 
-@pytest.mark.xfail(strict=True, reason=NEVER_FORGETS)
 def test_soak() -> None:
-    _run("soak")
+    """Cells follow live processes (not tenants ever seen) and every child killed is counted broken: both
+    failed before the manager forgot retired tenants and counted stops by what happened to the child."""
+    fig = _run("soak")
+    assert fig.drift == "flat"
 
 
 def test_drift_verdict() -> None:

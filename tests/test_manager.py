@@ -12,8 +12,10 @@ import psutil
 import pytest
 
 from forkserver import BufferTag, WalRedoManager
-from forkserver.errors import ManagerClosed, RedoFailed, RedoProcessFailed, RedoTimeout, UsageError
-from forkserver.manager import ManagerState
+from forkserver.errors import CellClosed, ManagerClosed, RedoFailed, RedoProcessFailed, RedoTimeout, UsageError
+from forkserver.manager import ManagerState, ManagerStatistics
+from forkserver.oncecell import CellState
+from forkserver.process import ProcessState
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,6 +74,24 @@ async def spawns(manager) -> int:
     return (await manager.template.stats())["spawns"]
 
 
+def sample(mgr, name: str, **labels: str) -> float:
+    """A metric of ``mgr`` through the registry's public reader (0 if never counted)."""
+    value = mgr.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def stopped(mgr, cause: str) -> float:
+    return sample(mgr, "pageserver_wal_redo_processes_stopped_total", cause=cause)
+
+
+async def reaped(mgr, timeout: float = 10.0) -> None:
+    """Wait until every process the manager stopped is reaped (and so its stop counted)."""
+    deadline = time.monotonic() + timeout
+    while mgr.statistics().reaping and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert not mgr.statistics().reaping, "stopped processes still being reaped"
+
+
 def blank_page() -> bytes:
     """An empty PostgreSQL 15 heap page (PageInit), as a base image."""
     from walredo_template.pg import page as pg_page
@@ -90,7 +110,7 @@ async def test_1000_concurrent_cold_requests_spawn_once(mgr):
     await asyncio.gather(*(mgr.ping(t) for _ in range(1000)))
     assert await spawns(mgr) - before == 1
     assert list(mgr.processes()) == [t]
-    assert mgr.metrics.started._value.get() == 1
+    assert sample(mgr, "pageserver_wal_redo_processes_started_total") == 1
     assert len(tenant_children([t])) == 1
 
 
@@ -112,7 +132,7 @@ async def test_processes_reports_each_tenant(mgr):
 async def stopped_count(mgr, cause: str, want: int, timeout: float = 10.0) -> float:
     """``pageserver_wal_redo_processes_stopped_total{cause}`` once it reached ``want`` (or the timeout)."""
     deadline = time.monotonic() + timeout
-    while (value := mgr.metrics.stopped.labels(cause)._value.get()) < want and time.monotonic() < deadline:
+    while (value := stopped(mgr, cause)) < want and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     return value
 
@@ -160,10 +180,11 @@ async def test_stale_take_if_does_not_kill_the_replacement(mgr):
     stale = cell.get()
     os.kill(stale.pid, signal.SIGKILL)
     await mgr.ping(t)  # caller A: sees it broken, replaces it
+    cell = mgr._cells[t]  # the dead process's cell was dropped once empty: the tenant's current one
     fresh = cell.get()
-    assert fresh is not stale
+    assert fresh is not None and fresh is not stale
     # caller B, late, holding the stale process, retires it: the fresh one must survive and keep serving
-    mgr._retire(cell, stale, cause=__import__("forkserver.metrics").metrics.StopCause.BROKEN)
+    mgr._retire(cell, stale, __import__("forkserver.metrics").metrics.StopCause.BROKEN)
     await asyncio.sleep(0.1)
     assert cell.get() is fresh
     await mgr.ping(t)
@@ -182,7 +203,7 @@ async def test_sigstopped_child_times_out_is_killed_and_replaced():
         await assert_gone([pid])
         await mgr.ping(t)
         assert mgr.processes()[t].pid != pid
-        assert mgr.metrics.stopped.labels("timeout")._value.get() == 1
+        assert await stopped_count(mgr, "timeout", 1) == 1
 
 
 @pytest.mark.parametrize("retries", [0, 2])
@@ -200,7 +221,7 @@ async def test_timeout_fails_only_the_expired_request_younger_ones_retry(retries
             await old
         await young  # its process was killed for the old one's sake: retried on a fresh process
         assert mgr.processes()[t].pid != pid
-        assert mgr.metrics.stopped.labels("timeout")._value.get() == 1
+        assert await stopped_count(mgr, "timeout", 1) == 1
     await assert_gone([pid])
 
 
@@ -228,7 +249,7 @@ async def test_idle_quiesce_stops_and_next_request_respawns():
         await assert_gone([pid])
         await mgr.ping(t)
         assert mgr.processes()[t].pid != pid
-        assert mgr.metrics.stopped.labels("idle")._value.get() == 1
+        assert await stopped_count(mgr, "idle", 1) == 1
 
 
 # ------------------------------------------------------------------ pipelining
@@ -271,6 +292,11 @@ async def test_cancelling_one_of_100_pipelined_requests_leaves_the_others_correc
         (None, BufferTag(1, 2, 3, 0, 0), 0, None, []),
         (None, (1, 2, 3), 0, None, [(1, b"x")]),
         (None, BufferTag(1, 2, 3, 0, 0), -1, None, [(1, b"x")]),
+        # records must be in ascending end-LSN order and end at or before the request's LSN
+        (None, BufferTag(1, 2, 3, 0, 0), 5, None, [(10, b"x")]),
+        (None, BufferTag(1, 2, 3, 0, 0), 100, None, [(20, b"x"), (10, b"y")]),
+        (None, BufferTag(1, 2, 3, 0, 0), 100, None, [(10, b"x"), (10, b"y")]),
+        (None, BufferTag(1, 2, 3, 0, 0), 0, blank_page(), [(1, b"x")]),
     ],
 )
 async def test_bad_input_is_value_error_before_any_spawn(mgr, args):
@@ -513,14 +539,14 @@ async def test_process_that_died_while_idle_is_replaced_without_spending_a_retry
 async def test_oversized_request_and_bad_wal_log_hints_are_value_error_before_any_spawn(mgr):
     """Both used to pass the manager's checks, spawn the tenant's process, and only then fail in the
     encoder: FrameTooLarge after a spawn, and a bare TypeError for wal_log_hints."""
-    from walredo_template.protocol import MAX_FRAME_SIZE
+    from walredo_template.protocol import MAX_FRAME_SIZE, FrameTooLarge
 
     t = tenant()
     before = await spawns(mgr)
     chunk = b"x" * (1 << 20)
     too_big = [(i + 1, chunk) for i in range(MAX_FRAME_SIZE // len(chunk) + 1)]
-    with pytest.raises(ValueError):
-        await mgr.request_redo(t, BufferTag(1, 2, 3, 0, 0), 10, blank_page(), too_big)
+    with pytest.raises(FrameTooLarge):  # the frame bound, not the LSN check
+        await mgr.request_redo(t, BufferTag(1, 2, 3, 0, 0), len(too_big), blank_page(), too_big)
     with pytest.raises(ValueError):
         await mgr.request_redo(t, BufferTag(1, 2, 3, 0, 0), 10, blank_page(), [(1, b"x")], wal_log_hints="yes")
     assert await spawns(mgr) == before and not mgr.processes()
@@ -544,8 +570,144 @@ async def test_out_of_fds_at_spawn_is_a_typed_error(mgr):
                 break
         with pytest.raises(RedoProcessFailed):
             await mgr.ping(t)
+        assert mgr.statistics().tenants == 0  # the failed spawn left no cell behind
     finally:
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     await mgr.ping(t)  # fds available again: the tenant is served
+
+
+# ------------------------------------------------------------------ record LSNs
+
+
+async def test_real_records_at_a_wrong_lsn_or_out_of_order_are_value_error_before_any_spawn(mgr):
+    """LSN 1 used to give the same page as the right LSN, and swapped records went unnoticed."""
+    from walredo_tools.capture import load_capture, page_requests, pages_match
+
+    doc = load_capture(os.path.join(os.path.dirname(__file__), "data", "wal-small", "capture.msgpack"))
+    req = next(r for r in page_requests(doc) if len(r.records) >= 2)
+    t = tenant()
+    before = await spawns(mgr)
+    swapped = [req.records[1], req.records[0], *req.records[2:]]
+    for lsn, records in ((1, req.records), (req.records[-1][0] - 1, req.records), (req.lsn, swapped)):
+        with pytest.raises(ValueError, match="LSN"):
+            await mgr.request_redo(t, req.tag, lsn, req.base_image, records, wal_log_hints=doc["checksums"])
+    assert await spawns(mgr) == before and not mgr.processes()
+    page = await mgr.request_redo(t, req.tag, req.lsn, req.base_image, req.records, wal_log_hints=doc["checksums"])
+    assert pages_match(req.tag, page, req.expected, req.rmgr)
+
+
+# ------------------------------------------------------------------ forgetting tenants
+
+
+def cells(mgr) -> int:
+    return mgr.statistics().tenants
+
+
+async def test_retired_tenants_leave_no_cell_and_the_ticks_walk_only_live_processes():
+    """After 3,000 tenants were quiesced, 3,001 cells remained and every tick walked them all."""
+    ts = [tenant() for _ in range(40)]
+    async with WalRedoManager(idle_timeout=60.0, quiesce_period=60.0) as mgr:
+        for chunk in range(0, len(ts), 10):
+            await asyncio.gather(*(mgr.ping(t) for t in ts[chunk : chunk + 10]))
+        pids = [info.pid for info in mgr.processes().values()]
+        assert cells(mgr) == len(ts)
+        assert sorted(mgr.quiesce_idle(now=time.time() + 120)) == sorted(ts)
+        await reaped(mgr)
+        assert cells(mgr) == 0
+        assert mgr.statistics() == ManagerStatistics(tenants=0, live_processes=0, reaping=0)
+        assert stopped(mgr, "idle") == len(ts)
+        assert mgr.quiesce_idle(now=time.time() + 120) == [] and mgr.expire_requests(time.monotonic() + 120) == 0
+        await assert_gone(pids)
+        await mgr.ping(ts[0])  # a retired tenant comes back: a new process, one cell
+        assert cells(mgr) == 1 and mgr.processes()[ts[0]].pid not in pids
+
+
+async def test_cell_removal_raced_against_new_requests_loses_none_and_leaves_one_process():
+    """Idle retirement drops the tenant's cell while requests for the tenant arrive around it: none is lost,
+    the tenant never has two processes, and a dropped cell never starts a spawn."""
+    t = tenant()
+
+    async def must_not_spawn():
+        raise AssertionError("a dropped cell started a spawn")
+
+    async with WalRedoManager(idle_timeout=60.0, quiesce_period=60.0) as mgr:
+        retired_rounds = 0
+        for round_ in range(12):  # bounded: at most one spawn per round
+            await mgr.ping(t)
+            old_cell, old_process = mgr._cells[t], mgr._cells[t].get()
+            early = [asyncio.create_task(mgr.ping(t)) for _ in range(round_ % 3)]  # queued before the removal
+            for _ in range(round_ // 6):  # ... and, in later rounds, already sent (then nothing is retired)
+                await asyncio.sleep(0)
+            retired = mgr.quiesce_idle(now=time.time() + 120)
+            late = [asyncio.create_task(mgr.ping(t)) for _ in range(3)]
+            await asyncio.sleep(0)  # the late requests start: a new cell with its spawn in flight
+            if retired:
+                retired_rounds += 1
+                assert old_cell.state is CellState.CLOSED and mgr._cells[t] is not old_cell
+                with pytest.raises(CellClosed):
+                    await old_cell.get_or_init(must_not_spawn)
+                mgr._forget(t, mgr._cells[t])  # a cell with a spawn in flight is never dropped
+                assert mgr._cells[t].state is CellState.INITIALIZING
+            results = await asyncio.gather(*early, *late, return_exceptions=True)
+            assert all(r is None for r in results), results  # no request lost
+            assert list(mgr._cells) == [t] and mgr.statistics().live_processes == 1
+            current = mgr._cells[t].get()
+            assert current is not None and (current is old_process) == (not retired)
+            await reaped(mgr)
+            live = [p.pid for p in tenant_children([t]) if _alive(p.pid)]
+            assert live == [current.pid], f"round {round_}: tenant processes {live}"
+        assert retired_rounds >= 4
+
+
+# ------------------------------------------------------------------ stop causes
+
+
+async def _kill_idle_child(mgr, t: str, *, let_the_loop_see_it: bool):
+    await mgr.ping(t)
+    process = mgr._cells[t].get()
+    os.kill(process.pid, signal.SIGKILL)
+    if let_the_loop_see_it:
+        async with asyncio.timeout(30):
+            while process.state is ProcessState.RUNNING:  # the reader sees the EOF
+                await asyncio.sleep(0.01)
+    else:
+        # Block, so that the loop does not read the EOF: the retirement below comes before it.
+        deadline = time.monotonic() + 10
+        while _alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert not _alive(process.pid) and process.state is ProcessState.RUNNING
+    return process
+
+
+@pytest.mark.parametrize("let_the_loop_see_it", [True, False])
+async def test_child_killed_while_idle_is_counted_broken_not_idle(let_the_loop_see_it):
+    """A soak counted 62 broken stops for 88 broken children: a child killed while idle was counted as an
+    idle stop when the quiesce tick retired it."""
+    t = tenant()
+    async with WalRedoManager(idle_timeout=60.0, quiesce_period=60.0) as mgr:
+        process = await _kill_idle_child(mgr, t, let_the_loop_see_it=let_the_loop_see_it)
+        mgr.quiesce_idle(now=time.time() + 120)
+        await reaped(mgr)
+        assert (stopped(mgr, "broken"), stopped(mgr, "idle")) == (1, 0)
+        assert process.exit_status == -signal.SIGKILL and cells(mgr) == 0
+        # an idle child we stop ourselves is still an idle stop
+        await mgr.ping(t)
+        mgr.quiesce_idle(now=time.time() + 120)
+        await reaped(mgr)
+        assert (stopped(mgr, "broken"), stopped(mgr, "idle")) == (1, 1)
+    await assert_gone([process.pid])
+
+
+async def test_child_killed_while_idle_is_counted_broken_at_shutdown_too():
+    t, other = tenant(), tenant()
+    mgr = WalRedoManager(idle_timeout=60.0, quiesce_period=60.0)
+    await mgr.start()
+    try:
+        await mgr.ping(other)
+        process = await _kill_idle_child(mgr, t, let_the_loop_see_it=False)
+    finally:
+        await mgr.aclose()
+    assert (stopped(mgr, "broken"), stopped(mgr, "shutdown")) == (1, 1)
+    await assert_gone([process.pid])

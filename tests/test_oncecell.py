@@ -199,6 +199,34 @@ async def test_5_take_if_never_evicts_a_fresh_replacement():
     assert not cell.take_if(fresh)
 
 
+async def test_5_close_if_empty_closes_only_an_idle_cell():
+    """An owner drops an idle cell from its map and closes it in one synchronous step; it must refuse while the
+    cell holds a value, makes one, or a woken waiter has yet to resume (that waiter would get CellClosed
+    instead of the attempt's outcome)."""
+    cell = OnceCell()
+    gate = Gate()
+    waiter = asyncio.create_task(cell.get_or_init(gate))
+    await settle()
+    assert cell.state is CellState.INITIALIZING and not cell.close_if_empty()
+    gate.fail_with = Boom()
+    gate.release.set()
+    while cell.initializing:  # the attempt failed: empty, but its waiter has not resumed yet
+        await asyncio.sleep(0)
+    assert cell.state is CellState.EMPTY and cell.waiters == 1 and not cell.close_if_empty()
+    with pytest.raises(Boom):  # the waiter gets the attempt's own error, not CellClosed
+        await waiter
+    gate.fail_with = None
+    value = await cell.get_or_init(gate)
+    assert not cell.close_if_empty() and cell.get() is value  # holds a value
+    assert cell.take_if(value)
+    assert cell.close_if_empty() and cell.state is CellState.CLOSED
+    assert not cell.close_if_empty()  # already closed
+    with pytest.raises(CellClosed):
+        await cell.get_or_init(gate)
+    assert gate.calls == 2
+    await cell.close()  # still idempotent
+
+
 # 6 -------------------------------------------------------------------------------------------------------
 
 

@@ -364,13 +364,13 @@ async def test_real_redo_round_trip(small_wal, monkeypatch):
         # Real engine errors come back typed and the process keeps serving.
         (tag, records, expected), (other_tag, _, _) = chains[0], chains[1]
         with pytest.raises(RedoFailed) as e:
-            await proc.redo(other_tag._replace(relnode=other_tag.relnode + 999), 1, None, records[:1])
+            await proc.redo(other_tag._replace(relnode=other_tag.relnode + 999), records[0][0], None, records[:1])
         assert e.value.code == "block-not-referenced"
         with pytest.raises(RedoFailed) as e:
             await proc.redo(tag, 1, None, [(1, b"\x00" * 30)])
         assert e.value.code == "invalid-record"
         with pytest.raises(RedoFailed) as e:
-            await proc.redo(tag, 1, b"\xff" * 8192, records[:1])
+            await proc.redo(tag, records[0][0], b"\xff" * 8192, records[:1])
         assert e.value.code in ("invalid-page", "invalid-record")
         assert await proc.redo(tag, records[-1][0], None, records) == expected
     finally:
@@ -424,3 +424,85 @@ async def test_each_failed_request_gets_its_own_exception_and_traceback(spawn):
     assert all(isinstance(e, ProcessClosed) for e in errors)
     assert len({id(e) for e in errors}) == len(errors)
     assert max(len(traceback.extract_tb(e.__traceback__)) for e in errors) < 10
+
+
+# --- record LSNs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lsn, records",
+    [
+        (5, [(10, b"r")]),  # the record ends after the LSN the page is asked at
+        (100, [(20, b"r"), (10, b"r")]),  # out of order
+        (100, [(10, b"r"), (10, b"r")]),  # two records cannot end at the same LSN
+        (0, [(1, b"r")]),
+    ],
+)
+async def test_record_lsns_out_of_order_or_past_the_request_lsn_raise_before_any_io(spawn, lsn, records):
+    """These used to reach the child, and the engine answered a page as if the LSNs were right."""
+    child, proc = await spawn()
+    with pytest.raises(ValueError, match="LSN"):
+        await proc.redo(TAG, lsn, None, records)
+    assert proc.in_flight == 0 and proc.requests_served == 0
+    assert await proc.redo(TAG, 100, None, [(10, b"r"), (100, b"r")]) == expected_page(TAG)  # at the last one
+
+
+# --- who ended it -----------------------------------------------------------------------------------------
+
+
+def _wait_dead_without_the_loop(pid: int, timeout: float = 10.0) -> None:
+    """Block (the event loop does not run, so the EOF the child's death left stays unread) until ``pid`` is
+    dead (a zombie: this test process is its parent and has not reaped it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        time.sleep(0.002)
+    raise AssertionError(f"child {pid} still alive {timeout} s after SIGKILL")
+
+
+async def test_close_of_a_live_child_is_ours_and_on_stop_runs_once(spawn):
+    stops = []
+    child = fork_child(worker.main)
+    proc = WalRedoProcess(child, tenant="t", on_stop=stops.append)
+    try:
+        await proc.ping()
+        proc.close()
+        assert stops == [proc] and proc.state is ProcessState.CLOSED and not proc.broke_first
+        assert await proc.aclose() == -signal.SIGKILL
+        assert stops == [proc] and not proc.stats().broke_first
+    finally:
+        await proc.aclose()
+        child.cleanup()
+
+
+async def test_child_killed_by_someone_else_broke_first_even_if_close_came_before_its_eof(spawn):
+    """The manager counts stops by what happened to the child. A child killed by a signal this side did not
+    send, and closed (say, as idle) before the reader saw its EOF, used to look like our own kill."""
+    child, proc = await spawn()
+    await proc.ping()
+    child.kill(signal.SIGKILL)
+    _wait_dead_without_the_loop(child.pid)
+    assert proc.state is ProcessState.RUNNING  # nothing has read the EOF yet
+    proc.close()
+    assert proc.broke_first
+    assert await proc.aclose() == -signal.SIGKILL
+
+
+async def test_child_killed_and_seen_by_the_reader_broke_first(spawn):
+    stops = []
+    child = fork_child(worker.main)
+    proc = WalRedoProcess(child, tenant="t", on_stop=stops.append)
+    try:
+        await proc.ping()
+        child.kill(signal.SIGKILL)
+        async with asyncio.timeout(30):
+            while proc.state is ProcessState.RUNNING:
+                await asyncio.sleep(0.005)
+        assert proc.state is ProcessState.BROKEN and proc.broke_first and stops == [proc]
+        proc.close()
+        assert stops == [proc]  # once
+    finally:
+        await proc.aclose()
+        child.cleanup()
