@@ -19,14 +19,20 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from benchmarks import baseline_worker
 from benchmarks.framed_client import ping_once
 from benchmarks.runner import REPO_ROOT
+from forkserver import TemplateClient
+from forkserver.client import DEFAULT_WORKER
 from walredo_template import protocol
 
+if TYPE_CHECKING:
+    from forkserver import WalRedoManager
+
 PING = protocol.encode_ping()
-WORKER = "walredo_template.worker:main"
+WORKER = DEFAULT_WORKER
 
 
 @dataclass
@@ -92,12 +98,9 @@ class TemplateSpawn(SpawnMethod):
 
     def __init__(self, worker: str = WORKER) -> None:
         self.worker = worker
-        self.client = None
+        self.client: TemplateClient | None = None
 
     async def start(self) -> None:
-        TemplateClient = template_client_class()
-        if TemplateClient is None:
-            raise RuntimeError("forkserver.TemplateClient is not in this tree")
         self.client = await TemplateClient.launch(worker=self.worker)
 
     async def spawn(self, tenant: str) -> SpawnedChild:
@@ -229,27 +232,18 @@ def all_methods(include_template: bool = True) -> list[SpawnMethod]:
     return methods
 
 
-def template_client_class():
-    """``forkserver.TemplateClient`` (from its module while the package does not export it), or ``None``."""
-    try:
-        from forkserver import TemplateClient
-    except ImportError:
-        try:
-            from forkserver.client import TemplateClient
-        except ImportError:
-            return None
+def template_client_class() -> type[TemplateClient]:
+    """``forkserver.TemplateClient`` (the benchmarks that take the class from here)."""
     return TemplateClient
 
 
 def template_available() -> bool:
-    """Whether ``forkserver.TemplateClient`` has landed in this tree."""
-    return template_client_class() is not None
+    """Always true: the template is part of the tree (kept for the benchmarks that still ask)."""
+    return True
 
 
-def manager_class():
-    """``forkserver.WalRedoManager`` (from its module while the package does not export it yet)."""
-    try:
-        from forkserver import WalRedoManager
-    except ImportError:
-        from forkserver.manager import WalRedoManager
+def manager_class() -> type[WalRedoManager]:
+    """``forkserver.WalRedoManager``, imported on first use (prometheus_client comes with it)."""
+    from forkserver import WalRedoManager
+
     return WalRedoManager

@@ -333,10 +333,6 @@ class FrameDecoder:
     def buffered(self) -> int:
         return self._frames.buffered
 
-    @property
-    def pending_fds(self) -> int:
-        return sum(len(b.fds) for b in self._batches)
-
     def feed(self, data: bytes, fds: Sequence[int] = ()) -> None:
         """Add a received chunk and the fds that came with it; the decoder owns the fds from now on.
 
@@ -458,7 +454,7 @@ class ControlConnection:
         self._sends = _SENDS[role]
         self._receives = _RECEIVES[role]
         # A Key is shared, never copied: the template's stays in memory its children do not inherit
-        # (forkserver.secret); a bytes key (the parent's side, tests) is copied as before.
+        # (forkserver.secret); a bytes key (the parent's side, tests) is copied.
         self._key = key if isinstance(key, Key) else bytes(key)
         self._nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
         self._peer_nonce = b""

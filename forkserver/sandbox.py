@@ -66,13 +66,11 @@ MiB serves a request of up to ~54 MiB — far above any real page's chain of rec
 processes run at ~22 MiB RSS) — while one bad request can cost the host at most 256 MiB, not its OOM killer.
 
 Cost: the template compiles the filter once (libseccomp, ~10 ms at start-up); :func:`enter` in a freshly
-forked child then takes ~0.14 ms p50 (four prctl/setrlimit steps and loading the 25-instruction program).
-A pool child pays it in its idle phase, after ``prepare()``: ``scripts/bench_spawn --n 200`` p50 was
-0.59-0.70 ms without and 0.63-0.66 ms with the sandbox (interleaved runs, quiet VM); with the walredo
-worker at 10 ms spacing 0.98 vs 0.96 ms. It shows only when spawns come back to back (the pool child is
-still in its idle phase when the next request arrives: +0.17 ms p50) and for a child forked on request
-because the pool is empty (on the spawn's path: +0.22 ms p50). Each allowed syscall then costs a filter
-run of a few instructions; redo throughput through the manager was unchanged (600 requests: 152 vs 154 ms).
+forked child then takes ~0.14 ms (four prctl/setrlimit steps and loading the 25-instruction program). A
+pool child pays it in its idle phase, after ``prepare()``, off the spawn's path; it is on the path only
+when spawns come back to back (the pool child is still idling when the next request arrives) or for a
+child forked on request because the pool is empty. Each allowed syscall then costs a filter run of a few
+instructions.
 
 Self-test: ``tests/test_sandbox.py`` runs a worker that enters the policy and then tries open, socket,
 execve, fork, ptrace, kill and reading the template's memory; each attempt must end it with SIGSYS.
