@@ -67,6 +67,10 @@ order, so the parent attributes it to the request in that position. The stream c
 A redo request whose frame is well-formed but whose values are out of range (negative LSN, tag member
 above u32, base image not 8192 bytes, no base image and no records) gets ``bad-request`` and the stream
 continues; only an undecodable frame ends it.
+
+Size: ~570 lines, ~80 of them this specification; the rest is one codec per direction (encoders,
+validation, parsers, the two decoders), which share the checks that keep both ends to the same wire. The
+frame itself lives in :mod:`walredo_template.framing`.
 """
 
 from __future__ import annotations
@@ -558,30 +562,8 @@ class ResponseDecoder(_Decoder[Response]):
 
 
 __all__ = [
-    "ERROR_CODES",
-    "MAX_FRAME_SIZE",
-    "PAGE_SIZE",
-    "SUPPORTED_PG_VERSION",
-    "BadRedoRequest",
-    "Error",
-    "FrameTooLarge",
-    "InvalidMessage",
-    "MalformedFrame",
-    "Oversized",
-    "Page",
-    "Ping",
-    "Pong",
-    "ProtocolError",
-    "Redo",
-    "RedoRequest",
-    "Request",
-    "RequestDecoder",
-    "Response",
-    "ResponseDecoder",
-    "encode_error",
-    "encode_page",
-    "encode_ping",
-    "encode_pong",
-    "encode_redo",
-    "validate_redo",
+    "ERROR_CODES", "MAX_FRAME_SIZE", "PAGE_SIZE", "SUPPORTED_PG_VERSION", "BadRedoRequest", "Error", "FrameTooLarge",
+    "InvalidMessage", "MalformedFrame", "Oversized", "Page", "Ping", "Pong", "ProtocolError", "Redo", "RedoRequest",
+    "Request", "RequestDecoder", "Response", "ResponseDecoder", "encode_error", "encode_page", "encode_ping",
+    "encode_pong", "encode_redo", "validate_redo",
 ]
