@@ -85,11 +85,7 @@ class Connection:
             self.close()
             return
         try:
-            self.proto.receive_data(data, fds)
-            while not self.closed:
-                event = self.proto.next_event()
-                if event is None:
-                    break
+            for event in self.proto.receive_events(data, fds):
                 self._on_request(self, event)
         except ControlProtocolError as e:
             self._log(f"dropping a connection: {e}")

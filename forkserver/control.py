@@ -73,7 +73,7 @@ import math
 import os
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -533,6 +533,13 @@ class ControlConnection:
             if event is not None:
                 return event
         return None
+
+    def receive_events(self, data: bytes, fds: Sequence[int] = ()) -> Iterator[Message | BadRequest]:
+        """:meth:`receive_data`, then yield every :meth:`next_event` until more data is needed or the
+        connection is closed (also by the caller while handling an event). Errors as those two."""
+        self.receive_data(data, fds)
+        while (event := self.next_event()) is not None:
+            yield event
 
     def close(self) -> None:
         """Close every fd still held; further input is dropped. Idempotent."""

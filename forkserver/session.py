@@ -113,11 +113,7 @@ class Session:
             self.fail(TemplateUnavailable("the template closed the control connection"))
             return
         try:
-            self.proto.receive_data(data, fds)
-            while not self.lost:
-                event = self.proto.next_event()
-                if event is None:
-                    break
+            for event in self.proto.receive_events(data, fds):
                 self._dispatch(event)
             if not self.lost:
                 self._queue()

@@ -136,3 +136,46 @@ def test_kernel_stops_a_read_after_a_segment_carrying_fds(pair):
         fdpass.close_fds(fds + fds2)
     finally:
         fdpass.close_fds([fd1, fd2])
+
+
+def test_peer_credentials_are_ours(pair):
+    a, _ = pair
+    cred = fdpass.peer_credentials(a)
+    assert (cred.pid, cred.uid, cred.gid) == (os.getpid(), os.getuid(), os.getgid())
+
+
+def test_frame_sender_queues_in_order_and_closes_owned_fds_once_sent(pair):
+    """forkserver.sender.FrameSender: a full socket queues (fds still on the frame's first byte), flush
+    sends in order, owned copies are closed only once their frame went out, close() closes the rest."""
+    from forkserver.sender import FrameSender
+
+    a, b = pair
+    a.setblocking(False)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s = FrameSender(a)
+    filler = b"f" * (1 << 20)
+    s.send(filler)  # more than the socket takes: the rest waits
+    assert s and s.queued > 0
+    r, w = os.pipe()
+    s.send(b"withfd", [r], owned=[r])
+    os.fstat(r)  # not sent yet: still open
+    received, fds = b"", []
+    while len(received) < len(filler) + 6:
+        s.flush()
+        data, got = fdpass.recv(b, 1 << 16)
+        received += data
+        fds += got
+    assert not s and s.queued == 0 and received == filler + b"withfd"
+    assert len(fds) == 1
+    # Our copy was closed once it went out: its number is free (recvmsg may have reused it) or closed.
+    if fds[0] != r:
+        with pytest.raises(OSError):
+            os.fstat(r)
+    fdpass.close_fds(fds + [w])
+    r2, w2 = os.pipe()
+    s.send(filler)
+    s.send(b"x", [r2], owned=[r2])
+    s.close()  # never sent: the owned copy is closed
+    with pytest.raises(OSError):
+        os.fstat(r2)
+    os.close(w2)

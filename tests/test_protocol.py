@@ -370,3 +370,36 @@ def test_refuse_above_does_not_lift_the_hard_bound():
     with pytest.raises(p.FrameTooLarge):
         d.next_event()
     assert "too-large" in p.ERROR_CODES
+
+
+# --- the shared frame core (walredo_template.framing) ------------------------------------------------
+
+
+def test_frame_reader_splits_discards_and_counts_stream_offsets():
+    from walredo_template import framing
+
+    frames = [framing.pack({"n": i}) for i in range(3)]
+    big = framing.pack({"blob": b"x" * 100})
+    stream = frames[0] + big + frames[1] + frames[2]
+    r = framing.FrameReader(max_frame=1000)
+    got = []
+    for i in range(len(stream)):  # one byte at a time: every split point
+        r.feed(stream[i:i + 1])
+        while (n := r.next_length()) is not None:
+            if n > 50:
+                r.discard(n)  # refused unread: its body is dropped as it arrives
+                got.append("discarded")
+                continue
+            view = r.take(n)
+            if view is None:
+                break
+            with view:
+                got.append(msgpack.unpackb(view))
+    assert got == [{"n": 0}, "discarded", {"n": 1}, {"n": 2}]
+    assert r.consumed == r.received == len(stream) and r.buffered == 0
+    with pytest.raises(framing.FrameTooLarge):
+        framing.pack({"blob": b"x" * 100}, max_frame=50)
+    r.feed(framing.HEADER.pack(1001))
+    with pytest.raises(framing.FrameTooLarge) as e:
+        r.next_length()
+    assert (e.value.length, e.value.bound) == (1001, 1000)
