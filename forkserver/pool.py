@@ -24,8 +24,9 @@ from typing import NoReturn
 
 from forkserver import fdpass
 
-__all__ = ["Pool", "REFILL_BACKOFF", "REFILL_WAIT"]
+__all__ = ["Pool", "MAX_POOL_SIZE", "REFILL_BACKOFF", "REFILL_WAIT"]
 
+MAX_POOL_SIZE = 256  # each waiting child holds ~1.5 MiB of its own: the bound keeps a typo from forking thousands
 REFILL_BACKOFF = 1.0  # seconds before retrying a pre-fork that failed (e.g. EAGAIN)
 REFILL_WAIT = 0.002  # select timeout while the pool is short: refill this soon after the last spawn at most
 
@@ -47,8 +48,8 @@ class Pool:
     The truth value and ``len()`` count the children waiting."""
 
     def __init__(self, size: int, run_idle: Callable[[int], NoReturn], log: Callable[[str], None]):
-        if size < 0:
-            raise ValueError("pool_size must be >= 0")
+        if not 0 <= size <= MAX_POOL_SIZE:
+            raise ValueError(f"pool_size must be between 0 and {MAX_POOL_SIZE}, got {size}")
         self.size = size
         self._run_idle = run_idle
         self._log = log
