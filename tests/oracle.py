@@ -160,6 +160,16 @@ class OracleResult:
     def total_applied(self) -> int:
         return sum(self.applied.values())
 
+    def rmgr_kinds(self, prefix: str) -> tuple[dict[str, int], dict[str, int]]:
+        """``(compared, applied)`` for the record kinds of one rmgr (``prefix``, e.g. ``"Btree/"``), sorted by
+        kind, after asserting that none of its records mismatched PostgreSQL's image or failed."""
+        mismatches = [m for m in self.mismatches if m[2].startswith(prefix)]
+        errors = [e for e in self.errors if e[2].startswith(prefix)]
+        assert not mismatches, mismatches[:5]
+        assert not errors, errors[:5]
+        return ({k: v for k, v in sorted(self.compared.items()) if k.startswith(prefix)},
+                {k: v for k, v in sorted(self.applied.items()) if k.startswith(prefix)})
+
 
 def heap_relations(records, rmgrs=HEAP_RMGRS) -> set[tuple[int, int, int]]:
     """(spc, db, rel) of every relation a record of ``rmgrs`` (default Heap/Heap2) references."""

@@ -36,7 +36,7 @@ import struct
 from . import page as P
 from .bufmgr import RedoContext, page_for_redo, referenced_block, unsupported
 from .errors import InvalidPage, InvalidRecord
-from .mask import mask_page_lsn_and_checksum, mask_unused_space
+from .mask import mask_lsn_and_hole
 from .xlogrecord import DecodedRecord
 
 RM_ID = 20
@@ -102,16 +102,8 @@ def _apply_delta(page: bytearray, delta: bytes) -> None:
 
 
 def mask(page: bytearray, blkno: int) -> None:
-    """PostgreSQL's ``generic_mask`` in place: pd_lsn, pd_checksum and the hole between pd_lower and
-    pd_upper (PostgreSQL 15 masks no hint bits here).
-
-    A never-initialized page (pd_upper 0) gets only the LSN and checksum masked, where PostgreSQL's
-    mask_unused_space would raise an error: nothing more is hidden, so this is not looser.
-    Raises :class:`InvalidPage` on an initialized page whose bounds are inconsistent.
-    """
-    mask_page_lsn_and_checksum(page)
-    if not P.is_new(page):
-        mask_unused_space(page)
+    """PostgreSQL's ``generic_mask`` in place (:func:`.mask.mask_lsn_and_hole`)."""
+    mask_lsn_and_hole(page)
 
 
 def record_name(info: int) -> str:

@@ -65,7 +65,8 @@ from .bufmgr import (
     unsupported,
 )
 from .errors import InvalidPage, InvalidRecord
-from .mask import mask_page_hint_bits, mask_page_lsn_and_checksum, mask_unused_space
+from .mask import begin_index_mask, mask_lp_dead, mask_page_hint_bits, mask_unused_space
+from .page import U16, U32, U64
 from .xlogrecord import BlockRef, DecodedRecord
 
 RM_ID = 14
@@ -109,15 +110,11 @@ _DELETE = struct.Struct("<IH")  # SizeOfGistxlogDelete = 6: the offsets follow w
 _SPLIT = struct.Struct("<I4xQBxHB3x")
 _PAGE_DELETE = struct.Struct("<QH")  # SizeOfGistxlogPageDelete = 10
 _OPAQUE = struct.Struct("<IIIHH")
-_LUS = struct.Struct("<HHH")  # pd_lower, pd_upper, pd_special
 _LU = struct.Struct("<HH")  # pd_lower, pd_upper
 _LP_NORMAL_BITS = P.LP_NORMAL << 15
 _NSN = struct.Struct("<II")
 _FLAGS_AT = 12  # offset of flags inside the special space
 _I32 = struct.Struct("<i")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_Q = struct.Struct("<Q")
 
 
 def record_name(info: int) -> str:
@@ -138,12 +135,12 @@ def _special(page: bytearray) -> int:
 
 
 def _flags(page: bytearray, special: int) -> int:
-    flags: int = _U16.unpack_from(page, special + _FLAGS_AT)[0]
+    flags: int = U16.unpack_from(page, special + _FLAGS_AT)[0]
     return flags
 
 
 def _set_flags(page: bytearray, special: int, flags: int) -> None:
-    _U16.pack_into(page, special + _FLAGS_AT, flags)
+    U16.pack_into(page, special + _FLAGS_AT, flags)
 
 
 def _set_nsn(page: bytearray, special: int, nsn: int) -> None:
@@ -196,7 +193,7 @@ def _tuples(data: bytes | memoryview, pos: int, count: int | None, name: str) ->
     while pos < end and (count is None or len(out) < count):
         if pos + SIZEOF_INDEX_TUPLE > end:
             raise InvalidRecord(f"{name}: truncated index tuple at byte {pos} of {end}")
-        size = _U16.unpack_from(view, pos + 6)[0] & INDEX_SIZE_MASK
+        size = U16.unpack_from(view, pos + 6)[0] & INDEX_SIZE_MASK
         if size < SIZEOF_INDEX_TUPLE or pos + size > end:
             raise InvalidRecord(f"{name}: index tuple of {size} bytes at byte {pos} of {end}")
         out.append(view[pos:pos + size])
@@ -359,7 +356,7 @@ def _redo_page_split(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: i
     else:
         flags &= ~F_FOLLOW_RIGHT
     _set_nsn(page, MAX_SPECIAL, orignsn)
-    _U32.pack_into(page, MAX_SPECIAL + 8, rightlink)
+    U32.pack_into(page, MAX_SPECIAL + 8, rightlink)
     _set_flags(page, MAX_SPECIAL, flags)
     finish(page, lsn)
 
@@ -382,8 +379,8 @@ def _redo_page_delete(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
     if lower > P.SIZE_OF_PAGE_HEADER or upper < DELETED_CONTENTS_END:
         raise InvalidRecord(f"{name}: page to delete is not empty (pd_lower {lower}, pd_upper {upper})")
     _set_flags(page, special, _flags(page, special) | F_DELETED)
-    _U16.pack_into(page, P.OFF_LOWER, DELETED_CONTENTS_END)
-    _Q.pack_into(page, P.SIZE_OF_PAGE_HEADER, delete_xid)
+    U16.pack_into(page, P.OFF_LOWER, DELETED_CONTENTS_END)
+    U64.pack_into(page, P.SIZE_OF_PAGE_HEADER, delete_xid)
     finish(page, lsn)
 
 
@@ -430,10 +427,7 @@ def mask(page: bytearray, blkno: int) -> None:
     are compared. An all-zero page is left as it is. Raises :class:`InvalidPage` for bounds it cannot
     mask or a special space that is not GiST's 16 bytes.
     """
-    if len(page) != P.BLCKSZ:
-        raise InvalidPage(f"page has {len(page)} bytes, expected {P.BLCKSZ}")
-    mask_page_lsn_and_checksum(page)
-    if P.is_new(page) and page == P.ZERO_PAGE:
+    if not begin_index_mask(page):
         return
     mask_page_hint_bits(page)
     mask_unused_space(page)
@@ -444,10 +438,4 @@ def mask(page: bytearray, blkno: int) -> None:
         flags &= ~F_TUPLES_DELETED
     _set_flags(page, special, flags)
     if flags & F_LEAF and not flags & F_DELETED:
-        nline = IP.items(page)
-        if nline:
-            lps = P.lp_array(nline)
-            words = lps.unpack_from(page, P.SIZE_OF_PAGE_HEADER)
-            # LP_DEAD (3 << 15) -> LP_NORMAL (1 << 15): clear the high flag bit of dead pointers only
-            lps.pack_into(page, P.SIZE_OF_PAGE_HEADER,
-                          *[w & ~0x10000 if w & 0x18000 == 0x18000 else w for w in words])
+        mask_lp_dead(page)

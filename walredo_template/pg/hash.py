@@ -77,6 +77,7 @@ from .bufmgr import (
     unsupported,
 )
 from .errors import InvalidRecord
+from .page import U16, U32
 from .xlogrecord import BlockRef, DecodedRecord
 
 RM_ID = 12
@@ -106,8 +107,6 @@ OP_NAMES = {
 }
 
 _INIT_META = struct.Struct("<dIH")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 _TWO_U32 = struct.Struct("<II")
 _ADD_OVFL = struct.Struct("<HB")
 _SPLIT_ALLOC = struct.Struct("<IHHB")
@@ -130,7 +129,7 @@ def _u32_data(blk: BlockRef, name: str) -> int:
     data = block_data(blk, name)
     if len(data) < 4:
         raise InvalidRecord(f"{name}: block {blk.block_id} data has {len(data)} bytes, expected 4")
-    return int(_U32.unpack_from(data)[0])
+    return int(U32.unpack_from(data)[0])
 
 
 def _init_block(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray:
@@ -198,7 +197,7 @@ def _init_meta_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: in
 
 
 def _init_bitmap_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
-    (bmsize,) = main_struct(rec, _U16, "Hash/INIT_BITMAP_PAGE")
+    (bmsize,) = main_struct(rec, U16, "Hash/INIT_BITMAP_PAGE")
     if blk.block_id == 0:
         page = _init_block(ctx, blk, lsn)
         H.init_bitmap_page(page, bmsize)
@@ -212,7 +211,7 @@ def _init_bitmap_page(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
 
 def _insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     name = "Hash/INSERT"
-    (offnum,) = main_struct(rec, _U16, name)
+    (offnum,) = main_struct(rec, U16, name)
     if blk.block_id == 0:
         page = _page(ctx, blk, lsn)
         if page is not None:

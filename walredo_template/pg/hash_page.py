@@ -35,7 +35,7 @@ import struct
 from . import indexpage as IP
 from . import page as P
 from .errors import InvalidPage, InvalidRecord
-from .mask import mask_page_hint_bits, mask_page_lsn_and_checksum, mask_unused_space
+from .mask import begin_index_mask, mask_lp_dead, mask_page_hint_bits, mask_unused_space
 
 LH_UNUSED_PAGE = 0
 LH_OVERFLOW_PAGE = 1 << 0
@@ -300,39 +300,20 @@ def delete_listed(page: bytearray, data: bytes | None, name: str) -> None:
 
 # --- hash_mask -----------------------------------------------------------------------------------
 
-def mask_lp_dead(page: bytearray) -> None:
-    """The part of bufmask.c's ``mask_lp_flags`` that matters for hash pages, stricter: an LP_DEAD line
-    pointer reads as LP_NORMAL. PostgreSQL sets every used pointer's flags to LP_UNUSED, which would also
-    hide a NORMAL/REDIRECT/UNUSED difference; hash pages only ever gain LP_DEAD without WAL."""
-    nline = P.max_offset(page)
-    if nline == 0:
-        return
-    if P.SIZE_OF_PAGE_HEADER + 4 * nline > P.BLCKSZ:
-        raise InvalidPage(f"line pointer array of {nline} items runs off the page")
-    st = P.lp_array(nline)
-    words = st.unpack_from(page, P.SIZE_OF_PAGE_HEADER)
-    dead = P.LP_DEAD << 15
-    if any(w & 0x18000 == dead for w in words):
-        st.pack_into(page, P.SIZE_OF_PAGE_HEADER, *[w & ~0x10000 if w & 0x18000 == dead else w for w in words])
-
-
 def hash_mask(page: bytearray, blkno: int = 0) -> None:
     """PostgreSQL's ``hash_mask`` in place, stricter in two ways.
 
     Masked as PostgreSQL does: LSN and checksum, the page header hints, the hole between pd_lower and
     pd_upper (on every page type, metapage and bitmap pages included), LP_DEAD flags on bucket and overflow
     pages (set by scans without WAL) and the LH_PAGE_HAS_DEAD_TUPLES hint. Stricter: only LP_DEAD is
-    equated with LP_NORMAL (:func:`mask_lp_dead`), and an LH_UNUSED page (a freed overflow page, or the
+    equated with LP_NORMAL (:func:`.mask.mask_lp_dead`), and an LH_UNUSED page (a freed overflow page, or the
     last page a split preallocates) is compared whole, where PostgreSQL masks everything after its page
     header (``mask_page_content``): both sides build such pages with _hash_pageinit and an identical
     special space, so the only difference the wider mask could hide is one this engine made. An all-zero
     page (a block inside a split's preallocation, never written) is left as it is. Raises
     :class:`InvalidPage` for a page whose bounds cannot be walked.
     """
-    if len(page) != P.BLCKSZ:
-        raise InvalidPage(f"page has {len(page)} bytes, expected {P.BLCKSZ}")
-    mask_page_lsn_and_checksum(page)
-    if P.is_new(page) and page == P.ZERO_PAGE:
+    if not begin_index_mask(page):
         return
     mask_page_hint_bits(page)
     mask_unused_space(page)

@@ -23,6 +23,7 @@ from .page import (
     _BOUNDS,
     BLCKSZ,
     CTID,
+    LP_DEAD,
     LP_NORMAL,
     LSN,
     OFF_CHECKSUM,
@@ -37,6 +38,10 @@ from .page import (
     T_INFOMASK,
     U16,
     U32,
+    ZERO_PAGE,
+    is_new,
+    lp_array,
+    max_offset,
 )
 
 HEAP_XACT_MASK = 0xFFF0
@@ -49,6 +54,46 @@ SPEC_TOKEN_OFFSET_NUMBER = 0xFFFE
 def mask_page_lsn_and_checksum(page: bytearray) -> None:
     LSN.pack_into(page, 0, 0, 0)
     U16.pack_into(page, OFF_CHECKSUM, 0)
+
+
+def mask_lsn_and_hole(page: bytearray) -> None:
+    """pd_lsn, pd_checksum and the hole between pd_lower and pd_upper: all of ``seq_mask`` and
+    ``generic_mask`` (PostgreSQL 15 masks no hint bits there).
+
+    A never-initialized page (pd_upper 0) gets only the LSN and checksum masked, where PostgreSQL's
+    mask_unused_space would raise an error: nothing more is hidden, so this is not looser.
+    Raises :class:`InvalidPage` on an initialized page whose bounds are inconsistent.
+    """
+    mask_page_lsn_and_checksum(page)
+    if not is_new(page):
+        mask_unused_space(page)
+
+
+def begin_index_mask(page: bytearray) -> bool:
+    """The first step of an index access method's mask: the page must be BLCKSZ bytes (raises
+    :class:`InvalidPage`); LSN and checksum are masked. False for an all-zero page (a never-initialized
+    block), which has nothing else to mask."""
+    if len(page) != BLCKSZ:
+        raise InvalidPage(f"page has {len(page)} bytes, expected {BLCKSZ}")
+    mask_page_lsn_and_checksum(page)
+    return page != ZERO_PAGE
+
+
+def mask_lp_dead(page: bytearray) -> None:
+    """The part of bufmask.c's ``mask_lp_flags`` that matters for btree, hash and GiST pages, stricter: an
+    LP_DEAD line pointer reads as LP_NORMAL. PostgreSQL sets every used pointer's flags to LP_UNUSED, which
+    would also hide a NORMAL/REDIRECT/UNUSED difference; these pages only ever gain LP_DEAD without WAL
+    (items killed by index scans). Raises :class:`InvalidPage` for an array that runs off the page."""
+    nline = max_offset(page)
+    if nline == 0:
+        return
+    if SIZE_OF_PAGE_HEADER + 4 * nline > BLCKSZ:
+        raise InvalidPage(f"line pointer array of {nline} items runs off the page")
+    st = lp_array(nline)
+    words = st.unpack_from(page, SIZE_OF_PAGE_HEADER)
+    dead = LP_DEAD << 15
+    if any(w & 0x18000 == dead for w in words):
+        st.pack_into(page, SIZE_OF_PAGE_HEADER, *[w & ~0x10000 if w & 0x18000 == dead else w for w in words])
 
 
 def mask_page_hint_bits(page: bytearray) -> None:

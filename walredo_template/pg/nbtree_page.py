@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from . import page as P
 from .bufmgr import RedoContext, init_for_redo
 from .errors import InvalidPage, InvalidRecord
-from .mask import mask_page_lsn_and_checksum, mask_unused_space
-from .page import BLCKSZ
+from .mask import begin_index_mask, mask_lp_dead, mask_unused_space
+from .page import BLCKSZ, U16
 from .xlogrecord import BlockRef
 
 BT_SPECIAL = BLCKSZ - 16  # pd_special of every btree page
@@ -67,7 +67,6 @@ FLAGS = struct.Struct("<H")
 META = struct.Struct("<IIIIIII4xdB")  # BTMetaPageData at offset 24
 XL_METADATA = struct.Struct("<IIIIIIB")  # xl_btree_metadata (sizeof 28 with padding)
 XL_METADATA_SIZE = 28
-U16 = struct.Struct("<H")
 TID_HEAD = struct.Struct("<HHHH")  # bi_hi, bi_lo, posid, t_info
 _LU = struct.Struct("<HH")
 _HEADER_TAIL = struct.Struct("<HHHH")  # pd_lower, pd_upper, pd_special, pd_pagesize_version
@@ -378,19 +377,11 @@ class Dedup:
 
 def btree_mask(page: bytearray) -> None:
     """btree_mask (see :func:`.nbtree.mask` for where it is stricter than PostgreSQL)."""
-    if len(page) != BLCKSZ:
-        raise InvalidPage(f"page has {len(page)} bytes, expected {BLCKSZ}")
-    mask_page_lsn_and_checksum(page)
-    if page == P.ZERO_PAGE:
+    if not begin_index_mask(page):
         return  # a never-initialized page: nothing else to mask
     mask_unused_space(page)
     sp = special(page)
     prev, nxt, level, flags, _cycle = OPAQUE.unpack_from(page, sp)
     if flags & BTP_LEAF and not flags & BTP_DELETED:
-        words = item_words(page)
-        if words:
-            # LP_DEAD -> LP_NORMAL: items are killed without WAL; btree pages hold no other kind
-            P.lp_array(len(words)).pack_into(
-                page, P.SIZE_OF_PAGE_HEADER,
-                *[w & ~0x10000 if w & 0x18000 == 0x18000 else w for w in words])
+        mask_lp_dead(page)  # items are killed without WAL; btree pages hold no other kind
     OPAQUE.pack_into(page, sp, prev, nxt, level, flags & ~(BTP_HAS_GARBAGE | BTP_SPLIT_END), 0)

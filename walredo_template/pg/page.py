@@ -68,6 +68,7 @@ T_HOFF = 22
 
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
 LSN = struct.Struct("<II")
 # pd_flags, pd_lower, pd_upper, pd_special, pd_pagesize_version (bytes 10..20)
 _BOUNDS = struct.Struct("<HHHHH")

@@ -43,14 +43,12 @@ from __future__ import annotations
 import struct
 
 from .errors import InvalidPage
-from .page import BLCKSZ, SIZE_OF_PAGE_HEADER, ZERO_PAGE, check_page, lp_array
+from .page import BLCKSZ, SIZE_OF_PAGE_HEADER, U16, U32, ZERO_PAGE, check_page, lp_array
 
 VM_FORKNUM = 2
 RM_HEAP2, RM_HEAP, RM_BTREE, RM_HASH, RM_GIN, RM_GIST, RM_SEQ, RM_SPGIST, RM_BRIN, RM_GENERIC = (
     9, 10, 11, 12, 13, 14, 15, 16, 17, 20)
 
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 
 BTP_DELETED, BTP_META = 1 << 2, 1 << 3
 LH_BITMAP_PAGE = 1 << 2
@@ -62,7 +60,7 @@ BRIN_PAGETYPE_REGULAR = 0xF093
 
 
 def _flags_at(page: bytes, special: int, offset: int) -> int:
-    value: int = _U16.unpack_from(page, special + offset)[0]
+    value: int = U16.unpack_from(page, special + offset)[0]
     return value
 
 
@@ -76,17 +74,17 @@ def infer_rmgr(page: bytes) -> int:
     with no records, or XLOG full-page images only): the page ids PostgreSQL's own tools read — hash, GiST,
     SP-GiST and bloom stamp one in the special space, BRIN a page type, sequences a magic; a 16-byte special
     without an id is btree's, an 8-byte one GIN's, none heap's; -1 for anything else."""
-    special = _U16.unpack_from(page, 16)[0]
+    special = U16.unpack_from(page, 16)[0]
     size = BLCKSZ - special
     if size == 0:
         return RM_HEAP
     if size == 16:
-        page_id = _U16.unpack_from(page, special + 14)[0]
+        page_id = U16.unpack_from(page, special + 14)[0]
         return {HASHO_PAGE_ID: RM_HASH, GIST_PAGE_ID: RM_GIST}.get(page_id, RM_BTREE)
     if size == 8:
-        if _U32.unpack_from(page, special)[0] == SEQ_MAGIC:
+        if U32.unpack_from(page, special)[0] == SEQ_MAGIC:
             return RM_SEQ
-        last = _U16.unpack_from(page, special + 6)[0]
+        last = U16.unpack_from(page, special + 6)[0]
         if last in BRIN_PAGETYPES:
             return RM_BRIN
         return {SPGIST_PAGE_ID: RM_SPGIST, BLOOM_PAGE_ID: RM_GENERIC}.get(last, RM_GIN)
@@ -96,7 +94,7 @@ def infer_rmgr(page: bytes) -> int:
 def page_kind(page: bytes, forknum: int, rmgr: int) -> tuple[str, bool]:
     """``(kind, has_line_pointers)`` for a page that passed the header checks (module docstring); ``rmgr``
     below 0 means not known: it is inferred from the page (:func:`infer_rmgr`)."""
-    special = _U16.unpack_from(page, 16)[0]
+    special = U16.unpack_from(page, 16)[0]
     size = BLCKSZ - special
     if forknum == VM_FORKNUM:
         return "vm", False

@@ -35,7 +35,7 @@ import struct
 from . import page as P
 from .bufmgr import RedoContext, init_for_redo, referenced_block, unsupported
 from .errors import InvalidRecord
-from .mask import mask_page_lsn_and_checksum, mask_unused_space
+from .mask import mask_lsn_and_hole
 from .xlogrecord import DecodedRecord
 
 RM_ID = 15
@@ -83,15 +83,8 @@ def redo(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
 
 
 def mask(page: bytearray, blkno: int) -> None:
-    """PostgreSQL's ``seq_mask`` in place: pd_lsn, pd_checksum and the hole between pd_lower and pd_upper.
-
-    A never-initialized page (pd_upper 0) gets only the LSN and checksum masked, where PostgreSQL's
-    mask_unused_space would raise an error: nothing more is hidden, so this is not looser.
-    Raises :class:`InvalidPage` on an initialized page whose bounds are inconsistent.
-    """
-    mask_page_lsn_and_checksum(page)
-    if not P.is_new(page):
-        mask_unused_space(page)
+    """PostgreSQL's ``seq_mask`` in place (:func:`.mask.mask_lsn_and_hole`)."""
+    mask_lsn_and_hole(page)
 
 
 def record_name(info: int) -> str:

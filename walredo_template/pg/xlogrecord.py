@@ -33,7 +33,7 @@ from typing import NamedTuple
 from .. import BufferTag
 from .crc32c import crc32c
 from .errors import InvalidRecord, MissingCompressionLibrary
-from .page import BLCKSZ, ZERO_PAGE
+from .page import BLCKSZ, U16, U32, ZERO_PAGE
 from .pglz import pglz_decompress
 
 SIZE_OF_XLOG_RECORD = 24
@@ -68,8 +68,6 @@ BKPIMAGE_COMPRESSED = BKPIMAGE_COMPRESS_PGLZ | BKPIMAGE_COMPRESS_LZ4 | BKPIMAGE_
 MAX_FORKNUM = 3  # main, fsm, vm, init
 
 _HDR = struct.Struct("<IIQBBxxI")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
 _BLK_HDR = struct.Struct("<BH")  # fork_flags, data_length (after the id byte)
 _IMG_HDR = struct.Struct("<HHB")  # length, hole_offset, bimg_info
 _RNODE_BLK = struct.Struct("<IIII")  # spc, db, rel, blkno
@@ -279,16 +277,16 @@ def _decode_general(raw: bytes, tot_len: int, xid: int, prev: int, info: int, rm
                     datatotal += main_len
                     break
                 if block_id == XLR_BLOCK_ID_DATA_LONG:
-                    (main_len,) = _U32.unpack_from(raw, pos)
+                    (main_len,) = U32.unpack_from(raw, pos)
                     pos += 4
                     datatotal += main_len
                     break
                 if block_id == XLR_BLOCK_ID_ORIGIN:
-                    (origin,) = _U16.unpack_from(raw, pos)
+                    (origin,) = U16.unpack_from(raw, pos)
                     pos += 2
                     continue
                 if block_id == XLR_BLOCK_ID_TOPLEVEL_XID:
-                    (toplevel_xid,) = _U32.unpack_from(raw, pos)
+                    (toplevel_xid,) = U32.unpack_from(raw, pos)
                     pos += 4
                     continue
                 raise InvalidRecord(f"invalid block_id {block_id}")
@@ -312,7 +310,7 @@ def _decode_general(raw: bytes, tot_len: int, xid: int, prev: int, info: int, rm
                 compressed = bimg_info & BKPIMAGE_COMPRESSED
                 if compressed:
                     if bimg_info & BKPIMAGE_HAS_HOLE:
-                        (hole_len,) = _U16.unpack_from(raw, pos)
+                        (hole_len,) = U16.unpack_from(raw, pos)
                         pos += 2
                 else:
                     hole_len = BLCKSZ - bimg_len
@@ -341,7 +339,7 @@ def _decode_general(raw: bytes, tot_len: int, xid: int, prev: int, info: int, rm
             if fork_flags & BKPBLOCK_SAME_REL:
                 if rel is None:
                     raise InvalidRecord(f"block {block_id}: BKPBLOCK_SAME_REL set but no previous rel")
-                (blkno,) = _U32.unpack_from(raw, pos)
+                (blkno,) = U32.unpack_from(raw, pos)
                 pos += 4
             else:
                 spc, db, rel, blkno = _RNODE_BLK.unpack_from(raw, pos)
