@@ -1,4 +1,4 @@
-"""MULTI_INSERT+INIT's uniform-length fast path (heapam._multi_insert_uniform) against the general
+"""MULTI_INSERT+INIT's uniform-length fast path (heapam2._multi_insert_uniform) against the general
 tuple-by-tuple loop: same page bytes, or the same typed error, on generated and mutated block data."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from walredo_template.pg import heapam
+from walredo_template.pg import heapam2
 from walredo_template.pg import page as P
 from walredo_template.pg.errors import InvalidRecord
 
@@ -55,8 +55,8 @@ def test_uniform_fast_path_matches_general_loop(n, length, odd, flips, cut, ntup
     if cut is not None and data:
         del data[cut % len(data):]
     ntuples = max(0, n + ntuples_delta)
-    fast = _outcome(heapam._multi_insert_into_empty_page, bytes(data), ntuples)
-    slow = _outcome(heapam._multi_insert_general, bytes(data), ntuples)
+    fast = _outcome(heapam2._multi_insert_into_empty_page, bytes(data), ntuples)
+    slow = _outcome(heapam2._multi_insert_general, bytes(data), ntuples)
     if ntuples > P.MAX_HEAP_TUPLES_PER_PAGE:
         assert fast == ("error", f"can't put more than {P.MAX_HEAP_TUPLES_PER_PAGE} items in a heap page")
     else:
@@ -67,6 +67,6 @@ def test_uniform_fast_path_is_taken_for_equal_lengths():
     data = _block_data([(3, 0x0802, 24, b"x" * 97)] * 61)
     page = bytearray(P.BLCKSZ)
     P.page_init(page)
-    assert heapam._multi_insert_uniform(page, data, 61, 1234, 0x12345)
-    assert bytes(page) == _outcome(heapam._multi_insert_general, data, 61)
-    assert not heapam._multi_insert_uniform(page, data[:-1], 61, 1234, 0x12345)
+    assert heapam2._multi_insert_uniform(page, data, 61, 1234, 0x12345)
+    assert bytes(page) == _outcome(heapam2._multi_insert_general, data, 61)
+    assert not heapam2._multi_insert_uniform(page, data[:-1], 61, 1234, 0x12345)

@@ -12,7 +12,9 @@ CLOG, databases, …) never touch a relation page; their records are refused as 
              CONFIRM, INPLACE                                                       pg/heapam.py
     Heap2    PRUNE, VACUUM, FREEZE_PAGE, VISIBLE (heap page and VM page), MULTI_INSERT(+INIT),
              LOCK_UPDATED, plus the implicit visibility-map clears of INSERT/MULTI_INSERT/UPDATE/DELETE/
-             LOCK/LOCK_UPDATED when the requested page is the VM page covering the heap block
+             LOCK/LOCK_UPDATED when the requested page is the VM page covering the heap block:
+             pg/heapam2.py, heapam_vm.py (both heap rmgrs enter through pg/heapam.py; record layouts,
+             opcodes and flags: pg/heapam_xlog.py)
     Btree, Hash, Gin, Gist, Sequence, SPGist, BRIN, Generic: pg/nbtree.py, hash.py, gin.py, gist.py,
              sequence.py, spgist.py, brin.py, generic.py (each module's docstring lists what it redoes)
 """
@@ -23,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from . import BufferTag
-from .pg import brin, generic, gin, gist, hash, heapam, nbtree, sequence, spgist, xlog
+from .pg import brin, generic, gin, gist, hash, heapam, heapam_xlog, nbtree, sequence, spgist, xlog
 from .pg import page as P
 from .pg.bufmgr import RedoContext
 from .pg.errors import InvalidPage, InvalidRecord, RedoError, UnsupportedRecord
@@ -43,7 +45,7 @@ class Rmgr(NamedTuple):
 
 
 def _heap_name(rmid: int) -> Callable[[int], str]:
-    return lambda info: heapam.record_name(rmid, info)
+    return lambda info: heapam_xlog.record_name(rmid, info)
 
 
 def _xlog_mask(page: bytearray, blkno: int) -> None:

@@ -65,21 +65,9 @@ from .bufmgr import (
     unsupported,
 )
 from .errors import InvalidPage, InvalidRecord
-from .indexpage import add_item, delete_item, item_span
+from .indexpage import add_item, check_line_pointers, delete_item, item_span
 from .mask import mask_page_hint_bits, mask_page_lsn_and_checksum, mask_unused_space
-from .page import (
-    _LU,
-    BLCKSZ,
-    OFF_LOWER,
-    OFF_PRUNE_XID,
-    OFF_SPECIAL,
-    OFF_UPPER,
-    SIZE_OF_PAGE_HEADER,
-    U16,
-    U32,
-    lp_array,
-    page_init,
-)
+from .page import BLCKSZ, OFF_LOWER, OFF_PRUNE_XID, OFF_SPECIAL, OFF_UPPER, SIZE_OF_PAGE_HEADER, U16, U32, page_init
 from .xlogrecord import BlockRef, DecodedRecord
 
 RM_ID = 13
@@ -137,7 +125,6 @@ _UPDATE_META = struct.Struct(f"<12x4x{META_SIZE}sIIi")  # node, pad, metadata, p
 _INSERT_LISTPAGE = struct.Struct("<Ii")
 _DELETE_LISTPAGE = struct.Struct(f"<{META_SIZE}si")
 # GinInitMetabuffer's metadata: no pending list, no statistics, GIN_CURRENT_VERSION 2
-_DEFAULT_META = struct.pack("<IIIIqIIIxxxxqi4x", INVALID_BLOCK, INVALID_BLOCK, 0, 0, 0, 0, 0, 0, 0, 2)
 
 
 # --- page helpers --------------------------------------------------------------------------------
@@ -213,16 +200,8 @@ def _page(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray | None:
     passes the pointers it does not move through unchanged, so a bad one would survive into the result.
     Raises :class:`InvalidPage` for a pointer outside the tuple space."""
     page = page_for_redo(ctx, blk, lsn)
-    if page is not None:
-        special = _special(page)
-        if not OPAQUE.unpack_from(page, special)[2] & (GIN_DATA | GIN_META):
-            lower, upper = _LU.unpack_from(page, OFF_LOWER)
-            n = (lower - SIZE_OF_PAGE_HEADER) >> 2
-            if n > 0:
-                for i, w in enumerate(lp_array(n).unpack_from(page, SIZE_OF_PAGE_HEADER), 1):
-                    if w >> 17 and ((w & 0x7FFF) < upper or (w & 0x7FFF) + (w >> 17) > special):
-                        raise InvalidPage(f"GIN page item {i} at {w & 0x7FFF} length {w >> 17} lies outside "
-                                          "the tuple space")
+    if page is not None and not OPAQUE.unpack_from(page, _special(page))[2] & (GIN_DATA | GIN_META):
+        check_line_pointers(page, "GIN page")
     return page
 
 

@@ -64,16 +64,9 @@ from collections.abc import Callable
 
 from . import indexpage as IP
 from . import nbtree_page as B
-from .bufmgr import (
-    ItemCheck,
-    RedoContext,
-    block_data,
-    finish,
-    main_struct,
-    referenced_block,
-    unsupported,
-)
+from .bufmgr import ItemCheck, RedoContext, block_data, finish, main_struct, referenced_block, unsupported
 from .errors import InvalidPage, InvalidRecord
+from .page import U16, U32, U64
 from .xlogrecord import BlockRef, DecodedRecord
 
 RM_ID = 11
@@ -110,19 +103,12 @@ _VACUUM = struct.Struct("<HH")
 _HALFDEAD = struct.Struct("<H2xIIII")
 _UNLINK = struct.Struct("<III4xQIII")
 _NEWROOT = struct.Struct("<II")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 _INTERVAL = struct.Struct("<HH")
 
 
-_ITEMS = ItemCheck(lambda page, _name: B.check_items(page))
-
-
-def _page(ctx: RedoContext, blk: BlockRef, lsn: int) -> bytearray | None:
-    """page_for_redo (XLogReadBufferForRedo), plus :func:`.nbtree_page.check_items` the first time a
-    request redoes its page and after an image restore."""
-    return _ITEMS.page_for_redo(ctx, blk, lsn)
+# page_for_redo (XLogReadBufferForRedo), plus :func:`.nbtree_page.check_items` the first time a request
+# redoes its page and after an image restore
+_page = ItemCheck(lambda page, _name: B.check_items(page)).page_for_redo
 
 
 def _require(rec: DecodedRecord, block_id: int, name: str) -> BlockRef:
@@ -149,18 +135,13 @@ def _insert(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     blk = referenced_block(ctx, rec, name)
     bid = blk.block_id
     if bid == 0:
-        md = rec.main_data
-        if len(md) < 2:
-            raise InvalidRecord(f"{name}: main data has {len(md)} bytes, expected 2")
-        offnum = _INSERT.unpack_from(md)[0]
+        (offnum,) = main_struct(rec, _INSERT, name)
         if info == XLOG_BTREE_INSERT_UPPER or info == XLOG_BTREE_INSERT_META:
             _require(rec, 1, name)  # PostgreSQL clears the child's flag first
         page = _page(ctx, blk, lsn)
         if page is None:
             return
-        data = blk.data
-        if data is None:
-            raise InvalidRecord(f"{name}: block 0 carries no tuple")
+        data = block_data(blk, name)
         if info == XLOG_BTREE_INSERT_POST:
             _insert_post(page, data, offnum)
         else:
@@ -177,7 +158,7 @@ def _insert_post(page: bytearray, data: bytes, offnum: int) -> None:
     post-split posting list at offnum - 1 and the final new item at offnum."""
     if len(data) < 2:
         raise InvalidRecord("Btree/INSERT_POST: block data has no posting split offset")
-    postingoff = _U16.unpack_from(data)[0]
+    postingoff = U16.unpack_from(data)[0]
     newitem = data[2:]
     if B.tuple_size(newitem, 0, "Btree/INSERT_POST") != len(newitem):
         raise InvalidRecord("Btree/INSERT_POST: new item size does not match the record data")
@@ -218,7 +199,7 @@ def _split(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
     elif bid == 2:
         spage = _page(ctx, blk, lsn)
         if spage is not None:
-            _U32.pack_into(spage, B.special(spage), right.blkno)  # btpo_prev
+            U32.pack_into(spage, B.special(spage), right.blkno)  # btpo_prev
             finish(spage, lsn)
     elif bid == 3 and level != 0:
         _clear_incomplete_split(ctx, blk, lsn)
@@ -352,7 +333,7 @@ def _delete(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         for updoff in offsets[ndeleted:]:
             if pos + 2 > len(data):
                 raise InvalidRecord(f"{name}: block data ends inside the updates")
-            ntids = _U16.unpack_from(data, pos)[0]
+            ntids = U16.unpack_from(data, pos)[0]
             end = pos + 2 + 2 * ntids
             if end > len(data):
                 raise InvalidRecord(f"{name}: block data ends inside the updates")
@@ -419,8 +400,8 @@ def _unlink(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         page = B.init_page(ctx, blk, lsn)
         flags = B.BTP_DELETED | B.BTP_HAS_FULLXID | (B.BTP_LEAF if level == 0 else 0)
         B.OPAQUE.pack_into(page, B.BT_SPECIAL, leftsib, rightsib, level, flags, 0)
-        _U64.pack_into(page, 24, safexid)  # BTPageSetDeleted: safexid, pd_lower past it
-        _U16.pack_into(page, 12, 32)
+        U64.pack_into(page, 24, safexid)  # BTPageSetDeleted: safexid, pd_lower past it
+        U16.pack_into(page, 12, 32)
         finish(page, lsn)
     elif bid in (1, 2):
         if bid == 1 and leftsib == B.P_NONE:
@@ -429,9 +410,9 @@ def _unlink(ctx: RedoContext, rec: DecodedRecord, lsn: int) -> None:
         if spage is not None:
             sp = B.special(spage)
             if bid == 1:
-                _U32.pack_into(spage, sp + 4, rightsib)  # btpo_next
+                U32.pack_into(spage, sp + 4, rightsib)  # btpo_next
             else:
-                _U32.pack_into(spage, sp, leftsib)  # btpo_prev
+                U32.pack_into(spage, sp, leftsib)  # btpo_prev
             finish(spage, lsn)
     elif bid == 3:
         _halfdead_leaf(ctx, blk, lsn, leafleft, leafright, leaftop)
