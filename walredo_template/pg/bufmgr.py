@@ -65,14 +65,6 @@ def block_matches(blk: BlockRef, tag: BufferTag) -> bool:
     )
 
 
-def find_block(rec: DecodedRecord, tag: BufferTag) -> int | None:
-    """The block id of ``rec`` that references ``tag``, or None."""
-    for block_id, blk in rec.blocks.items():
-        if block_matches(blk, tag):
-            return block_id
-    return None
-
-
 def referenced_block(ctx: RedoContext, rec: DecodedRecord, name: str) -> BlockRef:
     """The block reference of ``rec`` naming the page being rebuilt. Raises :class:`BlockNotReferenced`
     (``name`` is the record's name, e.g. ``Btree/INSERT_LEAF``) when the record does not touch it."""

@@ -56,7 +56,6 @@ _COUNTS = struct.Struct("<HH")  # nRedirection, nPlaceholder
 _TID = struct.Struct("<HHH")  # ItemPointerData: block hi, block lo, offset
 _INVALID_TID = _TID.pack(0xFFFF, 0xFFFF, 0)
 _DEAD = struct.Struct("<IHHHHI")  # state|size<<2, t_info, TID, xid
-_INNER_HDR = struct.Struct("<IH")  # bitfields, size
 _U16 = P.U16
 _U32 = P.U32
 
