@@ -187,6 +187,10 @@ async def run_pool_modes(args: argparse.Namespace, modes: list[str]) -> tuple[di
         if "sporadic" in modes:
             log(f"cold_spawn: {sporadic_n} sporadic cold tenants, 10 ms apart")
             data["sporadic"] = await pool_spawn.sporadic(client, pool, sporadic_n)
+            log(f"cold_spawn: {sporadic_n} sporadic cold tenants, the template's request path pre-faulted")
+            data["sporadic_prefaulted"] = await pool_spawn.sporadic(client, pool, sporadic_n, prefault=True)
+            log(f"cold_spawn: {sporadic_n} sporadic pool hits split (TemplateClient.spawn, WalRedoProcess, pings)")
+            data["hit_split"] = await pool_spawn.hit_split(client, pool, sporadic_n)
             log(f"cold_spawn: {sporadic_n} back-to-back cold tenants")
             data["back_to_back"] = await pool_spawn.back_to_back(client, pool, sporadic_n)
         if "burst" in modes:
@@ -205,37 +209,57 @@ def pool_tables(d: dict[str, Any]) -> list[Table]:
     t = Table(
         f"Cold tenants through WalRedoManager, pool {d['pool']} (ms; × = ratio to the warm ping of the same phase)",
         ["mode", "n", "warm ping p50", "p50", "p99", "max", "p50 × warm", "p50 × raw fork→ready",
-         "child faults on the request path / at ready (p50)"],
+         "child faults on the request path / at ready (p50)", "template faults per spawn (p50)"],
         note=f"Raw fork: a {raw['rss_mib']:.1f} MiB process (the template's RSS, same imports, gc.freeze) forks a "
              f"child that writes one byte to a pipe: fork→ready p50 {fmt(raw_ready, 3)} ms, fork+exit+reap p50 "
              f"{fmt(raw['cycle_ms']['p50'], 3)} ms. Warm ping: `mgr.ping` of a live tenant, p50 of 200, measured "
              "on the phase's manager right before it. Sporadic: one cold tenant every 10 ms (pool hits: the "
              "pool was full 10 ms before the request in the count shown); back to back: no pause. Faults on the "
              "path: the pool child's minor faults after its first pong minus those it had while idle, read just "
-             "before the request.")
+             "before the request. Template faults: the template's minor faults over the request (it forked the pool "
+             "child since the last spawn, so every page its spawn path writes is copy-on-write again).")
     if "sporadic" in d:
         s = d["sporadic"]
         w = s["warm_ms"]["p50"]
         r = s["ready_ms"]
-        t.add(f"sporadic (pool full before: {s['pool_full_before']}/{s['n']})", s["n"], fmt(w, 3), fmt(r["p50"], 3),
+        t.add(f"sporadic (pool hits: {s['pool_hits']}/{s['n']})", s["n"], fmt(w, 3), fmt(r["p50"], 3),
               fmt(r["p99"], 3), fmt(r["max"], 3), f"{r['p50'] / w:.1f}×", f"{r['p50'] / raw_ready:.1f}×",
-              f"{fmt(s['faults_on_path']['p50'], 0)} / {fmt(s['faults_at_ready']['p50'], 0)}")
+              f"{fmt(s['faults_on_path']['p50'], 0)} / {fmt(s['faults_at_ready']['p50'], 0)}",
+              fmt(s["template_faults"]["p50"], 0))
+        sp = d.get("sporadic_prefaulted")
+        if sp:
+            r2 = sp["ready_ms"]
+            t.add(f"sporadic, template pre-faulted by a stats request 10 ms before (pool hits: {sp['pool_hits']})",
+                  sp["n"], fmt(sp["warm_ms"]["p50"], 3), fmt(r2["p50"], 3), fmt(r2["p99"], 3), fmt(r2["max"], 3),
+                  f"{r2['p50'] / sp['warm_ms']['p50']:.1f}×", f"{r2['p50'] / raw_ready:.1f}×",
+                  f"{fmt(sp['faults_on_path']['p50'], 0)} / {fmt(sp['faults_at_ready']['p50'], 0)}",
+                  fmt(sp["template_faults"]["p50"], 0))
         wg = s["warm_after_gap_ms"]
         t.add("warm ping after the same 10 ms pause", wg["n"], fmt(w, 3), fmt(wg["p50"], 3), fmt(wg["p99"], 3),
-              fmt(wg["max"], 3), f"{wg['p50'] / w:.1f}×", f"{wg['p50'] / raw_ready:.1f}×", "–")
+              fmt(wg["max"], 3), f"{wg['p50'] / w:.1f}×", f"{wg['p50'] / raw_ready:.1f}×", "–", "–")
         b = d["back_to_back"]["ready_ms"]
         t.add("back to back", d["back_to_back"]["n"], fmt(w, 3), fmt(b["p50"], 3), fmt(b["p99"], 3),
-              fmt(b["max"], 3), f"{b['p50'] / w:.1f}×", f"{b['p50'] / raw_ready:.1f}×", "–")
+              fmt(b["max"], 3), f"{b['p50'] / w:.1f}×", f"{b['p50'] / raw_ready:.1f}×", "–", "–")
     if "burst" in d:
         b = d["burst"]
         w = b["warm_ms"]["p50"]
         r = b["last_ready_ms"]
         t.add(f"burst of {b['size']}: last ready ({b['rounds']} rounds)", b["rounds"], fmt(w, 3), fmt(r["p50"], 3),
-              fmt(r["p99"], 3), fmt(r["max"], 3), f"{r['p50'] / w:.1f}×", f"{r['p50'] / raw_ready:.1f}×", "–")
+              fmt(r["p99"], 3), fmt(r["max"], 3), f"{r['p50'] / w:.1f}×", f"{r['p50'] / raw_ready:.1f}×", "–", "–")
         e = b["each_ready_ms"]
         t.add(f"burst of {b['size']}: each tenant", e["n"], fmt(w, 3), fmt(e["p50"], 3), fmt(e["p99"], 3),
-              fmt(e["max"], 3), f"{e['p50'] / w:.1f}×", f"{e['p50'] / raw_ready:.1f}×", "–")
+              fmt(e["max"], 3), f"{e['p50'] / w:.1f}×", f"{e['p50'] / raw_ready:.1f}×", "–", "–")
     tables.append(t)
+    if "hit_split" in d:
+        h = d["hit_split"]
+        ht = Table("Where a sporadic pool hit goes, seen from the parent (ms; below the manager)",
+                   ["part", "p50", "p90", "p99"],
+                   note="`TemplateClient.spawn` (request → the template's `spawned` reply with the pidfd), then "
+                        "`WalRedoProcess(handle)`, its first ping and a second one, for cold tenants 10 ms apart.")
+        for k, label in (("reply", "TemplateClient.spawn: request → reply"), ("process", "WalRedoProcess(handle)"),
+                         ("first_ping", "first ping"), ("second_ping", "second ping (warm)")):
+            ht.add(label, fmt(h[k]["p50"], 3), fmt(h[k]["p90"], 3), fmt(h[k]["p99"], 3))
+        tables.append(ht)
     if "storm" in d:
         s = d["storm"]
         rs = raw.get("storm") or {}

@@ -8,7 +8,9 @@ phase started killed and reaped (the manager is closed; the template's ``live`` 
 
 - ``sporadic``: cold tenants one at a time, ``gap`` (10 ms) apart, so each finds the pool refilled (a *pool
   hit*); per spawn: request → first pong through ``mgr.ping``, and the child's minor faults on that path
-  (its faults when it was still idle in the pool, read just before the request, vs after its first pong);
+  (its faults when it was still idle in the pool, read just before the request, vs after its first pong),
+  and the *template's* minor faults over the same request (copy-on-write of its own pages, shared again with
+  the pool child it forked since the last spawn);
   each is paired with a warm ping after the same pause, which shows what waking the idle processes (and
   vCPUs) costs any round trip;
 - ``burst``: ``pool`` cold tenants requested at once with the pool full; the time until the last answered;
@@ -112,6 +114,13 @@ async def warm_pings(mgr: Any, n: int) -> dict[str, float]:
     return summarize(samples)
 
 
+def _faults_or_none(pid: int) -> int | None:
+    try:
+        return minor_faults(pid)
+    except OSError:
+        return None
+
+
 def _child_faults(template_pid: int) -> dict[int, int]:
     out = {}
     with contextlib.suppress(psutil.Error):
@@ -121,7 +130,11 @@ def _child_faults(template_pid: int) -> dict[int, int]:
     return out
 
 
-async def sporadic(client: Any, pool: int, n: int, gap: float = 0.010, warm_n: int = 200) -> dict[str, Any]:
+async def sporadic(client: Any, pool: int, n: int, gap: float = 0.010, warm_n: int = 200,
+                   prefault: bool = False) -> dict[str, Any]:
+    """``n`` cold tenants ``gap`` apart. ``prefault``: a stats request to the template ``gap`` before each spawn
+    (after its refill fork), which takes the copy-on-write faults of the template's common request path
+    before the spawn does: what a warm-up pass after each refill would save a pool hit."""
     tpid = client.template_pid
     async with manager(client, pool) as mgr:
         warm = await warm_pings(mgr, warm_n)
@@ -130,6 +143,7 @@ async def sporadic(client: Any, pool: int, n: int, gap: float = 0.010, warm_n: i
         idle_warm: list[float] = []
         on_path: list[int] = []
         at_ready: list[int] = []
+        tmpl_faults: list[int] = []
         hits = 0
         for _ in range(n):
             # The same pause before a warm ping: what waking this idle machine costs any round trip.
@@ -137,15 +151,22 @@ async def sporadic(client: Any, pool: int, n: int, gap: float = 0.010, warm_n: i
             t0 = time.perf_counter()
             await mgr.ping(warm_tenant)
             idle_warm.append(time.perf_counter() - t0)
-            st = await template_stats(client)
-            hits += st.get("idle", 0) > 0
+            # Nothing is asked of the template between its refill and the spawn (a stats request there would
+            # take the copy-on-write faults of its request path before the spawn does): /proc only.
             before = _child_faults(tpid)
+            if prefault:
+                await template_stats(client)
             await asyncio.sleep(gap)
             tenant = uuid.uuid4().hex
+            tf0 = _faults_or_none(tpid)
             t0 = time.perf_counter()
             await mgr.ping(tenant)
             lat.append(time.perf_counter() - t0)
+            tf1 = _faults_or_none(tpid)
+            if tf0 is not None and tf1 is not None:
+                tmpl_faults.append(tf1 - tf0)
             pid = mgr.processes()[tenant].pid
+            hits += pid in before  # it existed before the request: a pool hit
             with contextlib.suppress(OSError):
                 f = minor_faults(pid)
                 at_ready.append(f)
@@ -153,8 +174,39 @@ async def sporadic(client: Any, pool: int, n: int, gap: float = 0.010, warm_n: i
                     on_path.append(f - before[pid])
     return {"n": n, "gap_ms": gap * 1e3, "warm_ms": warm, "warm_after_gap_ms": summarize(idle_warm),
             "ready_ms": summarize(lat),
-            "pool_full_before": hits, "faults_on_path": summarize(on_path, 1),
-            "faults_at_ready": summarize(at_ready, 1)}
+            "pool_hits": hits, "faults_on_path": summarize(on_path, 1),
+            "faults_at_ready": summarize(at_ready, 1), "template_faults": summarize(tmpl_faults, 1)}
+
+
+async def hit_split(client: Any, pool: int, n: int, gap: float = 0.010) -> dict[str, Any]:
+    """Where a sporadic pool hit's time goes, from the parent: ``TemplateClient.spawn`` (request → the
+    template's reply), building the ``WalRedoProcess``, its first ping, and a second ping for comparison.
+    Below the manager (no once-cell, no metrics); the processes are closed at the end."""
+    from forkserver import WalRedoProcess
+
+    parts: dict[str, list[float]] = {"reply": [], "process": [], "first_ping": [], "second_ping": []}
+    procs = []
+    try:
+        for _ in range(n):
+            await asyncio.sleep(gap)
+            tenant = uuid.uuid4().hex
+            t0 = time.perf_counter()
+            handle = await client.spawn(tenant)
+            t1 = time.perf_counter()
+            proc = WalRedoProcess(handle, tenant=tenant)
+            procs.append(proc)
+            t2 = time.perf_counter()
+            await proc.ping()
+            t3 = time.perf_counter()
+            await proc.ping()
+            t4 = time.perf_counter()
+            for k, v in (("reply", t1 - t0), ("process", t2 - t1), ("first_ping", t3 - t2), ("second_ping", t4 - t3)):
+                parts[k].append(v)
+    finally:
+        for proc in procs:
+            await proc.aclose()
+        await wait_settled(client, pool)
+    return {k: summarize(v) for k, v in parts.items()}
 
 
 async def back_to_back(client: Any, pool: int, n: int) -> dict[str, Any]:

@@ -132,13 +132,13 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
     table = Table(
         "Python versions side by side (median over rounds of each round's p50)",
         ["Python", "warm ping (ms)", "sporadic cold spawn p50 (ms)", "× warm", "back-to-back cold p50 (ms)",
-         "raw fork→ready p50 (ms)", "child faults: request path / at ready", f"idle child USS / PSS (MiB, "
-         f"{siblings} siblings)", "template RSS / USS (MiB)"],
+         "raw fork→ready p50 (ms)", "child faults: request path / at ready", "template faults per spawn",
+         f"idle child USS / PSS (MiB, {siblings} siblings)", "template RSS / USS (MiB)"],
         note=f"{rounds} interleaved round(s) per version, {spawns} cold spawns per mode and round, pool "
              f"{args.pool if args.pool is not None else 'default'}. Each version runs parent, manager, template and "
              "children in its own interpreter (a venv with the runtime dependencies). Sporadic: one cold tenant "
              "every 10 ms (pool hits). Faults: minor faults of the child after its first pong minus while idle in "
-             "the pool / in total.")
+             "the pool / in total; template faults: the template's minor faults over one pool-hit spawn.")
     rows = {}
     for spec in specs:
         rs = runs[spec]
@@ -150,6 +150,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
             "raw_fork_ms": _med([x["raw_fork"]["ready_ms"]["p50"] for x in rs]),
             "faults_on_path": _med([x["sporadic"]["faults_on_path"]["p50"] for x in rs]),
             "faults_at_ready": _med([x["sporadic"]["faults_at_ready"]["p50"] for x in rs]),
+            "template_faults": _med([x["sporadic"]["template_faults"]["p50"] for x in rs]),
             "uss": _med([x["memory"]["child"]["uss"] for x in rs]),
             "pss": _med([x["memory"]["child"]["pss"] for x in rs]),
             "tmpl_rss": _med([x["template_mem"]["rss"] for x in rs]),
@@ -159,6 +160,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
         table.add(row["python"], fmt(row["warm_ms"], 3), fmt(row["sporadic_ms"], 3),
                   f"{row['sporadic_ms'] / row['warm_ms']:.1f}×", fmt(row["back_to_back_ms"], 3),
                   fmt(row["raw_fork_ms"], 3), f"{fmt(row['faults_on_path'], 0)} / {fmt(row['faults_at_ready'], 0)}",
+                  fmt(row["template_faults"], 0),
                   f"{fmt(row['uss'])} / {fmt(row['pss'])}", f"{fmt(row['tmpl_rss'], 1)} / {fmt(row['tmpl_uss'], 1)}")
     return {"rows": rows, "runs": runs, "interpreters": {s: str(p) for s, p in pys.items()}}, [table]
 

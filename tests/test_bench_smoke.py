@@ -43,6 +43,7 @@ def _check_cold_spawn(data: dict) -> None:
     pool = data["pool_modes"]
     assert pool["pool"] == 2
     assert pool["sporadic"]["ready_ms"]["n"] == 3 and pool["back_to_back"]["ready_ms"]["n"] == 3
+    assert pool["sporadic_prefaulted"]["ready_ms"]["n"] == 3 and pool["hit_split"]["reply"]["n"] == 3
     assert pool["burst"]["size"] == 2 and pool["burst"]["each_ready_ms"]["n"] == 4
     storm = pool["storm"]
     assert storm["n"] == 6 and storm["ready_ms"]["n"] == 6 and storm["live_at_end"] >= 6
