@@ -8,23 +8,36 @@ in-process through :func:`walredo_template.redo.apply_records` to reproduce the 
 
 The directory gets at most ``max_files`` dumps (default 100): a tenant that sends broken WAL by the thousand
 must not fill the disk. Beyond that, dumps are skipped (counted by the caller).
+
+:class:`DumpWriter` is the manager's side: called on the event loop when a request failed, it copies the
+inputs and writes them in the loop's default executor in the background, so the failed request is raised at
+once and a dump that cannot be written (full disk, bad directory) is logged and counted, never raised.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgpack
 
 from walredo_template import BufferTag
 
-__all__ = ["FailedRequest", "write_dump", "load_dump", "DUMP_SUFFIX", "DEFAULT_MAX_FILES"]
+__all__ = ["FailedRequest", "write_dump", "load_dump", "DumpWriter", "DUMP_SUFFIX", "DEFAULT_MAX_FILES",
+           "MAX_PENDING"]
+
+log = logging.getLogger(__name__)
 
 DUMP_SUFFIX = ".walredo-dump"
 DEFAULT_MAX_FILES = 100
+# Dumps being written at once by one DumpWriter; a failure while this many are pending is skipped, so a burst
+# of failing requests queues a bounded amount of copied input (and executor work) behind the first ones.
+MAX_PENDING = 4
 _FORMAT = 1
 _counter = itertools.count()
 
@@ -92,3 +105,64 @@ def load_dump(path: str) -> FailedRequest:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: malformed walredo dump: {e}") from None
+
+
+class DumpWriter:
+    """Writes failed-request dumps into ``directory`` in the background (the loop's default executor).
+
+    ``count(result)`` is called once per :meth:`submit` on the loop thread, with ``"written"``, ``"skipped"``
+    (``max_files`` reached, or ``MAX_PENDING`` writes already in flight) or ``"error"`` (the write raised:
+    logged as a warning with the tenant and pid). Construct and use on the loop thread.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], count: Callable[[str], object], *,
+                 max_files: int = DEFAULT_MAX_FILES) -> None:
+        self.directory = os.fspath(directory)
+        self.max_files = max_files
+        self._count = count
+        self._pending: set[asyncio.Future[str | None]] = set()
+
+    def submit(self, tenant_id: str, pid: int, tag: BufferTag, lsn: int, base_image: bytes | None,
+               records: Sequence[tuple[int, bytes]], pg_version: int, wal_log_hints: bool, error: str) -> None:
+        """Start writing one dump; returns at once and never raises (except for a closed loop)."""
+        if len(self._pending) >= MAX_PENDING:
+            self._count("skipped")
+            log.debug("tenant %s pid %d: failed request not dumped: %d dumps being written", tenant_id, pid,
+                      len(self._pending))
+            return
+        # Copied now: the caller may reuse its buffers once its request has failed.
+        copied = [(end, bytes(rec)) for end, rec in records]
+        fut = asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(write_dump, self.directory, tenant_id, tag, lsn, base_image, copied,
+                                    pg_version, wal_log_hints, error, max_files=self.max_files))
+        self._pending.add(fut)
+        fut.add_done_callback(functools.partial(self._done, tenant_id, pid))
+
+    def _done(self, tenant_id: str, pid: int, fut: asyncio.Future[str | None]) -> None:
+        self._pending.discard(fut)
+        if fut.cancelled():  # the loop shut its executor down first
+            self._count("error")
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._count("error")
+            log.warning("tenant %s pid %d: could not dump the failed request into %s: %s", tenant_id, pid,
+                        self.directory, exc)
+        elif fut.result() is None:
+            self._count("skipped")
+            log.debug("tenant %s pid %d: failed request not dumped: %s holds %d dumps already", tenant_id, pid,
+                      self.directory, self.max_files)
+        else:
+            self._count("written")
+            log.info("tenant %s pid %d: failed request dumped to %s", tenant_id, pid, fut.result())
+
+    @property
+    def pending(self) -> int:
+        """Dumps being written now."""
+        return len(self._pending)
+
+    async def aclose(self) -> None:
+        """Wait until every dump already submitted is written (or failed). Never raises except
+        ``CancelledError``; cancelling it leaves the writes going on in the executor."""
+        while self._pending:
+            await asyncio.wait(set(self._pending))

@@ -11,11 +11,13 @@ Per request (``request_redo``)::
     validate arguments ──ValueError──▶ caller           (before any spawn or I/O)
     for attempt in 0..retries:
         cell = the tenant's current cell (created if none)
-        process = cell.get_or_init(spawn)                 (cold tenant: one spawn, others wait)
+        process = cell.get_or_init(spawn)                 (cold tenant: one spawn, others wait; with
+                                                           max_processes, LRU idle processes retired first)
         process already BROKEN (died while idle)          → take_if, replace it once without spending a try
         page = process.redo(...) within request_timeout
-          ├─ page                        → return it
-          ├─ RedoFailed (engine refused) → raise, process kept (deterministic; a retry fails again)
+          ├─ page                        → return it (over max_processes: retire LRU idle ones)
+          ├─ RedoFailed (engine refused) → raise, process kept (deterministic; a retry fails again);
+          │                                with dump_failed, its inputs are written in the background
           ├─ timeout                     → take_if(process), kill it, raise RedoTimeout
           └─ ProcessBroken (died, EOF)   → take_if(process), kill it, retry with a fresh one
     raise RedoProcessFailed
@@ -31,6 +33,11 @@ cell with a spawn in flight or a waiter is never dropped, so a tenant never has 
 processes are also kept in their own map (``_live``), so the watchdog and quiesce ticks cost O(live
 processes), not O(tenants ever seen).
 
+Operating it: :meth:`WalRedoManager.status` (per-tenant pid, uptime, requests, memory; the template's
+counters and memory), ``max_processes`` (the least recently used idle processes are retired to stay at or
+below N; see :func:`lru_idle_beyond`), ``dump_failed`` (the inputs of a request the engine refused are written
+for offline replay, :mod:`forkserver.dump`). Every lifecycle log line reads ``tenant <id> pid <pid>: ...``.
+
 Stop causes are counted once the child is reaped, by what happened to it (:func:`stop_cause`): its exit
 status, and whether its stream broke before this side stopped it (``WalRedoProcess.broke_first``). A child
 killed by a signal this side did not send is ``broken`` even if it was idle or being stopped for another
@@ -42,19 +49,22 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import heapq
 import logging
+import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from walredo_template import BufferTag
 from walredo_template.protocol import MAX_FRAME_SIZE, SUPPORTED_PG_VERSION, RedoRequest
 
 from .client import DEFAULT_WORKER, TemplateClient, validate_tenant_id
+from .dump import DumpWriter
 from .errors import (
     CellClosed,
     InitAborted,
@@ -65,12 +75,14 @@ from .errors import (
     RedoProcessFailed,
     RedoTimeout,
     TemplateError,
+    TemplateUnavailable,
     UsageError,
 )
 from .metrics import Outcome, RedoMetrics, StopCause
 from .oncecell import OnceCell
 from .process import ProcessState, WalRedoProcess, check_record_lsns
 from .sandbox import EXIT_MEMORY_LIMIT
+from .status import ManagerStatus, TemplateStatus, TenantStatus, memories, memory_fields
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +138,18 @@ class WalRedoManager:
         child_user: children of the launched template drop to this user and its group (the parent must run
             as root).
         child_memory_limit: address-space limit of each child in bytes (default 256 MiB; 0: none).
+        max_processes: at most this many live processes (None: no limit; else an int >= 1). Before a new
+            tenant's process is spawned, and after a request ends while there are more, the least recently
+            used *idle* processes (no request in flight, at least one served) beyond N are retired; their
+            tenants get a new process on their next request. A busy process is never retired, so while more
+            than N are busy (or just spawned and not used yet) the count exceeds N until requests end.
+            Counted as ``idle`` stops in ``pageserver_wal_redo_processes_stopped_total`` and, on their own, in
+            ``pageserver_wal_redo_processes_evicted_total``.
+        dump_failed: a directory (created 0700) where the inputs of each request the engine refused
+            (``RedoFailed``) are written for offline replay (:mod:`forkserver.dump`, ``scripts/replay-dump``),
+            at most 100 files. Written in the background off the loop: a dump never delays or changes the
+            request's outcome; a write that fails is logged. Counted in
+            ``pageserver_wal_redo_failed_request_dumps_total{result="written"|"skipped"|"error"}``.
 
     A child killed by its sandbox (SIGSYS) or stopped by its memory limit is a broken process like any
     crash (the request is retried on a new one); its cause is logged once with the tenant and pid
@@ -146,11 +170,17 @@ class WalRedoManager:
         sandbox: bool = True,
         child_user: str | None = None,
         child_memory_limit: int | None = None,
+        max_processes: int | None = None,
+        dump_failed: str | os.PathLike[str] | None = None,
     ) -> None:
         if not (request_timeout > 0 and idle_timeout > 0 and quiesce_period > 0):
             raise ValueError("request_timeout, idle_timeout and quiesce_period must be positive")
         if not isinstance(retries, int) or retries < 0:
             raise ValueError("retries must be a non-negative int")
+        if max_processes is not None and (isinstance(max_processes, bool) or not isinstance(max_processes, int)
+                                          or max_processes < 1):
+            raise ValueError(f"max_processes must be None or an int >= 1, not {max_processes!r}")
+        self.max_processes = max_processes
         self._template = template
         self._owns_template = template is None
         self._worker = worker
@@ -166,6 +196,18 @@ class WalRedoManager:
         self.retries = retries
         self.quiesce_period = quiesce_period
         self.metrics = RedoMetrics(registry)
+        # On the manager's registry, next to RedoMetrics: evictions are also counted as `idle` stops there
+        # (StopCause has no value of their own), this counter tells them apart.
+        self.evicted = Counter("pageserver_wal_redo_processes_evicted",
+                               "Idle walredo processes retired to stay within max_processes",
+                               registry=self.metrics.registry)
+        self.dumps = Counter("pageserver_wal_redo_failed_request_dumps",
+                             "Failed-request dumps, by result (written, skipped, error)", ["result"],
+                             registry=self.metrics.registry)
+        self._dumper = (None if dump_failed is None
+                        else DumpWriter(dump_failed, lambda result: self.dumps.labels(result).inc()))
+        # Spawns in flight: a burst of cold tenants counts against max_processes before its processes exist.
+        self._spawning = 0
         # One cell per tenant that has a process or is getting one; dropped once empty (_forget).
         self._cells: dict[str, OnceCell[WalRedoProcess]] = {}
         # Every RUNNING process and its cell: what the watchdog and quiesce ticks walk (O(live processes)).
@@ -270,15 +312,17 @@ class WalRedoManager:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        cells = list(self._cells.values())
+        cells = list(self._cells.items())
         # Closing a cell disposes its process (kill + reap); an attempt still spawning is awaited and its
         # process disposed as well, so nothing started before shutdown survives it.
-        results = await asyncio.gather(*(cell.close() for cell in cells), return_exceptions=True)
-        for result in results:
+        results = await asyncio.gather(*(cell.close() for _tenant, cell in cells), return_exceptions=True)
+        for (tenant_id, _cell), result in zip(cells, results):
             if isinstance(result, BaseException):
-                log.warning("error while stopping a walredo process: %r", result)
+                log.warning("tenant %s: error while stopping its walredo process: %r", tenant_id, result)
         if self._reapers:
             await asyncio.gather(*self._reapers, return_exceptions=True)
+        if self._dumper is not None:
+            await self._dumper.aclose()
         if self._owns_template and self._template is not None:
             await self._template.aclose()
 
@@ -313,7 +357,8 @@ class WalRedoManager:
               records and no base image, records whose end LSNs are not strictly ascending, a last record
               ending after ``lsn``, a request too large for one frame;
             - ``RedoFailed`` when the engine refuses the input (unsupported or malformed record, ...): not
-              retried, the process is kept;
+              retried, the process is kept; with ``dump_failed`` its inputs are dumped in the background
+              (the error is raised at once, whatever happens to the dump);
             - ``RedoTimeout`` after ``request_timeout``: the process is killed and replaced on the next request;
             - ``RedoProcessFailed`` when the process broke on every try (``retries`` + 1), or the template
               could not start one (or this process could not, e.g. out of file descriptors);
@@ -327,7 +372,20 @@ class WalRedoManager:
         request = _redo_request(tag, lsn, base_image, records, pg_version, wal_log_hints)
         self._check_running()
         started = time.perf_counter()
-        page = await self._call(tenant_id, lambda process: process.send_redo(request))
+        if self._dumper is None:
+            page = await self._call(tenant_id, lambda process: process.send_redo(request))
+        else:
+            dumper = self._dumper
+
+            async def redo_or_dump(process: WalRedoProcess) -> bytes:
+                try:
+                    return await process.send_redo(request)
+                except RedoFailed as exc:
+                    dumper.submit(tenant_id, process.pid, tag, lsn, base_image, records, pg_version,
+                                  wal_log_hints, str(exc))
+                    raise
+
+            page = await self._call(tenant_id, redo_or_dump)
         self.metrics.redo_seconds.observe(time.perf_counter() - started)
         self.metrics.records.observe(len(records))
         return page
@@ -357,6 +415,59 @@ class WalRedoManager:
                     in_flight=process.in_flight,
                 )
         return out
+
+    async def status(self) -> ManagerStatus:
+        """The operator's view: every live tenant process (pid, uptime, requests served, in flight, last
+        request age, RSS/USS/PSS) and the template (pid, spawns, live, idle, RSS/USS/PSS, its counters).
+
+        Memory is read from ``/proc`` in one executor call for every pid, off the event loop. Which figures
+        are shown is each entry's ``memory_source``: ``"smaps"`` gives all three; ``"statm"`` gives RSS only
+        (sandboxed children are not dumpable, so a parent that is not root, or lacks ``CAP_SYS_PTRACE``, may
+        not read their smaps); None: the process was gone before it was read. A tenant whose process stopped
+        while its memory was read is left out.
+
+        Errors: ``UsageError`` / ``ManagerClosed`` if the manager is not running. A template that does not
+        answer its stats request (``TemplateUnavailable``: gone, restarting past ``spawn_timeout``) gives
+        ``template=None``, the tenants are still listed (they do not depend on it).
+        Cancellation: cancel-safe; it changes no state (a ``/proc`` read already started finishes in its
+        thread and is dropped).
+        """
+        self._check_running()
+        assert self._template is not None
+        live = [p for p, cell in self._live.items() if cell.get() is p and p.state is ProcessState.RUNNING]
+        template_pid = self._template.template_pid
+        pids = [p.pid for p in live] + ([template_pid] if template_pid is not None else [])
+        loop = asyncio.get_running_loop()
+        memory_read = loop.run_in_executor(None, memories, pids)
+        try:
+            try:
+                counters: dict[str, object] | None = await self._template.stats()
+            except TemplateError as exc:
+                log.debug("status: the template did not answer: %s", exc)
+                counters = None
+            mem = await memory_read
+        except BaseException:
+            memory_read.add_done_callback(_discard_result)  # cancelled: the read's outcome is nobody's
+            raise
+        now = time.time()
+        tenants = {}
+        for p in live:
+            if p.state is not ProcessState.RUNNING:
+                continue
+            assert p.tenant is not None
+            tenants[p.tenant] = TenantStatus(
+                tenant_id=p.tenant, pid=p.pid, uptime=max(0.0, now - p.started_at),
+                requests_served=p.requests_served, in_flight=p.in_flight,
+                last_request_age=None if p.last_request_at is None else max(0.0, now - p.last_request_at),
+                **memory_fields(mem.get(p.pid)))
+        template = None
+        if counters is not None:
+            pid = counters.get("pid", template_pid)
+            pid = pid if isinstance(pid, int) else None
+            tmem = mem.get(pid) if pid is not None and pid == template_pid else None
+            template = TemplateStatus(pid=pid, spawns=_int(counters.get("spawns")), live=_int(counters.get("live")),
+                                      idle=_int(counters.get("idle")), counters=counters, **memory_fields(tmem))
+        return ManagerStatus(template=template, tenants=tenants)
 
     def statistics(self) -> ManagerStatistics:
         """Counts of tenants with a cell, live processes and processes being reaped. Never waits."""
@@ -413,6 +524,8 @@ class WalRedoManager:
                         tries -= 1
                     last_error = exc
                     continue
+                if self.max_processes is not None and len(self._live) > self.max_processes:
+                    self._make_room(0)  # over the limit while every process was busy: back to it now
                 self.metrics.count_request(Outcome.OK)
                 return result
             raise RedoProcessFailed(
@@ -438,19 +551,43 @@ class WalRedoManager:
         # Runs in the cell's attempt task: callers' cancellations do not reach it.
         assert self._template is not None
         started = time.perf_counter()
+        if self.max_processes is not None:
+            self._make_room(1)
+        self._spawning += 1
         try:
             handle = await self._template.spawn(tenant_id)
-        except BaseException:
+        except BaseException as exc:
             # The cell is empty once this attempt ends. If every caller left meanwhile (cancelled), nobody
             # handles the failure: drop the cell here, after the attempt ended (_forget refuses while a woken
             # waiter has yet to resume; that waiter drops it itself).
             asyncio.get_running_loop().call_soon(self._forget, tenant_id, cell)
+            if isinstance(exc, TemplateUnavailable):  # the template is gone: the client says so, once
+                log.debug("tenant %s: spawn failed: %s", tenant_id, exc)
+            elif isinstance(exc, Exception):
+                log.warning("tenant %s: spawn failed: %s", tenant_id, exc)
             raise
+        finally:
+            self._spawning -= 1
         process = WalRedoProcess(handle, tenant=tenant_id, on_stop=self._on_process_stop)
         self._live[process] = cell
-        self.metrics.launch_seconds.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.metrics.launch_seconds.observe(elapsed)
         self.metrics.started.inc()
+        log.info("tenant %s pid %d: started (%.2f ms)", tenant_id, process.pid, elapsed * 1e3)
         return process
+
+    def _make_room(self, extra: int) -> None:
+        """Retire the least recently used idle processes so that live ones, spawns in flight and ``extra``
+        more fit in ``max_processes`` (as far as idle processes allow: busy ones are never retired)."""
+        assert self.max_processes is not None
+        limit = self.max_processes - self._spawning - extra
+        for process in lru_idle_beyond(self._live, limit):
+            cell = self._live[process]
+            assert process.tenant is not None
+            log.info("tenant %s pid %d: retired: least recently used idle process, %d live (max_processes %d)",
+                     process.tenant, process.pid, len(self._live), self.max_processes)
+            self.evicted.inc()
+            self._retire(cell, process, StopCause.IDLE)
 
     def _forget(self, tenant_id: str, cell: OnceCell[WalRedoProcess]) -> None:
         """Drop the tenant's cell if it is idle (empty, no spawn in flight, no waiter), closing it in the same
@@ -500,14 +637,14 @@ class WalRedoManager:
         cause = stop_cause(status, broke_first=process.broke_first, reason=reason)
         self.metrics.count_stop(cause)
         if cause is StopCause.SANDBOX_VIOLATION:
-            log.error("walredo process %d (tenant %s) stopped: sandbox violation (killed by SIGSYS: a syscall "
-                      "outside the seccomp allowlist)", process.pid, process.tenant)
+            log.error("tenant %s pid %d: stopped: sandbox violation (killed by SIGSYS: a syscall outside the "
+                      "seccomp allowlist)", process.tenant, process.pid)
         elif cause is StopCause.MEMORY_LIMIT:
-            log.error("walredo process %d (tenant %s) stopped: memory limit (an allocation failed at its "
-                      "address-space limit)", process.pid, process.tenant)
+            log.error("tenant %s pid %d: stopped: memory limit (an allocation failed at its address-space "
+                      "limit)", process.tenant, process.pid)
         else:
-            log.info("walredo process %d (tenant %s) stopped: %s (exit status %s)", process.pid, process.tenant,
-                     cause.value, status)
+            log.info("tenant %s pid %d: stopped: %s (exit status %s)", process.tenant, process.pid, cause.value,
+                     "unknown" if status is None else status)
 
     # ------------------------------------------------------------------ request timeouts
 
@@ -560,6 +697,28 @@ class WalRedoManager:
             self._retire(cell, process, StopCause.IDLE)
             stopped.append(process.tenant)
         return stopped
+
+
+def lru_idle_beyond(live: Iterable[WalRedoProcess], limit: int) -> list[WalRedoProcess]:
+    """The processes to retire so that at most ``limit`` of ``live`` remain: the least recently used idle
+    ones (RUNNING, no request in flight, at least one request sent: a process nobody used yet is about to
+    serve the request it was spawned for). Fewer, or none, when too few are idle. Pure: decides, retires
+    nothing."""
+    live = list(live)
+    excess = len(live) - max(limit, 0)
+    if excess <= 0:
+        return []
+    idle = [p for p in live if p.state is ProcessState.RUNNING and not p.in_flight and p.last_request_at is not None]
+    return heapq.nsmallest(excess, idle, key=lambda p: p.last_request_at or 0.0)
+
+
+def _discard_result(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def stop_cause(status: int | None, *, broke_first: bool, reason: StopCause) -> StopCause:

@@ -51,7 +51,7 @@ from typing import Protocol
 from walredo_template import protocol
 from walredo_template.protocol import SUPPORTED_PG_VERSION
 
-from .errors import ProcessBroken, ProcessClosed, RedoFailed
+from .errors import ProcessBroken, ProcessClosed, RedoFailed, TemplateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,8 @@ class WalRedoProcess:
     ``WalRedoProcess(handle, tenant=None, on_stop=None)`` takes ownership of ``handle`` and its socket (made
     non-blocking and watched by the running loop, so construct it on the loop thread). Many requests may be
     in flight. ``on_stop(process)`` is called once, synchronously, when it leaves RUNNING (broken or closed).
+    ``tenant`` defaults to the handle's own ``tenant`` (a ``ChildHandle`` has one): every log line names the
+    tenant and the pid (``tenant <id> pid <pid>: ...``).
 
     Attributes (read-only): ``pid``, ``tenant``, ``state``, ``started_at`` and ``last_request_at``
     (``time.time()``; the latter ``None`` until the first request), ``requests_served`` (responses read,
@@ -161,7 +163,8 @@ class WalRedoProcess:
         self._sock = handle.socket
         self._sock.setblocking(False)
         self.pid: int = handle.pid
-        self.tenant = tenant
+        # Named in every log line: the handle's own tenant when none is given (a ChildHandle has one).
+        self.tenant: str | None = tenant if tenant is not None else getattr(handle, "tenant", None)
         self.started_at = time.time()
         self.last_request_at: float | None = None
         self.requests_served = 0
@@ -431,7 +434,7 @@ class WalRedoProcess:
         if self._state is not ProcessState.RUNNING:
             return
         self.broke_first = True
-        log.warning("walredo process %d (tenant %s) broke: %s", self.pid, self.tenant, reason)
+        log.warning("tenant %s pid %d: broke: %s", self.tenant, self.pid, reason)
         self._shutdown(ProcessBroken(f"walredo process {self.pid}: {reason}"), ProcessState.BROKEN)
 
     def _shutdown(self, error: ProcessBroken, state: ProcessState) -> None:
@@ -462,7 +465,7 @@ class WalRedoProcess:
         except ProcessLookupError:
             pass  # already gone
         except Exception as e:  # the handle's own error (e.g. already reaped): the child is gone
-            log.debug("kill of walredo process %d: %r", self.pid, e)
+            log.debug("tenant %s pid %d: kill: %r", self.tenant, self.pid, e)
         self._sock.close()
         if loop_open:
             self._reap_task = self._loop.create_task(self._reap(), name=f"walredo-reap-{self.pid}")
@@ -471,7 +474,7 @@ class WalRedoProcess:
             try:
                 on_stop(self)
             except Exception:
-                log.exception("on_stop of walredo process %d failed", self.pid)
+                log.exception("tenant %s pid %d: on_stop failed", self.tenant, self.pid)
 
     def _child_hung_up(self) -> bool:
         """Whether the child already closed its end of the socket (it exited, or someone else killed it),
@@ -498,8 +501,11 @@ class WalRedoProcess:
     async def _reap(self) -> None:
         try:
             self.exit_status = await self._handle.wait()
+        except TemplateUnavailable as e:
+            # Expected after a template loss: the child is gone (or the client closed), its status with it.
+            log.debug("tenant %s pid %d: exit status unknown: %s", self.tenant, self.pid, e)
         except Exception:
-            log.exception("could not reap walredo process %d", self.pid)
+            log.exception("tenant %s pid %d: could not reap", self.tenant, self.pid)
 
 
 __all__ = ["ProcessState", "ProcessStats", "WalRedoProcess", "check_record_lsns"]

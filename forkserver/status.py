@@ -9,6 +9,9 @@ over processes it is their real footprint), RSS counts shared pages in full. USS
 ``/proc/<pid>/smaps_rollup``, which the kernel shows only to a reader that may ptrace the process: sandboxed
 children are not dumpable, so a parent that is not root (or lacks ``CAP_SYS_PTRACE``) cannot read them and
 gets RSS alone (from ``/proc/<pid>/statm``, readable by anyone). :class:`Memory` says which it is.
+
+:class:`ManagerStatus` (with :class:`TenantStatus` and :class:`TemplateStatus`) is what
+``WalRedoManager.status()`` returns; :func:`memories` is its one blocking read for every pid at once.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Memory", "memory_of", "format_table", "age", "MIB"]
+__all__ = ["Memory", "memory_of", "memories", "format_table", "age", "MIB", "TenantStatus", "TemplateStatus",
+           "ManagerStatus", "memory_fields"]
 
 MIB = 1 << 20
 
@@ -48,6 +53,74 @@ def memory_of(pid: int) -> Memory | None:
         return None
     except psutil.AccessDenied:
         return None
+
+
+def memories(pids: Iterable[int]) -> dict[int, Memory | None]:
+    """:func:`memory_of` for each pid (None for a pid that is gone). Blocking: one executor call for all."""
+    return {pid: memory_of(pid) for pid in pids}
+
+
+@dataclass(frozen=True)
+class TenantStatus:
+    """One tenant's live walredo process. Times in seconds; memory in bytes.
+
+    ``memory_source`` says which figures are shown: ``"smaps"``: RSS, USS and PSS; ``"statm"``: RSS only
+    (``uss``/``pss`` None: the child is not dumpable and this parent may not read its smaps, e.g. it is
+    not root); None: the process was gone before its memory was read (all three None)."""
+
+    tenant_id: str
+    pid: int
+    uptime: float  # since it was spawned
+    requests_served: int  # responses read from it
+    in_flight: int  # requests sent and not yet answered
+    last_request_age: float | None  # since the last request was sent; None if none was
+    rss: int | None
+    uss: int | None
+    pss: int | None
+    memory_source: str | None
+
+
+@dataclass(frozen=True)
+class TemplateStatus:
+    """The template fork server, from its own counters (``TemplateClient.stats()``) and ``/proc``.
+
+    ``live``: tenant children forked and not yet reaped (by this template: children of an earlier template
+    are not counted); ``idle``: pre-forked pool children waiting for a spawn; ``counters``: the whole stats
+    reply (every counter the template sends, these included). Memory as in :class:`TenantStatus`."""
+
+    pid: int | None
+    spawns: int
+    live: int
+    idle: int
+    rss: int | None
+    uss: int | None
+    pss: int | None
+    memory_source: str | None
+    counters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ManagerStatus:
+    """What ``WalRedoManager.status()`` returns: the template (None if it did not answer) and every live
+    tenant process by tenant id."""
+
+    template: TemplateStatus | None
+    tenants: dict[str, TenantStatus]
+
+    TENANT_COLUMNS = ("tenant_id", "pid", "uptime", "requests_served", "in_flight", "last_request_age",
+                      "uss", "pss", "rss")
+
+    def table(self) -> str:
+        """The tenants as a :func:`format_table` table, oldest process first."""
+        rows = sorted(self.tenants.values(), key=lambda t: -t.uptime)
+        return format_table([vars(t) for t in rows], self.TENANT_COLUMNS)
+
+
+def memory_fields(mem: Memory | None) -> dict[str, Any]:
+    """``rss``, ``uss``, ``pss`` and ``memory_source`` of a :class:`TenantStatus` / :class:`TemplateStatus`."""
+    if mem is None:
+        return {"rss": None, "uss": None, "pss": None, "memory_source": None}
+    return {"rss": mem.rss, "uss": mem.uss, "pss": mem.pss, "memory_source": mem.source}
 
 
 def _mib(n: int | None) -> str:

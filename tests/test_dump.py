@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from forkserver.dump import DUMP_SUFFIX, load_dump, write_dump
+from forkserver.dump import DUMP_SUFFIX, MAX_PENDING, DumpWriter, load_dump, write_dump
 from walredo_template import BufferTag
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,3 +47,21 @@ def test_replay_script_reproduces_the_error(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "child: InvalidRecord: from the child" in out.stdout
     assert "here:  InvalidRecord" in out.stdout
+
+
+async def test_writer_bounds_writes_in_flight_and_counts_each_result(tmp_path):
+    counts: list[str] = []
+    writer = DumpWriter(tmp_path / "dumps", counts.append)
+    records = [(0x200, b"\x00" * 24)]
+    for _ in range(MAX_PENDING + 2):  # in one loop iteration: none of them is written yet
+        writer.submit(TENANT, 1234, TAG, 0x200, None, records, 15, False, "invalid-record: x")
+    assert counts == ["skipped", "skipped"] and writer.pending == MAX_PENDING
+    await writer.aclose()
+    assert sorted(counts) == ["skipped"] * 2 + ["written"] * MAX_PENDING and writer.pending == 0
+    assert len(os.listdir(tmp_path / "dumps")) == MAX_PENDING
+
+    (tmp_path / "file").write_bytes(b"")
+    bad = DumpWriter(tmp_path / "file", counts.append)  # not a directory: the write fails, counted
+    bad.submit(TENANT, 1234, TAG, 0x200, None, records, 15, False, "x")
+    await bad.aclose()
+    assert counts[-1] == "error"

@@ -506,3 +506,21 @@ async def test_child_killed_and_seen_by_the_reader_broke_first(spawn):
     finally:
         await proc.aclose()
         child.cleanup()
+
+
+async def test_log_lines_name_the_tenant_from_the_handle_and_the_pid(caplog):
+    import logging
+
+    child = fork_child(lambda sock, tenant: None)  # returns at once: the stream breaks (EOF)
+    child.tenant = "ab" * 16  # as a ChildHandle carries it
+    proc = WalRedoProcess(child)  # no tenant given: the handle's
+    try:
+        assert proc.tenant == "ab" * 16
+        with caplog.at_level(logging.WARNING, logger="forkserver.process"):
+            with pytest.raises(ProcessBroken):
+                await proc.ping()
+        lines = [r.getMessage() for r in caplog.records if r.name == "forkserver.process"]
+        assert lines and all(line.startswith(f"tenant {'ab' * 16} pid {child.pid}: ") for line in lines)
+    finally:
+        await proc.aclose()
+        child.cleanup()
