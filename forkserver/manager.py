@@ -416,7 +416,7 @@ class WalRedoManager:
                 )
         return out
 
-    async def status(self) -> ManagerStatus:
+    async def status(self, *, template_timeout: float = 2.0) -> ManagerStatus:
         """The operator's view: every live tenant process (pid, uptime, requests served, in flight, last
         request age, RSS/USS/PSS) and the template (pid, spawns, live, idle, RSS/USS/PSS, its counters).
 
@@ -427,8 +427,8 @@ class WalRedoManager:
         while its memory was read is left out.
 
         Errors: ``UsageError`` / ``ManagerClosed`` if the manager is not running. A template that does not
-        answer its stats request (``TemplateUnavailable``: gone, restarting past ``spawn_timeout``) gives
-        ``template=None``, the tenants are still listed (they do not depend on it).
+        answer its stats request within ``template_timeout`` seconds (gone, restarting, ``TemplateUnavailable``)
+        gives ``template=None``; the tenants are still listed (they do not depend on it).
         Cancellation: cancel-safe; it changes no state (a ``/proc`` read already started finishes in its
         thread and is dropped).
         """
@@ -441,9 +441,10 @@ class WalRedoManager:
         memory_read = loop.run_in_executor(None, memories, pids)
         try:
             try:
-                counters: dict[str, object] | None = await self._template.stats()
-            except TemplateError as exc:
-                log.debug("status: the template did not answer: %s", exc)
+                async with asyncio.timeout(template_timeout):
+                    counters: dict[str, object] | None = await self._template.stats()
+            except (TemplateError, TimeoutError) as exc:
+                log.debug("status: the template did not answer: %r", exc)
                 counters = None
             mem = await memory_read
         except BaseException:

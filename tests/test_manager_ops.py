@@ -90,6 +90,21 @@ async def test_status_needs_a_running_manager(proc_guard):  # noqa: F811
         await mgr.status()
 
 
+async def test_status_without_an_answer_from_the_template_still_lists_the_tenants(proc_guard):  # noqa: F811
+    t = tenant()
+    async with WalRedoManager() as mgr:
+        await mgr.ping(t)
+        template_pid = mgr.template.template_pid
+        assert template_pid is not None
+        os.kill(template_pid, signal.SIGSTOP)  # alive but silent
+        try:
+            status = await mgr.status(template_timeout=0.3)
+        finally:
+            os.kill(template_pid, signal.SIGCONT)
+        assert status.template is None and set(status.tenants) == {t}
+        assert (await mgr.status()).template is not None
+
+
 # ------------------------------------------------------------------ max_processes
 
 
