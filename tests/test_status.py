@@ -10,8 +10,11 @@ from forkserver.status import MIB, ManagerStatus, Memory, TenantStatus, format_t
 
 
 def test_memory_of_a_live_process_and_a_gone_one():
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # the interpreter is up (measured earlier, it may not have exec'd yet)
         mem = memory_of(proc.pid)
         assert isinstance(mem, Memory) and mem.rss > MIB
         if os.geteuid() == 0 or mem.source == "smaps":
