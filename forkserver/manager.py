@@ -25,23 +25,12 @@ Per request (``request_redo``)::
 ``take_if`` removes the process only if it is still the one this caller used, so a caller that saw an old
 process die never evicts the replacement another caller already started.
 
-Forgetting tenants: a cell that is empty, with no spawn in flight and no waiter, is dropped from the map and
-closed in the same synchronous step (``OnceCell.close_if_empty``): when its process is retired (idle, timeout,
-broken), when its spawn failed and nobody waits. A request takes the tenant's current cell on every try, so
-no request uses a dropped cell (closed: ``get_or_init`` on it raises ``CellClosed`` and never spawns), and a
-cell with a spawn in flight or a waiter is never dropped, so a tenant never has two processes. Live
-processes are also kept in their own map (``_live``), so the watchdog and quiesce ticks cost O(live
-processes), not O(tenants ever seen).
+Which tenants have a process, and how a process leaves (retire, reap, the stop's cause): :mod:`forkserver.tenants`.
 
 Operating it: :meth:`WalRedoManager.status` (per-tenant pid, uptime, requests, memory; the template's
 counters and memory), ``max_processes`` (the least recently used idle processes are retired to stay at or
 below N; see :func:`lru_idle_beyond`), ``dump_failed`` (the inputs of a request the engine refused are written
 for offline replay, :mod:`forkserver.dump`). Every lifecycle log line reads ``tenant <id> pid <pid>: ...``.
-
-Stop causes are counted once the child is reaped, by what happened to it (:func:`stop_cause`): its exit
-status, and whether its stream broke before this side stopped it (``WalRedoProcess.broke_first``). A child
-killed by a signal this side did not send is ``broken`` even if it was idle or being stopped for another
-reason.
 """
 
 from __future__ import annotations
@@ -49,14 +38,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import heapq
 import logging
 import os
-import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -81,8 +68,10 @@ from .errors import (
 from .metrics import Outcome, RedoMetrics, StopCause
 from .oncecell import OnceCell
 from .process import ProcessState, WalRedoProcess, check_record_lsns
-from .sandbox import EXIT_MEMORY_LIMIT
-from .status import ManagerStatus, TemplateStatus, TenantStatus, memories, memory_fields
+from .status import ManagerStatus, collect_status
+from .tenants import ProcessInfo, TenantTable, lru_idle_beyond, stop_cause
+
+__all__ = ["WalRedoManager", "ManagerState", "ManagerStatistics", "ProcessInfo", "lru_idle_beyond", "stop_cause"]
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +84,6 @@ class ManagerState(enum.Enum):
     RUNNING = "running"
     CLOSING = "closing"
     CLOSED = "closed"
-
-
-@dataclass(frozen=True)
-class ProcessInfo:
-    """A snapshot of one tenant's walredo process, as returned by :meth:`WalRedoManager.processes`."""
-
-    tenant_id: str
-    pid: int
-    started_at: float  # time.time() when it was spawned
-    requests_served: int
-    last_request_at: float | None  # time.time() of the last request sent, None if none yet
-    in_flight: int
 
 
 @dataclass(frozen=True)
@@ -206,13 +183,7 @@ class WalRedoManager:
                              registry=self.metrics.registry)
         self._dumper = (None if dump_failed is None
                         else DumpWriter(dump_failed, lambda result: self.dumps.labels(result).inc()))
-        # Spawns in flight: a burst of cold tenants counts against max_processes before its processes exist.
-        self._spawning = 0
-        # One cell per tenant that has a process or is getting one; dropped once empty (_forget).
-        self._cells: dict[str, OnceCell[WalRedoProcess]] = {}
-        # Every RUNNING process and its cell: what the watchdog and quiesce ticks walk (O(live processes)).
-        # A process leaves it synchronously when it stops (its on_stop callback).
-        self._live: dict[WalRedoProcess, OnceCell[WalRedoProcess]] = {}
+        self._tenants = TenantTable(self.metrics, self.evicted, self._dispose_on_shutdown)
         self._state = ManagerState.NEW
         self._quiesce_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
@@ -223,9 +194,6 @@ class WalRedoManager:
         # How often the watchdog looks for timed-out requests: a request fails between request_timeout and
         # request_timeout + watchdog_period after it was sent.
         self.watchdog_period = min(max(request_timeout / 8, 0.005), 1.0)
-        # Kills of timed-out or broken processes run here, so the request that triggered them can fail or
-        # retry at once; held strongly until done, and awaited on close.
-        self._reapers: set[asyncio.Task[object]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -312,15 +280,15 @@ class WalRedoManager:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        cells = list(self._cells.items())
+        cells = list(self._tenants.cells.items())
         # Closing a cell disposes its process (kill + reap); an attempt still spawning is awaited and its
         # process disposed as well, so nothing started before shutdown survives it.
         results = await asyncio.gather(*(cell.close() for _tenant, cell in cells), return_exceptions=True)
         for (tenant_id, _cell), result in zip(cells, results):
             if isinstance(result, BaseException):
                 log.warning("tenant %s: error while stopping its walredo process: %r", tenant_id, result)
-        if self._reapers:
-            await asyncio.gather(*self._reapers, return_exceptions=True)
+        if self._tenants.reapers:
+            await asyncio.gather(*self._tenants.reapers, return_exceptions=True)
         if self._dumper is not None:
             await self._dumper.aclose()
         if self._owns_template and self._template is not None:
@@ -402,19 +370,7 @@ class WalRedoManager:
     def processes(self) -> dict[str, ProcessInfo]:
         """A snapshot of the live processes, by tenant id. Never waits; tenants still spawning are absent, and
         so is a process whose child died (dropped as soon as its EOF is read; replaced on the next request)."""
-        out = {}
-        for process, cell in self._live.items():
-            if cell.get() is process and process.state is ProcessState.RUNNING:
-                assert process.tenant is not None
-                out[process.tenant] = ProcessInfo(
-                    tenant_id=process.tenant,
-                    pid=process.pid,
-                    started_at=process.started_at,
-                    requests_served=process.requests_served,
-                    last_request_at=process.last_request_at,
-                    in_flight=process.in_flight,
-                )
-        return out
+        return self._tenants.processes()
 
     async def status(self, *, template_timeout: float = 2.0) -> ManagerStatus:
         """The operator's view: every live tenant process (pid, uptime, requests served, in flight, last
@@ -434,46 +390,12 @@ class WalRedoManager:
         """
         self._check_running()
         assert self._template is not None
-        live = [p for p, cell in self._live.items() if cell.get() is p and p.state is ProcessState.RUNNING]
-        template_pid = self._template.template_pid
-        pids = [p.pid for p in live] + ([template_pid] if template_pid is not None else [])
-        loop = asyncio.get_running_loop()
-        memory_read = loop.run_in_executor(None, memories, pids)
-        try:
-            try:
-                async with asyncio.timeout(template_timeout):
-                    counters: dict[str, object] | None = await self._template.stats()
-            except (TemplateError, TimeoutError) as exc:
-                log.debug("status: the template did not answer: %r", exc)
-                counters = None
-            mem = await memory_read
-        except BaseException:
-            memory_read.add_done_callback(_discard_result)  # cancelled: the read's outcome is nobody's
-            raise
-        now = time.time()
-        tenants = {}
-        for p in live:
-            if p.state is not ProcessState.RUNNING:
-                continue
-            assert p.tenant is not None
-            tenants[p.tenant] = TenantStatus(
-                tenant_id=p.tenant, pid=p.pid, uptime=max(0.0, now - p.started_at),
-                requests_served=p.requests_served, in_flight=p.in_flight,
-                last_request_age=None if p.last_request_at is None else max(0.0, now - p.last_request_at),
-                **memory_fields(mem.get(p.pid)))
-        template = None
-        if counters is not None:
-            pid = counters.get("pid", template_pid)
-            pid = pid if isinstance(pid, int) else None
-            tmem = mem.get(pid) if pid is not None and pid == template_pid else None
-            template = TemplateStatus(pid=pid, spawns=_int(counters.get("spawns")), live=_int(counters.get("live")),
-                                      idle=_int(counters.get("idle")), counters=counters, **memory_fields(tmem))
-        return ManagerStatus(template=template, tenants=tenants)
+        return await collect_status(self._tenants.running(), self._template, template_timeout)
 
     def statistics(self) -> ManagerStatistics:
         """Counts of tenants with a cell, live processes and processes being reaped. Never waits."""
-        return ManagerStatistics(tenants=len(self._cells), live_processes=len(self._live),
-                                 reaping=len(self._reapers))
+        t = self._tenants
+        return ManagerStatistics(tenants=len(t.cells), live_processes=len(t.live), reaping=len(t.reapers))
 
     async def _call(self, tenant_id: str, op: Callable[[WalRedoProcess], Awaitable[_R]]) -> _R:
         last_error: BaseException | None = None
@@ -490,26 +412,24 @@ class WalRedoManager:
                 # The tenant's current cell, on every try: the one an earlier try used may have been dropped
                 # (and closed) since it became empty. Nothing awaits between this lookup and get_or_init
                 # starting its attempt, and a cell with an attempt in flight is never dropped.
-                cell = self._cells.get(tenant_id)
-                if cell is None:
-                    cell = self._cells[tenant_id] = OnceCell(dispose=self._dispose_on_shutdown)
+                cell = self._tenants.cell(tenant_id)
                 try:
                     process = await cell.get_or_init(functools.partial(self._launch, tenant_id, cell))
                 except (CellClosed, InitAborted) as exc:
                     if self._state is not ManagerState.RUNNING:
                         raise ManagerClosed("WalRedoManager was closed while the request waited") from exc
-                    self._forget(tenant_id, cell)
+                    self._tenants.forget(tenant_id, cell)
                     last_error = exc
                     continue
                 except (TemplateError, OSError) as exc:
                     # OSError: the spawn's own resources (EMFILE/ENFILE at its socketpair) in this process.
-                    self._forget(tenant_id, cell)
+                    self._tenants.forget(tenant_id, cell)
                     last_error = exc
                     continue
                 if process.state is not ProcessState.RUNNING and free_replacement:
                     free_replacement = False
                     tries -= 1
-                    self._retire(cell, process, StopCause.BROKEN)
+                    self._tenants.retire(cell, process, StopCause.BROKEN)
                     continue
                 try:
                     # No timer per request: the watchdog task expires requests older than request_timeout
@@ -517,7 +437,7 @@ class WalRedoManager:
                     # same process get ProcessClosed and are retried below.
                     result = await op(process)
                 except ProcessBroken as exc:
-                    self._retire(cell, process, StopCause.BROKEN)
+                    self._tenants.retire(cell, process, StopCause.BROKEN)
                     if self._state is not ManagerState.RUNNING:
                         raise ManagerClosed("WalRedoManager was closed during the request") from exc
                     if isinstance(exc, ProcessClosed) and free_replacement:
@@ -525,8 +445,9 @@ class WalRedoManager:
                         tries -= 1
                     last_error = exc
                     continue
-                if self.max_processes is not None and len(self._live) > self.max_processes:
-                    self._make_room(0)  # over the limit while every process was busy: back to it now
+                if self.max_processes is not None and len(self._tenants.live) > self.max_processes:
+                    # over the limit while every process was busy: back to it now
+                    self._tenants.make_room(self.max_processes, 0)
                 self.metrics.count_request(Outcome.OK)
                 return result
             raise RedoProcessFailed(
@@ -552,100 +473,34 @@ class WalRedoManager:
         # Runs in the cell's attempt task: callers' cancellations do not reach it.
         assert self._template is not None
         started = time.perf_counter()
+        tenants = self._tenants
         if self.max_processes is not None:
-            self._make_room(1)
-        self._spawning += 1
+            tenants.make_room(self.max_processes, 1)
+        tenants.spawning += 1
         try:
             handle = await self._template.spawn(tenant_id)
         except BaseException as exc:
             # The cell is empty once this attempt ends. If every caller left meanwhile (cancelled), nobody
             # handles the failure: drop the cell here, after the attempt ended (_forget refuses while a woken
             # waiter has yet to resume; that waiter drops it itself).
-            asyncio.get_running_loop().call_soon(self._forget, tenant_id, cell)
+            asyncio.get_running_loop().call_soon(tenants.forget, tenant_id, cell)
             if isinstance(exc, TemplateUnavailable):  # the template is gone: the client says so, once
                 log.debug("tenant %s: spawn failed: %s", tenant_id, exc)
             elif isinstance(exc, Exception):
                 log.warning("tenant %s: spawn failed: %s", tenant_id, exc)
             raise
         finally:
-            self._spawning -= 1
-        process = WalRedoProcess(handle, tenant=tenant_id, on_stop=self._on_process_stop)
-        self._live[process] = cell
+            tenants.spawning -= 1
+        process = WalRedoProcess(handle, tenant=tenant_id, on_stop=tenants.on_process_stop)
+        tenants.add(process, cell)
         elapsed = time.perf_counter() - started
         self.metrics.launch_seconds.observe(elapsed)
         self.metrics.started.inc()
         log.info("tenant %s pid %d: started (%.2f ms)", tenant_id, process.pid, elapsed * 1e3)
         return process
 
-    def _make_room(self, extra: int) -> None:
-        """Retire the least recently used idle processes so that live ones, spawns in flight and ``extra``
-        more fit in ``max_processes`` (as far as idle processes allow: busy ones are never retired)."""
-        assert self.max_processes is not None
-        limit = self.max_processes - self._spawning - extra
-        for process in lru_idle_beyond(self._live, limit):
-            cell = self._live[process]
-            assert process.tenant is not None
-            log.info("tenant %s pid %d: retired: least recently used idle process, %d live (max_processes %d)",
-                     process.tenant, process.pid, len(self._live), self.max_processes)
-            self.evicted.inc()
-            self._retire(cell, process, StopCause.IDLE)
-
-    def _forget(self, tenant_id: str, cell: OnceCell[WalRedoProcess]) -> None:
-        """Drop the tenant's cell if it is idle (empty, no spawn in flight, no waiter), closing it in the same
-        step: a caller still holding it gets ``CellClosed`` and takes the tenant's current cell."""
-        if self._cells.get(tenant_id) is cell and cell.close_if_empty():
-            del self._cells[tenant_id]
-
-    def _on_process_stop(self, process: WalRedoProcess) -> None:
-        # Called synchronously when the process leaves RUNNING. A process whose stream broke on its own (its
-        # child died, maybe while idle) is retired now: its tenant is forgotten if it never comes back, and
-        # no tick or request has to find it dead.
-        cell = self._live.pop(process, None)
-        if cell is not None and process.broke_first and cell.take_if(process):
-            assert process.tenant is not None
-            self._forget(process.tenant, cell)
-            self._reap_later(process, StopCause.BROKEN)
-
-    def _retire(self, cell: OnceCell[WalRedoProcess], process: WalRedoProcess, reason: StopCause) -> None:
-        """Remove ``process`` from its cell if it is still there, kill it and reap it in the background; its
-        stop is counted once reaped (:func:`stop_cause`: ``reason`` unless the child broke first).
-
-        Only the caller whose ``take_if`` succeeds owns the reap (awaited on shutdown); a late caller holding
-        the same stale process just makes sure it is dead, and never touches the cell's newer process.
-        """
-        if not cell.take_if(process):
-            process.close()  # idempotent: already closed by whoever retired it
-            return
-        assert process.tenant is not None
-        self._forget(process.tenant, cell)
-        self._live.pop(process, None)
-        process.close()  # the kill, now (on_stop finds it already out of _live)
-        self._reap_later(process, reason)
-
-    def _reap_later(self, process: WalRedoProcess, reason: StopCause) -> None:
-        task = asyncio.get_running_loop().create_task(self._reap(process, reason),
-                                                      name=f"walredo-retire-{process.pid}")
-        self._reapers.add(task)
-        task.add_done_callback(self._reapers.discard)
-
-    async def _reap(self, process: WalRedoProcess, reason: StopCause) -> None:
-        self._count_stop(process, await process.aclose(), reason)
-
     async def _dispose_on_shutdown(self, process: WalRedoProcess) -> None:
-        self._count_stop(process, await process.aclose(), StopCause.SHUTDOWN)
-
-    def _count_stop(self, process: WalRedoProcess, status: int | None, reason: StopCause) -> None:
-        cause = stop_cause(status, broke_first=process.broke_first, reason=reason)
-        self.metrics.count_stop(cause)
-        if cause is StopCause.SANDBOX_VIOLATION:
-            log.error("tenant %s pid %d: stopped: sandbox violation (killed by SIGSYS: a syscall outside the "
-                      "seccomp allowlist)", process.tenant, process.pid)
-        elif cause is StopCause.MEMORY_LIMIT:
-            log.error("tenant %s pid %d: stopped: memory limit (an allocation failed at its address-space "
-                      "limit)", process.tenant, process.pid)
-        else:
-            log.info("tenant %s pid %d: stopped: %s (exit status %s)", process.tenant, process.pid, cause.value,
-                     "unknown" if status is None else status)
+        await self._tenants.reap(process, StopCause.SHUTDOWN)
 
     # ------------------------------------------------------------------ request timeouts
 
@@ -660,16 +515,7 @@ class WalRedoManager:
         Called by the watchdog task every ``watchdog_period``. Returns the number of requests timed out.
         """
         now = time.monotonic() if now is None else now
-        sent_before = now - self.request_timeout
-        total = 0
-        for process, cell in [(p, c) for p, c in self._live.items() if p.in_flight]:
-            assert process.tenant is not None
-            expired = process.expire(sent_before,
-                                     functools.partial(self._timeout_error, process.tenant, process.pid))
-            if expired:
-                total += expired
-                self._retire(cell, process, StopCause.TIMEOUT)
-        return total
+        return self._tenants.expire(now - self.request_timeout, self._timeout_error)
 
     def _timeout_error(self, tenant_id: str, pid: int) -> RedoTimeout:
         return RedoTimeout(
@@ -690,52 +536,7 @@ class WalRedoManager:
         request for such a tenant spawns a new process.
         """
         now = time.time() if now is None else now
-        stopped = []
-        idle = [(p, c) for p, c in self._live.items() if not p.in_flight
-                and now - (p.last_request_at if p.last_request_at is not None else p.started_at) >= self.idle_timeout]
-        for process, cell in idle:
-            assert process.tenant is not None
-            self._retire(cell, process, StopCause.IDLE)
-            stopped.append(process.tenant)
-        return stopped
-
-
-def lru_idle_beyond(live: Iterable[WalRedoProcess], limit: int) -> list[WalRedoProcess]:
-    """The processes to retire so that at most ``limit`` of ``live`` remain: the least recently used idle
-    ones (RUNNING, no request in flight, at least one request sent: a process nobody used yet is about to
-    serve the request it was spawned for). Fewer, or none, when too few are idle. Pure: decides, retires
-    nothing."""
-    live = list(live)
-    excess = len(live) - max(limit, 0)
-    if excess <= 0:
-        return []
-    idle = [p for p in live if p.state is ProcessState.RUNNING and not p.in_flight and p.last_request_at is not None]
-    return heapq.nsmallest(excess, idle, key=lambda p: p.last_request_at or 0.0)
-
-
-def _discard_result(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def stop_cause(status: int | None, *, broke_first: bool, reason: StopCause) -> StopCause:
-    """Why a process stopped, from what happened to its child: killed by SIGSYS (its seccomp filter) →
-    ``SANDBOX_VIOLATION``; the worker's memory-limit exit → ``MEMORY_LIMIT``; its stream broke before this
-    side stopped it (``broke_first``: it died, was killed by a signal we did not send, or misbehaved), or it
-    ended any other way than by our SIGKILL → ``BROKEN``; else ``reason``, why this side stopped it (``IDLE``,
-    ``TIMEOUT``, ``SHUTDOWN``; ``BROKEN`` when it was retired for breaking). ``status`` is the exit status
-    (``-N`` for signal N; ``None`` if unknown)."""
-    if status == -signal.SIGSYS:
-        return StopCause.SANDBOX_VIOLATION
-    if status == EXIT_MEMORY_LIMIT:
-        return StopCause.MEMORY_LIMIT
-    if broke_first or (status is not None and status != -signal.SIGKILL):
-        return StopCause.BROKEN
-    return reason
+        return self._tenants.retire_idle(now, self.idle_timeout)
 
 
 def _redo_request(tag: BufferTag, lsn: int, base_image: bytes | None, records: Sequence[tuple[int, bytes]],

@@ -16,13 +16,24 @@ gets RSS alone (from ``/proc/<pid>/statm``, readable by anyone). :class:`Memory`
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import TemplateError
+from .process import ProcessState
+
+if TYPE_CHECKING:
+    from .client import TemplateClient
+    from .process import WalRedoProcess
+
+log = logging.getLogger("forkserver.manager")
 
 __all__ = ["Memory", "memory_of", "memories", "format_table", "age", "MIB", "TenantStatus", "TemplateStatus",
-           "ManagerStatus", "memory_fields"]
+           "ManagerStatus", "memory_fields", "collect_status"]
 
 MIB = 1 << 20
 
@@ -168,3 +179,54 @@ def age(since: float | None, now: float | None = None) -> float | None:
     if since is None:
         return None
     return (time.monotonic() if now is None else now) - since
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _discard_result(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def collect_status(running: Sequence[WalRedoProcess], template: TemplateClient,
+                         template_timeout: float) -> ManagerStatus:
+    """``WalRedoManager.status()``'s work: the template's stats reply (at most ``template_timeout`` seconds;
+    None if it does not answer) and the memory of every pid, read in one executor call, off the loop.
+
+    Errors: none of its own (a template that fails to answer gives ``template=None``).
+    Cancellation: cancel-safe; a ``/proc`` read already started finishes in its thread and is dropped."""
+    template_pid = template.template_pid
+    pids = [p.pid for p in running] + ([template_pid] if template_pid is not None else [])
+    memory_read = asyncio.get_running_loop().run_in_executor(None, memories, pids)
+    try:
+        try:
+            async with asyncio.timeout(template_timeout):
+                counters: dict[str, object] | None = await template.stats()
+        except (TemplateError, TimeoutError) as exc:
+            log.debug("status: the template did not answer: %r", exc)
+            counters = None
+        mem = await memory_read
+    except BaseException:
+        memory_read.add_done_callback(_discard_result)  # cancelled: the read's outcome is nobody's
+        raise
+    now = time.time()
+    tenants = {}
+    for p in running:
+        if p.state is not ProcessState.RUNNING:
+            continue
+        assert p.tenant is not None
+        tenants[p.tenant] = TenantStatus(
+            tenant_id=p.tenant, pid=p.pid, uptime=max(0.0, now - p.started_at),
+            requests_served=p.requests_served, in_flight=p.in_flight,
+            last_request_age=None if p.last_request_at is None else max(0.0, now - p.last_request_at),
+            **memory_fields(mem.get(p.pid)))
+    status = None
+    if counters is not None:
+        pid = counters.get("pid", template_pid)
+        pid = pid if isinstance(pid, int) else None
+        tmem = mem.get(pid) if pid is not None and pid == template_pid else None
+        status = TemplateStatus(pid=pid, spawns=_int(counters.get("spawns")), live=_int(counters.get("live")),
+                                idle=_int(counters.get("idle")), counters=counters, **memory_fields(tmem))
+    return ManagerStatus(template=status, tenants=tenants)

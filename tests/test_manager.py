@@ -176,15 +176,15 @@ async def test_retries_exhausted_gives_typed_error_and_never_hangs():
 async def test_stale_take_if_does_not_kill_the_replacement(mgr):
     t = tenant()
     await mgr.ping(t)
-    cell = mgr._cells[t]
+    cell = mgr._tenants.cells[t]
     stale = cell.get()
     os.kill(stale.pid, signal.SIGKILL)
     await mgr.ping(t)  # caller A: sees it broken, replaces it
-    cell = mgr._cells[t]  # the dead process's cell was dropped once empty: the tenant's current one
+    cell = mgr._tenants.cells[t]  # the dead process's cell was dropped once empty: the tenant's current one
     fresh = cell.get()
     assert fresh is not None and fresh is not stale
     # caller B, late, holding the stale process, retires it: the fresh one must survive and keep serving
-    mgr._retire(cell, stale, __import__("forkserver.metrics").metrics.StopCause.BROKEN)
+    mgr._tenants.retire(cell, stale, __import__("forkserver.metrics").metrics.StopCause.BROKEN)
     await asyncio.sleep(0.1)
     assert cell.get() is fresh
     await mgr.ping(t)
@@ -466,7 +466,7 @@ async def test_concurrent_aclose_returns_only_after_the_shutdown_is_done():
     mgr = WalRedoManager()
     await mgr.start()
     await mgr.ping(t)
-    process = mgr._cells[t].get()
+    process = mgr._tenants.cells[t].get()
     pids = [process.pid]
     first = asyncio.create_task(mgr.aclose())
     try:
@@ -525,7 +525,7 @@ async def test_process_that_died_while_idle_is_replaced_without_spending_a_retry
     t = tenant()
     async with WalRedoManager(retries=0) as mgr:
         await mgr.ping(t)
-        process = mgr._cells[t].get()
+        process = mgr._tenants.cells[t].get()
         os.kill(process.pid, signal.SIGKILL)
         async with asyncio.timeout(30):
             while process.state.value == "running":  # the reader sees EOF
@@ -636,7 +636,7 @@ async def test_cell_removal_raced_against_new_requests_loses_none_and_leaves_one
         retired_rounds = 0
         for round_ in range(12):  # bounded: at most one spawn per round
             await mgr.ping(t)
-            old_cell, old_process = mgr._cells[t], mgr._cells[t].get()
+            old_cell, old_process = mgr._tenants.cells[t], mgr._tenants.cells[t].get()
             early = [asyncio.create_task(mgr.ping(t)) for _ in range(round_ % 3)]  # queued before the removal
             for _ in range(round_ // 6):  # ... and, in later rounds, already sent (then nothing is retired)
                 await asyncio.sleep(0)
@@ -645,15 +645,15 @@ async def test_cell_removal_raced_against_new_requests_loses_none_and_leaves_one
             await asyncio.sleep(0)  # the late requests start: a new cell with its spawn in flight
             if retired:
                 retired_rounds += 1
-                assert old_cell.state is CellState.CLOSED and mgr._cells[t] is not old_cell
+                assert old_cell.state is CellState.CLOSED and mgr._tenants.cells[t] is not old_cell
                 with pytest.raises(CellClosed):
                     await old_cell.get_or_init(must_not_spawn)
-                mgr._forget(t, mgr._cells[t])  # a cell with a spawn in flight is never dropped
-                assert mgr._cells[t].state is CellState.INITIALIZING
+                mgr._tenants.forget(t, mgr._tenants.cells[t])  # a cell with a spawn in flight is never dropped
+                assert mgr._tenants.cells[t].state is CellState.INITIALIZING
             results = await asyncio.gather(*early, *late, return_exceptions=True)
             assert all(r is None for r in results), results  # no request lost
-            assert list(mgr._cells) == [t] and mgr.statistics().live_processes == 1
-            current = mgr._cells[t].get()
+            assert list(mgr._tenants.cells) == [t] and mgr.statistics().live_processes == 1
+            current = mgr._tenants.cells[t].get()
             assert current is not None and (current is old_process) == (not retired)
             await reaped(mgr)
             live = [p.pid for p in tenant_children([t]) if _alive(p.pid)]
@@ -666,7 +666,7 @@ async def test_cell_removal_raced_against_new_requests_loses_none_and_leaves_one
 
 async def _kill_idle_child(mgr, t: str, *, let_the_loop_see_it: bool):
     await mgr.ping(t)
-    process = mgr._cells[t].get()
+    process = mgr._tenants.cells[t].get()
     os.kill(process.pid, signal.SIGKILL)
     if let_the_loop_see_it:
         async with asyncio.timeout(30):

@@ -355,7 +355,7 @@ async def test_memory_limit_ends_the_child_and_oversized_frames_are_refused(proc
 async def _reaped(mgr: WalRedoManager) -> None:
     # Broken processes are counted once reaped, in the background.
     async with asyncio.timeout(10):
-        while mgr._reapers:
+        while mgr._tenants.reapers:
             await asyncio.sleep(0.01)
 
 

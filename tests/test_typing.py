@@ -25,7 +25,7 @@ REVEALS = [
     ("manager", "forkserver.manager.WalRedoManager"),
     ("await manager.ping(TENANT)", "None"),
     ("await manager.request_redo(TENANT, BufferTag(1663, 5, 16384, 0, 0), 0x1000000, None, [])", "bytes"),
-    ("manager.processes()", "dict[str, forkserver.manager.ProcessInfo]"),
+    ("manager.processes()", "dict[str, forkserver.tenants.ProcessInfo]"),
     ("manager.template", "forkserver.client.TemplateClient"),
     ("await manager.template.spawn(TENANT)", "forkserver.handle.ChildHandle"),
     ("await forkserver.TemplateClient.launch()", "forkserver.client.TemplateClient"),
