@@ -2,7 +2,8 @@
 
 - Our caller's fault: ``UsageError`` (wrong state), ``InvalidTenantId`` and other ``ValueError``s (bad
   arguments, raised before any I/O).
-- The peer broke or went away: ``ControlProtocolError`` / ``TemplateUnavailable`` (the template),
+- The peer broke or went away: ``ControlProtocolError`` / ``TemplateUnavailable`` (the template; its
+  ``SpawnTimeout`` is also a ``TimeoutError``),
   ``ProcessBroken`` / ``ProcessClosed`` (a walredo child's stream; retriable on a new process),
   ``RedoProcessFailed`` (broke on every retry), ``RedoTimeout``.
 - The peer refused, deterministically: ``SpawnRefused`` (template), ``RedoFailed`` (redo engine).
@@ -33,6 +34,12 @@ class TemplateUnavailable(TemplateError):
     """The template cannot serve this request: it is not running, died, is restarting past the caller's
     deadline, did not answer in time, or the client was closed. Retrying later (on a launched client,
     after the restart) may succeed."""
+
+
+class SpawnTimeout(TemplateUnavailable, TimeoutError):
+    """A spawn's deadline passed (the caller's ``timeout`` or the client's ``spawn_timeout``) before the
+    template answered or came back. Both a :class:`TemplateUnavailable` (retriable later) and a
+    ``TimeoutError``, so ``except TimeoutError`` and ``asyncio.timeout`` habits catch it too."""
 
 
 class SpawnRefused(TemplateError):

@@ -8,7 +8,8 @@ Guarantees of :func:`recv`:
 
 - received fds are close-on-exec (``MSG_CMSG_CLOEXEC``), so a later ``exec`` in the receiver never leaks them;
 - only ``SOL_SOCKET``/``SCM_RIGHTS`` control messages are accepted, at most ``maxfds`` fds in total, and a
-  truncated control buffer (``MSG_CTRUNC``) is an error;
+  truncated control buffer (``MSG_CTRUNC``) is an error: :class:`FdsTruncated` (carrying the bytes) when we
+  were out of descriptors, :class:`FdPassError` when the peer sent too many;
 - on *any* error every fd that did arrive is closed before the error propagates, so a hostile or broken peer
   cannot make the receiver leak descriptors.
 
@@ -28,7 +29,7 @@ from typing import NamedTuple
 
 from forkserver.errors import ControlProtocolError
 
-__all__ = ["MAX_FDS", "FdPassError", "PeerCredentials", "close_fds", "peer_credentials", "recv", "send"]
+__all__ = ["MAX_FDS", "FdPassError", "FdsTruncated", "PeerCredentials", "close_fds", "peer_credentials", "recv", "send"]
 
 # A control-protocol message carries at most one fd; a little headroom lets us see (and reject) a peer
 # that sends more instead of having the kernel silently truncate.
@@ -43,6 +44,17 @@ class FdPassError(ControlProtocolError):
 
     def __init__(self, message: str):
         super().__init__("bad-fds", message)
+
+
+class FdsTruncated(FdPassError):
+    """The peer's fds could not all be received because this process is out of descriptors (EMFILE /
+    ENFILE: the kernel drops what it cannot install and sets ``MSG_CTRUNC``). The bytes are intact:
+    ``data`` holds what arrived with the lost fds, so the receiver may keep the stream and fail only the
+    message they belonged to. Every fd that did arrive is closed."""
+
+    def __init__(self, data: bytes):
+        super().__init__("control data truncated: out of file descriptors")
+        self.data = data
 
 
 class PeerCredentials(NamedTuple):
@@ -87,7 +99,8 @@ def recv(sock: socket.socket, bufsize: int, maxfds: int = MAX_FDS) -> tuple[byte
     Returns ``(data, fds)``; ``data == b""`` means EOF (there may still be fds, which the caller owns).
     The caller owns the returned fds and must close them.
 
-    Errors: :class:`FdPassError` for unacceptable ancillary data (every received fd already closed);
+    Errors: :class:`FdPassError` for unacceptable ancillary data (every received fd already closed;
+    :class:`FdsTruncated`, with the bytes, when we were out of descriptors);
     ``BlockingIOError`` when nothing is available; other ``OSError`` when the connection broke.
     """
     data, ancdata, flags, _addr = sock.recvmsg(
@@ -104,6 +117,10 @@ def recv(sock: socket.socket, bufsize: int, maxfds: int = MAX_FDS) -> tuple[byte
                 problem = "SCM_RIGHTS payload is not a whole number of fds"
         else:
             problem = f"unexpected control message level={level} type={kind}"
+    if flags & socket.MSG_CTRUNC and len(fds) < maxfds:
+        # Room was left in the buffer, so the peer did not send too many: we could not install them.
+        close_fds(fds)
+        raise FdsTruncated(data)
     if flags & socket.MSG_CTRUNC:
         problem = "control data truncated (too many fds)"
     elif len(fds) > maxfds:

@@ -5,12 +5,19 @@
 replies into :class:`~forkserver.handle.ChildHandle` objects and delivers ``exited`` events to them. It only
 does non-blocking socket I/O (``add_reader`` / ``add_writer``; sending through
 :class:`~forkserver.sender.FrameSender`). When the connection goes, :meth:`Session.fail` fails every waiter
-and tells its owner (:class:`~forkserver.client.TemplateClient`, which may restart the template).
+and tells its owner (:class:`~forkserver.client.TemplateClient`, which restarts the template or reconnects).
+
+Out of descriptors: when a ``spawned`` reply's pidfd cannot be received (EMFILE/ENFILE in the parent, see
+:class:`~forkserver.fdpass.FdsTruncated`), the bytes are intact; a spare descriptor the session keeps for
+this stands in for the lost pidfd, so the control protocol still decodes the reply, and that one spawn fails
+with ``OSError(EMFILE)`` (its socket closed: the child sees EOF and exits). The session, and the healthy
+template behind it, stay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -52,8 +59,17 @@ class Session:
         self.children: dict[int, ChildHandle] = {}
         self.ready: asyncio.Future[None] = loop.create_future()
         self.lost = False
+        self.error: BaseException | None = None  # why it was lost (what fail() got)
         self._on_lost = on_lost
         self._writing = False
+        # When the template was last heard from (loop time): a waiting spawn probes only a quiet template.
+        self.last_heard = loop.time()
+        self.reads = 0  # chunks received so far: a probe that sees this move knows the template is alive
+        self.probe: asyncio.Task[bool] | None = None  # the liveness probe in flight (TemplateClient's)
+        # The spare descriptor that stands in for a pidfd we could not receive (module docstring), and the
+        # number it has while the protocol holds it for a reply.
+        self._spare: int | None = _open_spare()
+        self._standin: int | None = None
         loop.add_reader(sock.fileno(), self._on_readable)
 
     @property
@@ -102,6 +118,14 @@ class Session:
             data, fds = fdpass.recv(self.sock, _RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
+        except fdpass.FdsTruncated as e:
+            if self._spare is None or not e.data:
+                self.fail(TemplateUnavailable(f"control connection broke: {e} (no spare descriptor)"))
+                return
+            log.warning("out of file descriptors: a pidfd from template pid %s was lost; failing that spawn",
+                        self.template_pid)
+            data, fds = e.data, [self._spare]
+            self._standin, self._spare = self._spare, None
         except ControlProtocolError as e:
             self.fail(e)
             return
@@ -112,6 +136,8 @@ class Session:
             fdpass.close_fds(fds)
             self.fail(TemplateUnavailable("the template closed the control connection"))
             return
+        self.last_heard = self.loop.time()
+        self.reads += 1
         try:
             for event in self.proto.receive_events(data, fds):
                 self._dispatch(event)
@@ -125,6 +151,15 @@ class Session:
     def _dispatch(self, event: control.Message | control.BadRequest) -> None:
         if isinstance(event, control.Spawned):
             entry = self.pending.pop(event.request_id, None)
+            if self._standin is not None and event.pidfd == self._standin:
+                # The reply whose pidfd we could not receive: the spare comes back, the spawn fails alone.
+                self._spare, self._standin = self._standin, None
+                if isinstance(entry, PendingSpawn) and not entry.future.done():
+                    entry.parent_end.close()  # the child (already forked) sees EOF and exits
+                    entry.future.set_exception(OSError(
+                        errno.EMFILE, f"out of file descriptors: the pidfd of child {event.pid} (tenant "
+                        f"{entry.tenant}) could not be received; the child was ended"))
+                return
             if not isinstance(entry, PendingSpawn) or entry.future.done():
                 # Its caller gave up (cancelled / timed out) and closed the parent end: the child sees EOF
                 # and exits; we only drop the pidfd. A reply to an unknown id is tolerated the same way.
@@ -156,12 +191,16 @@ class Session:
         if self.lost:
             return
         self.lost = True
+        self.error = exc
         self.loop.remove_reader(self.sock.fileno())
         if self._writing:
             self.loop.remove_writer(self.sock.fileno())
         self.out.close()
-        self.proto.close()
+        self.proto.close()  # closes a stand-in it still held
         self.sock.close()
+        if self._spare is not None:
+            fdpass.close_fds([self._spare])
+            self._spare = None
         if not self.ready.done():
             # The handshake failed: its waiter gets the precise error (e.g. ControlProtocolError auth-failed).
             self.ready.set_exception(exc)
@@ -181,6 +220,13 @@ class Session:
             handle._set_unknown(why)
         self.children.clear()
         self._on_lost(self)
+
+
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # already out of descriptors: a lost pidfd will then cost the session
 
 
 async def open_session(loop: asyncio.AbstractEventLoop, path: str, key: bytes,

@@ -293,7 +293,7 @@ async def test_connect_to_launcher_template(tmp_path, proc_guard):  # noqa: F811
         proc.send_signal(signal.SIGTERM)
         await loop.run_in_executor(None, proc.wait)
         with pytest.raises(TemplateUnavailable):
-            await c.spawn(tenant(8))
+            await c.spawn(tenant(8), timeout=1.0)  # connect mode reconnects: bounded by the deadline
         await c.aclose()
     finally:
         if proc.poll() is None:
