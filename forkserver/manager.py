@@ -128,6 +128,11 @@ class WalRedoManager:
             request's outcome; a write that fails is logged. Counted in
             ``pageserver_wal_redo_failed_request_dumps_total{result="written"|"skipped"|"error"}``.
 
+    Size: the class is the request path (``_call``: tries, free replacements, retirement on each outcome)
+    and the lifecycle it depends on (start/aclose racing a launch); they share one state machine, so they
+    stay together (~450 lines, a third of them docstrings). The table of tenants and how processes leave it
+    is :mod:`forkserver.tenants`; status gathering is :mod:`forkserver.status`.
+
     A child killed by its sandbox (SIGSYS) or stopped by its memory limit is a broken process like any
     crash (the request is retried on a new one); its cause is logged once with the tenant and pid
     ("sandbox violation" / "memory limit") and counted in ``pageserver_wal_redo_processes_stopped_total``
