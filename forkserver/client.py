@@ -87,7 +87,8 @@ def _describe(exc: BaseException) -> str:
 class ClientOpening:
     """What :meth:`TemplateClient.launch` and :meth:`TemplateClient.connect` return: ``await`` it for the
     client, or use it as ``async with TemplateClient.connect(...) as client:`` (closed on exit). Nothing
-    starts until it is awaited or entered; awaiting it twice starts two clients."""
+    starts until it is awaited or entered; awaiting it twice starts two clients. Errors and cancellation
+    are those of the call that made it: a cancelled await or ``__aenter__`` leaves nothing running."""
 
     def __init__(self, make: Callable[[], Coroutine[Any, Any, TemplateClient]]):
         self._make = make
@@ -329,8 +330,7 @@ class TemplateClient:
     async def stats(self) -> dict[str, Any]:
         """The template's counters: at least ``spawns`` (children forked) and ``live`` (not yet reaped).
 
-        Errors: :class:`TemplateUnavailable` (:class:`SpawnTimeout` past ``spawn_timeout``) as for
-        :meth:`spawn`. Cancel-safe."""
+        Errors: :class:`TemplateUnavailable` (closed, lost, or no reply within ``spawn_timeout``). Cancel-safe."""
         try:
             async with asyncio.timeout(self.spawn_timeout):
                 session = await self._wait_session()
@@ -343,7 +343,7 @@ class TemplateClient:
                 finally:
                     session.pending.pop(rid, None)
         except TimeoutError:
-            raise SpawnTimeout(f"no stats reply within {self.spawn_timeout} s") from None
+            raise TemplateUnavailable(f"no stats reply within {self.spawn_timeout} s") from None
 
     async def aclose(self) -> None:
         """Close the connection and, if we launched the template, stop it (SIGTERM, reaped in an executor)
@@ -510,8 +510,8 @@ class TemplateClient:
                         if launched:
                             log.warning("template restarted (pid %s)", self.template_pid)
                         else:
-                            log.warning("reconnected to the template at %s (pid %s)", self.socket_path,
-                                        self.template_pid)
+                            log.info("reconnected to the template at %s (pid %s)", self.socket_path,
+                                     self.template_pid)
                         return
                     self._last_error = "the new connection went away at once"
                 except Exception as e:

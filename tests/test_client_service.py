@@ -423,3 +423,25 @@ def test_no_client_thread_left_blocking_interpreter_exit():
                 break
             time.sleep(0.02)
         assert exited(pid)
+
+
+async def test_failing_restart_says_why(tmp_path, proc_guard, monkeypatch):  # noqa: F811
+    """A launched template that cannot come back (its worker module vanished): a spawn that gives up waiting
+    carries the launcher's own message, not just "failed"."""
+    mod = tmp_path / "vanishing_worker2.py"
+    mod.write_text("from tests.echo_worker import main\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    async with asyncio.timeout(HANG):
+        async with TemplateClient.launch(worker="vanishing_worker2:main", spawn_timeout=1.0) as c:
+            proc_guard.watch_dir(os.path.dirname(c.socket_path))
+            mod.unlink()
+            os.kill(c.template_pid, signal.SIGKILL)  # our own template, not yet reaped
+            messages = []
+            for _ in range(10):  # bounded: the first may still go to the dying template
+                with pytest.raises(TemplateUnavailable) as e:
+                    await c.spawn(tenant(1))
+                messages.append(str(e.value))
+                if "cannot load worker" in messages[-1]:
+                    break
+            assert "cannot load worker vanishing_worker2:main" in messages[-1], messages
+            assert isinstance(e.value, SpawnTimeout)
