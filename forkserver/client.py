@@ -114,7 +114,9 @@ class ClientState(enum.Enum):
 class TemplateClient:
     """Asyncio client of one template. Create with :meth:`launch` or :meth:`connect`; use on one loop.
 
-    ``restarts`` counts the templates restarted (launched) or the reconnections made (connected)."""
+    Attributes: ``socket_path``; ``spawn_timeout`` (a spawn's deadline at most); ``liveness_timeout`` (how
+    long a spawn waits on a quiet template before probing it, and how long the probe waits); ``state``;
+    ``restarts``: the templates restarted (launched) or the reconnections made (connected)."""
 
     def __init__(self, *, _loop: asyncio.AbstractEventLoop, _key: bytes, _socket_path: str, spawn_timeout: float,
                  liveness_timeout: float | None = None, launched: LaunchSpec | None = None,
