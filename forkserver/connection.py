@@ -5,12 +5,14 @@ from then on the connection's :meth:`~Connection.on_events` is the selector key'
 reads with :func:`forkserver.fdpass.recv`, feeds the sans-IO :class:`~forkserver.control.ControlConnection`,
 hands each request to the template (``on_request``) and sends whatever the protocol queued through a
 :class:`~forkserver.sender.FrameSender`, watching for writability only while something waits. A peer that
-breaks the protocol, goes away, or does not read its replies (more than 1 MiB queued) is dropped; a bug of
-ours costs that one connection, never the template.
+breaks the protocol, goes away, or does not read its replies (more than 4 MiB queued) is dropped; a bug of
+ours costs that one connection, never the template. Why a connection was dropped is logged (WARNING) with
+the peer's pid.
 """
 
 from __future__ import annotations
 
+import logging
 import selectors
 import socket
 import time
@@ -24,19 +26,24 @@ from forkserver.sender import FrameSender
 
 __all__ = ["Connection"]
 
+log = logging.getLogger(__name__)
+
 _RECV_SIZE = 64 * 1024
-_MAX_OUTPUT = 1 << 20  # bytes queued to a peer that does not read; beyond this we drop it
+# Bytes queued to a peer that does not read; beyond this we drop it. Room for a few thousand stats replies
+# (each lists the children) from a peer that pipelines requests and reads late.
+_MAX_OUTPUT = 4 << 20
 
 
 class Connection:
     """One accepted control connection. ``on_request(conn, event)`` answers a request (through
     ``conn.proto.send``); ``on_close(conn)`` is told once, when the connection closes (before its socket
-    does). ``log`` reports why a connection was dropped."""
+    does). ``peer_pid`` (from ``SO_PEERCRED``) names the peer in log lines."""
 
     def __init__(self, sock: socket.socket, key: Key, sel: selectors.BaseSelector,
                  on_request: Callable[[Connection, Message | BadRequest], None],
-                 on_close: Callable[[Connection], None], log: Callable[[str], None]):
+                 on_close: Callable[[Connection], None], *, peer_pid: int = 0):
         self.sock = sock
+        self.peer_pid = peer_pid
         self.proto = ControlConnection(Role.TEMPLATE, key)
         self.created = time.monotonic()
         self.sender = FrameSender(sock)
@@ -49,7 +56,6 @@ class Connection:
         self._sel = sel
         self._on_request = on_request
         self._on_close = on_close
-        self._log = log
 
     def start(self) -> None:
         """Register with the selector and send the challenge."""
@@ -65,7 +71,8 @@ class Connection:
             if events & selectors.EVENT_READ and not self.closed:
                 self._read()
         except Exception as e:  # a bug of ours must cost one connection, never the template
-            self._log(f"internal error on a connection, dropping it: {type(e).__name__}: {e}")
+            log.error("internal error on the connection from pid %d, dropping it: %s: %s", self.peer_pid,
+                      type(e).__name__, e, exc_info=True)
             self.close()
 
     def _read(self) -> None:
@@ -74,7 +81,7 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             return
         except ControlProtocolError as e:  # bad ancillary data; fdpass closed the fds
-            self._log(f"dropping a connection: {e}")
+            log.warning("dropping the connection from pid %d: %s", self.peer_pid, e)
             self.close()
             return
         except OSError:
@@ -88,7 +95,7 @@ class Connection:
             for event in self.proto.receive_events(data, fds):
                 self._on_request(self, event)
         except ControlProtocolError as e:
-            self._log(f"dropping a connection: {e}")
+            log.warning("dropping the connection from pid %d: %s", self.peer_pid, e)
             self.queue_output()  # the error frame the protocol queued, best effort
             self.close()
             return
@@ -113,7 +120,8 @@ class Connection:
             self.owned_fds.clear()
             return
         if self.sender.queued > _MAX_OUTPUT:
-            self._log("dropping a connection that does not read its replies")
+            log.warning("dropping the connection from pid %d: it does not read its replies (%d bytes queued)",
+                        self.peer_pid, self.sender.queued)
             self.close()
             return
         self.flush()

@@ -15,7 +15,9 @@ Every message is one frame of the fork server's framing (:mod:`walredo_template.
 
 ``length`` counts the body only. It is at most :data:`MAX_FRAME` (64 KiB) once authenticated and
 :data:`MAX_FRAME_UNAUTHENTICATED` (512 bytes) before, so an unauthenticated peer cannot make the template
-buffer much. A larger length is fatal (the stream cannot be resynchronised): the connection is closed.
+buffer much; the parent accepts replies up to :data:`MAX_REPLY_FRAME` (1 MiB: a ``stats-reply`` lists up to
+:data:`MAX_LISTED_CHILDREN` children). A larger length is fatal (the stream cannot be resynchronised): the
+connection is closed.
 
 File descriptors (SCM_RIGHTS) ride on the **first byte of the frame** that carries them: the sender passes
 them to the ``sendmsg`` call that starts the frame and never coalesces that frame with earlier bytes.
@@ -53,9 +55,18 @@ Requests (parent -> template) and replies (template -> parent), after the handsh
   ``status`` is in ``os.waitstatus_to_exitcode`` convention (exit code, or ``-signal``).
 - ``error``: typed refusal of request ``id`` (nil when the id could not be read). Codes:
   ``invalid-tenant``, ``invalid-options``, ``bad-request`` (wrong type/field), ``missing-fd``,
-  ``extra-fds``, ``fork-failed``; and, followed by a close, the fatal ``frame-too-large``, ``bad-fds``,
+  ``extra-fds``, ``bad-fds`` with an ``id`` (the spawn's fd is not a connected ``AF_UNIX`` stream socket:
+  refused before any fork, the connection stays usable), ``fork-failed``; and, followed by a close, the
+  fatal ``frame-too-large``, ``bad-fds`` (fds not attached to the start of a frame; ``id`` nil),
   ``auth-failed``.
 - ``stats-reply``: ``stats`` has at least ``spawns`` (children forked so far) and ``live`` (not yet reaped).
+  The template (:meth:`forkserver.template.Template.stats`) also sends ``idle`` (pool children waiting),
+  ``pool_size``, ``connections``, ``pid``, ``sandbox`` (bool), ``started`` (its start, Unix time),
+  ``fork_failures`` (forks that failed, on request or pre-forking), ``pool_refills`` (children pre-forked),
+  ``pool_hits`` / ``pool_misses`` (spawns served by a pool child / forked on request while the pool was
+  on), and ``children``: one ``[tenant, pid, started]`` array per live tenant child (``started``: the Unix
+  time its spawn was answered), oldest first, at most :data:`MAX_LISTED_CHILDREN`; ``children_omitted``
+  counts the rest. A parent must ignore keys it does not know.
 
 Many requests may be in flight on one connection; replies carry the request ``id``.
 
@@ -85,7 +96,8 @@ from forkserver.secret import KEY_SIZE, Key
 from walredo_template import framing
 
 __all__ = [
-    "PROTOCOL_VERSION", "MAX_FRAME", "MAX_FRAME_UNAUTHENTICATED", "KEY_SIZE", "TENANT_RE",
+    "PROTOCOL_VERSION", "MAX_FRAME", "MAX_FRAME_UNAUTHENTICATED", "MAX_REPLY_FRAME", "MAX_LISTED_CHILDREN",
+    "KEY_SIZE", "TENANT_RE",
     "Role", "State", "Challenge", "Auth", "Welcome", "Spawn", "Spawned", "ErrorReply", "Error", "Exited",
     "StatsRequest", "StatsReply", "BadRequest", "ControlConnection", "FrameDecoder",
     "encode", "decode", "validate_tenant", "validate_options", "OptionValue", "Options",
@@ -93,6 +105,8 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 64 * 1024
+MAX_REPLY_FRAME = 1 << 20  # what the parent accepts from the authenticated template
+MAX_LISTED_CHILDREN = 8192  # children in one stats reply: ~55 bytes each, well under MAX_REPLY_FRAME
 MAX_FRAME_UNAUTHENTICATED = 512
 NONCE_SIZE = 32
 MAX_OPTIONS = 32
@@ -610,7 +624,9 @@ class ControlConnection:
 
     def _ready(self) -> None:
         self.state = State.READY
-        self._decoder.max_frame = MAX_FRAME
+        # The template's replies may be larger than any request (a stats reply lists the children); what
+        # the template accepts stays small.
+        self._decoder.max_frame = MAX_FRAME if self.role is Role.TEMPLATE else MAX_REPLY_FRAME
 
 
 def _close_msg_fds(msg: Message) -> None:

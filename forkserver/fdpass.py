@@ -16,6 +16,10 @@ Guarantees of :func:`recv`:
 Stream-socket facts the control protocol relies on (Linux ``unix_stream_sendmsg`` / ``..._read_generic``):
 fds passed to one ``sendmsg`` ride on its first byte; one ``recvmsg`` returns at most one batch of fds, and
 that batch belongs to the last segment the call read (reading stops right after a segment carrying fds).
+
+:func:`check_stream_socket` checks what a received fd *is* before anyone relies on it: the template
+refuses a spawn whose fd is not a connected ``AF_UNIX`` stream socket (a UDP socket, a datagram socket whose
+peer closed, a pipe), since a worker given one would block forever.
 """
 
 from __future__ import annotations
@@ -67,6 +71,27 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
     """The credentials the kernel recorded for the peer of a connected ``AF_UNIX`` socket (at
     ``connect``/``socketpair`` time). Errors: ``OSError``."""
     return PeerCredentials(*_UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)))
+
+
+def check_stream_socket(fd: int) -> str | None:
+    """Why ``fd`` is not a connected ``AF_UNIX`` ``SOCK_STREAM`` socket, or None if it is one. ``fd`` stays
+    open and unchanged (three ``getsockopt`` and a ``getpeername``; no I/O on it)."""
+    try:
+        sock = socket.socket(fileno=fd)  # asks the kernel for family and type (ENOTSOCK for a non-socket)
+    except OSError as e:
+        return f"not a socket ({e.strerror})"
+    try:
+        if sock.family != socket.AF_UNIX:
+            return f"not an AF_UNIX socket (family {sock.family.name})"
+        if sock.type != socket.SOCK_STREAM:
+            return f"not a stream socket (type {sock.type.name})"
+        try:
+            sock.getpeername()
+        except OSError as e:  # ENOTCONN: never connected, or a listening socket
+            return f"not connected ({e.strerror})"
+        return None
+    finally:
+        sock.detach()  # the fd is the caller's
 
 
 def close_fds(fds: Iterable[int]) -> None:

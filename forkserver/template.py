@@ -8,10 +8,21 @@ a threaded process is unsafe) and no asyncio loop: one ``selectors`` loop over
   HMAC handshake of :mod:`forkserver.control`, then spawn / stats requests; a connection still
   unauthenticated after 10 s is dropped, and at most 1024 are open at once),
 - a signal wake-up pipe (``signal.set_wakeup_fd``): SIGCHLD → reap with ``waitpid(-1, WNOHANG)`` in a loop
-  and send ``exited`` to the connection that asked for the child; SIGTERM/SIGINT → clean exit,
-- optionally the *parent pipe* (library launch): EOF means the launching parent is gone.
+  and send ``exited`` to the connection that asked for the child; SIGTERM/SIGINT → clean exit (their
+  handler also sets a flag, so that no refill starts once a stop was asked for),
+- optionally the *parent pipe* (library launch): EOF means the launching parent is gone,
+- optionally the ``/metrics`` endpoint (:mod:`forkserver.metrics_http`, ``metrics_port``): the counters of
+  :meth:`Template.counters` in Prometheus' text format, rendered by :mod:`forkserver.metrics` (so
+  prometheus_client is imported only when the endpoint is on).
 
 Each selector key's data is the bound method that handles its events.
+
+A spawn's fd must be a connected ``AF_UNIX`` stream socket (:func:`forkserver.fdpass.check_stream_socket`):
+anything else gets a ``bad-fds`` refusal before any fork (a worker given a UDP socket would block forever).
+The listen backlog is the connection cap, so a flood of connects is refused by the cap, not by the kernel.
+
+Logging is stdlib ``logging`` (logger per module; the launcher configures it): every line about a child
+names its tenant and pid, and a spawn's line is written after its reply went out.
 
 Spawns are served from a small pool of *pre-forked* children (:mod:`forkserver.pool`; ``pool_size``, default
 1; the environment variable ``WALREDO_TEMPLATE_POOL`` sets the default, 0 forks on request only). A pool child
@@ -38,25 +49,31 @@ from __future__ import annotations
 import dataclasses
 import enum
 import gc
+import itertools
+import logging
 import os
 import selectors
 import signal
 import socket
-import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn
 
 from forkserver import child, control, fdpass, sandbox
 from forkserver.connection import Connection
 from forkserver.control import BadRequest, Message, Spawn, StatsRequest
 from forkserver.errors import InvalidTenantId
 from forkserver.listener import listen, prepare_socket_dir, unlink_if_ours
-from forkserver.pool import Pool
+from forkserver.metrics_http import MetricsEndpoint
+from forkserver.pool import MAX_POOL_SIZE, Pool
 from forkserver.secret import Key
 
-__all__ = ["Template", "TemplateState", "prepare_socket_dir"]
+__all__ = ["Template", "TemplateState", "prepare_socket_dir", "pool_size_from_env", "default_pool_size", "POOL_ENV"]
+
+log = logging.getLogger(__name__)
+_pool_log = logging.getLogger("forkserver.pool")  # what the pool reports (it is given a callable)
 
 _AUTH_DEADLINE = 10.0  # seconds an unauthenticated connection may idle before we drop it
 _ORPHAN_GRACE = 0.5  # seconds children get to exit on their own after the parent died
@@ -65,6 +82,7 @@ _ORPHAN_GRACE = 0.5  # seconds children get to exit on their own after the paren
 _MAX_CONNECTIONS = 1024  # beyond this new connections are closed at once (a same-uid peer flooding us)
 _IDLE_CHECK_EVERY = 1.0  # seconds between sweeps for unauthenticated connections past their deadline
 _DEFAULT_POOL = "1"  # pre-forked children kept ready (WALREDO_TEMPLATE_POOL overrides; 0 = fork on request)
+POOL_ENV = "WALREDO_TEMPLATE_POOL"
 
 # The wake-up fd carries signal numbers as bytes; plain ints keep the per-signal check off IntEnum code.
 _SIGCHLD, _SIGTERM, _SIGINT = int(signal.SIGCHLD), int(signal.SIGTERM), int(signal.SIGINT)
@@ -83,6 +101,30 @@ def _noop_handler(signum: int, frame: FrameType | None) -> None:
     pass
 
 
+def default_pool_size() -> int:
+    """Pre-forked children kept ready when neither ``pool_size`` nor ``$WALREDO_TEMPLATE_POOL`` says."""
+    return int(_DEFAULT_POOL)
+
+
+def pool_size_from_env() -> int:
+    """The pool size ``$WALREDO_TEMPLATE_POOL`` asks for (:func:`default_pool_size` when unset).
+
+    Errors: ``ValueError`` naming the variable, for anything but an integer from 0 to ``MAX_POOL_SIZE``."""
+    raw = os.environ.get(POOL_ENV, _DEFAULT_POOL)
+    try:
+        size = int(raw)
+    except ValueError:
+        size = -1
+    if not 0 <= size <= MAX_POOL_SIZE:
+        raise ValueError(f"{POOL_ENV} must be an integer from 0 to {MAX_POOL_SIZE}, got {raw!r}")
+    return size
+
+
+def _exit_is_normal(status: int) -> bool:
+    # 0: the worker saw EOF; SIGKILL/SIGTERM: its parent stopped it (idle quiesce, shutdown).
+    return status in (0, -signal.SIGKILL, -signal.SIGTERM)
+
+
 class Template:
     """The template's server loop. Construct, then :meth:`serve` (blocks until SIGTERM/SIGINT or parent
     death; returns the process exit code).
@@ -92,7 +134,10 @@ class Template:
     wrote it); ``parent_fd`` is a pipe read end whose EOF means the launching parent is gone. ``policy``:
     the sandbox every child enters before it serves (:mod:`forkserver.sandbox`); ``None`` (the class default,
     for tests of the loop itself): children run unconfined. The launcher passes a policy unless told
-    ``--no-sandbox``.
+    ``--no-sandbox``. ``pool_size``: pre-forked children (None: :func:`pool_size_from_env`).
+    ``metrics_port`` (None: off; 0: any free port) and ``metrics_host``: where :meth:`bind` opens the
+    ``/metrics`` endpoint. ``notify`` is called with ``"STOPPING=1"`` when the shutdown begins (the
+    launcher passes :func:`forkserver.service.notify`).
 
     Errors: ``ValueError`` (key size, pool size), :class:`~forkserver.sandbox.SandboxError` (the filter does
     not compile: no libseccomp).
@@ -104,8 +149,9 @@ class Template:
     """
 
     def __init__(self, socket_path: str, worker: child.Worker, key: bytes | Key, *, key_file: str | None = None,
-                 parent_fd: int | None = None, log: TextIO | None = None, pool_size: int | None = None,
-                 policy: sandbox.Policy | None = None):
+                 parent_fd: int | None = None, pool_size: int | None = None,
+                 policy: sandbox.Policy | None = None, metrics_port: int | None = None,
+                 metrics_host: str = "127.0.0.1", notify: Callable[[str], object] | None = None):
         if len(key) != control.KEY_SIZE:
             raise ValueError("key must be 32 bytes")
         self.socket_path = os.path.abspath(socket_path)
@@ -116,14 +162,28 @@ class Template:
             sandbox.prepare()  # compiled once here; each child only loads it
         self.key_file = key_file
         self.parent_fd = parent_fd
-        self._log_file = log if log is not None else sys.stderr
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self._notify = notify
+        self.started = time.time()
+        # Counters (stats(), /metrics): spawns answered with a child; forks that failed, on request or while
+        # pre-forking; children pre-forked; spawns a pool child served / forked on request with the pool on.
         self.spawns = 0
+        self.fork_failures = 0
+        self.pool_refills = 0
+        self.pool_hits = 0
+        self.pool_misses = 0
         if pool_size is None:
-            pool_size = int(os.environ.get("WALREDO_TEMPLATE_POOL", _DEFAULT_POOL))
+            pool_size = pool_size_from_env()
         # Its children are also in _children (owner None) until a spawn takes them.
-        self._pool = Pool(pool_size, self._run_idle, self._log)
+        self._pool = Pool(pool_size, self._run_idle, self._pool_problem)
         self._served = False  # this wake-up handed out a child (the pool is refilled on a later one)
         self._children: dict[int, Connection | None] = {}  # live (unreaped) child pid -> connection that asked
+        # Tenant children only (no pool child): pid -> (tenant, Unix time its spawn was answered), oldest first.
+        self._tenants: dict[int, tuple[str, float]] = {}
+        self._unlogged: list[tuple[str, int]] = []  # pool spawns whose line waits until their reply went out
+        self._stop_requested = False  # set by the SIGTERM/SIGINT handler (the loop reads the wake-up fd later)
+        self._metrics: MetricsEndpoint | None = None
         self._conns: dict[int, Connection] = {}
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
@@ -139,24 +199,66 @@ class Template:
 
     # ------------------------------------------------------------------ setup
 
-    def bind(self) -> None:
-        """Create the listening socket (mode 0600) at ``socket_path``; replaces a stale socket file.
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` the ``/metrics`` endpoint listens on once bound (None: off)."""
+        return None if self._metrics is None else (self.metrics_host, self._metrics.port)
 
-        Errors: ``FileExistsError`` when a live server answers on the path; ``PermissionError`` for an unsafe
-        directory."""
-        self._listener, self._socket_ino = listen(self.socket_path)
+    def bind(self) -> None:
+        """Create the listening socket (mode 0600) at ``socket_path``; replaces a stale socket file (logged).
+        Opens the ``/metrics`` endpoint too when ``metrics_port`` is set.
+
+        Errors: ``FileExistsError`` when the path is not a socket (left untouched) or a live server answers
+        on it; ``PermissionError`` for an unsafe directory; ``OSError`` when the metrics port is taken (then
+        nothing stays bound)."""
+        metrics = None
+        if self.metrics_port is not None:
+            from forkserver import metrics as template_metrics  # prometheus_client only when the endpoint is on
+
+            metrics = MetricsEndpoint(self._sel, self.metrics_port, template_metrics.renderer(self.counters),
+                                      host=self.metrics_host)
+        try:
+            # The backlog is the connection cap: beyond it connections are refused by _on_accept, in order.
+            self._listener, self._socket_ino = listen(self.socket_path, _MAX_CONNECTIONS)
+        except BaseException:
+            if metrics is not None:
+                metrics.close()
+            raise
+        self._metrics = metrics
+
+    def close(self) -> None:
+        """Undo :meth:`bind` for a template that will not serve (its set-up failed later): close the
+        sockets and remove the socket file if it is still ours. Idempotent; :meth:`serve` cleans up itself."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            unlink_if_ours(self.socket_path, self._socket_ino)
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, _noop_handler)
+        signal.signal(signal.SIGCHLD, _noop_handler)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop_signal)
         child.plan_signal_reset()
+        # The launcher blocks these while it sets up (a stop then must not leave the socket behind); one that
+        # arrived meanwhile is delivered now, to the handlers above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT))
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only a flag: the wake-up fd carries the signal to the loop. The flag stops refills that would start
+        # before the loop reads it (the pool may be forking when the signal arrives).
+        self._stop_requested = True
 
     # ------------------------------------------------------------------ loop
 
-    def serve(self) -> int:
-        """Run until stopped; clean up; return the exit code (0)."""
+    def serve(self, on_ready: Callable[[], object] | None = None) -> int:
+        """Run until stopped; clean up; return the exit code (0). ``on_ready()`` is called once the signal
+        handlers are in place and the listener is registered, before the pool is first filled (a spawn that
+        comes early is forked on request)."""
         if self.state is not TemplateState.NEW:
             raise RuntimeError(f"serve() on a template that is {self.state.value}")
         if self._listener is None:
@@ -176,10 +278,15 @@ class Template:
         if self.policy is not None and self.policy.seccomp:
             # Measured once here: every child maps what the template maps at its fork (plus a little).
             self.policy = dataclasses.replace(self.policy, mapped_hint=sandbox.mapped_bytes())
-        self._refill_pool()
         if threading.active_count() > 1:
             # fork() copies only the calling thread; locks held by the others stay locked in every child.
-            self._log(f"warning: {threading.active_count()} threads at serve time; forking them is unsafe")
+            log.warning("%d threads at serve time; forking them is unsafe", threading.active_count())
+        log.info("serving %s (pool %d, sandbox %s%s)", self.socket_path, self._pool.size,
+                 "on" if self.policy is not None and self.policy.seccomp else "off",
+                 "" if self._metrics is None else f", metrics on {self.metrics_host}:{self._metrics.port}")
+        if on_ready is not None:
+            on_ready()
+        self._refill()
         # Every page the loop writes after a fork is a copy-on-write fault (several µs each on a VM) while the
         # child shares it, so the per-request path stays lean: the deadline sweep runs about once a second,
         # not once per wake-up.
@@ -197,7 +304,7 @@ class Template:
                 # is refilled first, so that the `exited` events go out after it and a spawn that follows
                 # them does not queue behind the fork.
                 if short and not any(key.fd in conns for key, _ in ready):
-                    self._refill_pool()
+                    self._refill()
                     short = False
                 for key, events in ready:
                     key.data(events)
@@ -205,9 +312,11 @@ class Template:
                         break
                 else:
                     if short and not self._served:
-                        self._refill_pool()
+                        self._refill()
                 if monotonic() >= self._idle_check_at:
                     self._drop_idle_unauthenticated()
+                    if self._metrics is not None:
+                        self._metrics.sweep()
                     self._idle_check_at = monotonic() + _IDLE_CHECK_EVERY
         finally:
             self._shutdown()
@@ -244,23 +353,23 @@ class Template:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                self._log(f"accept failed: {e}")
+                log.warning("accept failed: %s", e)
                 return
             sock.setblocking(False)
             try:
-                uid = fdpass.peer_credentials(sock).uid
+                peer_pid, uid, _ = fdpass.peer_credentials(sock)
             except OSError:
-                uid = -1
+                peer_pid, uid = 0, -1
             if uid != os.getuid():
                 # Dropped before anything is read from it; it never sees the challenge.
-                self._log(f"refused a peer with uid {uid}")
+                log.warning("refused a peer (pid %d) with uid %d", peer_pid, uid)
                 sock.close()
                 continue
             if len(self._conns) >= _MAX_CONNECTIONS:
-                self._log("refused a connection: too many open")
+                log.warning("refused a connection from pid %d: %d open already", peer_pid, _MAX_CONNECTIONS)
                 sock.close()
                 continue
-            conn = Connection(sock, self._key, self._sel, self._handle, self._forget_conn, self._log)
+            conn = Connection(sock, self._key, self._sel, self._handle, self._forget_conn, peer_pid=peer_pid)
             self._conns[sock.fileno()] = conn
             conn.start()
 
@@ -274,10 +383,23 @@ class Template:
         else:  # pragma: no cover - the protocol only returns the types above to the template
             raise AssertionError(event)
 
-    def stats(self) -> dict[str, int | bool]:
+    def counters(self) -> dict[str, int | float | bool]:
+        """The template's counters and gauges (the ``stats-reply`` fields of :mod:`forkserver.control` but
+        the children list; what ``/metrics`` exports)."""
         return {"spawns": self.spawns, "live": len(self._children) - len(self._pool), "idle": len(self._pool),
-                "connections": len(self._conns), "pid": os.getpid(),
-                "sandbox": self.policy is not None and self.policy.seccomp}
+                "pool_size": self._pool.size, "connections": len(self._conns), "pid": os.getpid(),
+                "sandbox": self.policy is not None and self.policy.seccomp, "started": self.started,
+                "fork_failures": self.fork_failures, "pool_refills": self.pool_refills,
+                "pool_hits": self.pool_hits, "pool_misses": self.pool_misses}
+
+    def stats(self) -> dict[str, Any]:
+        """:meth:`counters` and the live tenant children (``children``: ``[tenant, pid, started]`` each,
+        oldest first, at most ``MAX_LISTED_CHILDREN``; ``children_omitted``: how many more)."""
+        stats: dict[str, Any] = self.counters()
+        listed = list(itertools.islice(self._tenants.items(), control.MAX_LISTED_CHILDREN))
+        stats["children"] = [[tenant, pid, started] for pid, (tenant, started) in listed]
+        stats["children_omitted"] = len(self._tenants) - len(listed)
+        return stats
 
     def _spawn(self, conn: Connection, req: Spawn) -> None:
         try:
@@ -292,18 +414,32 @@ class Template:
             fdpass.close_fds([req.fd])
             conn.proto.send(control.ErrorReply(req.request_id, "invalid-options", str(e)))
             return
+        problem = fdpass.check_stream_socket(req.fd)
+        if problem is not None:
+            # A worker on anything but a connected stream socket would block forever, never seeing EOF.
+            fdpass.close_fds([req.fd])
+            conn.proto.send(control.ErrorReply(req.request_id, "bad-fds",
+                                               f"the spawn's fd is {problem}: want a connected AF_UNIX "
+                                               "SOCK_STREAM socket"))
+            log.warning("tenant %s: refused a spawn from pid %d: its fd is %s", req.tenant, conn.peer_pid, problem)
+            return
         self._served = True
         if self._pool and self._assign_idle(conn, req):
+            self._log_pool_spawns()
             return
         try:
             pid = os.fork()
         except OSError as e:
+            self.fork_failures += 1
             fdpass.close_fds([req.fd])
             conn.proto.send(control.ErrorReply(req.request_id, "fork-failed", str(e)))
+            log.error("tenant %s: fork failed: %s", req.tenant, e)
             return
         if pid == 0:
             child.run_child(req.fd, req.tenant, self.worker, forget=self._python_sockets(), policy=self.policy)
         self.spawns += 1
+        if self._pool.size:
+            self.pool_misses += 1
         self._children[pid] = conn
         try:
             try:
@@ -312,8 +448,11 @@ class Template:
                 pidfd = os.pidfd_open(pid)
             except OSError as e:
                 os.kill(pid, signal.SIGKILL)  # unreaped, so the pid is still ours
+                self.fork_failures += 1
                 conn.proto.send(control.ErrorReply(req.request_id, "fork-failed", f"pidfd_open: {e}"))
+                log.error("tenant %s pid %d: pidfd_open failed, killed it: %s", req.tenant, pid, e)
                 return
+            self._tenants[pid] = (req.tenant, time.time())
             conn.owned_fds.add(pidfd)
             conn.proto.send(control.Spawned(req.request_id, pid, pidfd))
             if not conn.sender:
@@ -321,6 +460,19 @@ class Template:
                 conn.queue_output()
         finally:
             os.close(req.fd)  # our copy of the child's socket (closing it is not urgent, so it comes last)
+        log.info("tenant %s pid %d: spawned (forked on request) for pid %d", req.tenant, pid, conn.peer_pid)
+
+    def _spawned_from_pool(self, pid: int, tenant: str) -> None:
+        # Bookkeeping of a pool hit, before its reply; its log line comes after (_log_pool_spawns).
+        self.spawns += 1
+        self.pool_hits += 1
+        self._tenants[pid] = (tenant, time.time())
+        self._unlogged.append((tenant, pid))
+
+    def _log_pool_spawns(self) -> None:
+        for tenant, pid in self._unlogged:
+            log.info("tenant %s pid %d: spawned (from the pool)", tenant, pid)
+        self._unlogged.clear()
 
     # ------------------------------------------------------------------ pre-forked pool
 
@@ -331,7 +483,7 @@ class Template:
         if got is None:
             return False
         pid, pidfd = got
-        self.spawns += 1
+        self._spawned_from_pool(pid, req.tenant)
         self._children[pid] = conn
         conn.owned_fds.add(pidfd)
         conn.proto.send(control.Spawned(req.request_id, pid, pidfd))
@@ -343,6 +495,20 @@ class Template:
         for pid in self._pool.refill():
             self._children[pid] = None  # unreaped from its fork on; reaped silently if it dies unassigned
 
+    def _refill(self) -> None:
+        # The loop's one way to refill: counts what the pool forked, and starts nothing once a stop was asked.
+        if self._stop_requested:
+            return
+        before = len(self._children)  # a refill only adds to it
+        self._refill_pool()
+        self.pool_refills += len(self._children) - before
+
+    def _pool_problem(self, message: str) -> None:
+        # What the pool reports: a failed pre-fork (it retries after a back-off) or a pool child that died.
+        if message.startswith("cannot pre-fork"):
+            self.fork_failures += 1
+        _pool_log.warning("%s", message)
+
     def _run_idle(self, chan_fd: int) -> NoReturn:
         # In a freshly forked pool child (Pool.refill): wait for a tenant on the channel, then serve.
         child.run_idle(chan_fd, self.worker, forget=self._python_sockets(), policy=self.policy)
@@ -352,6 +518,8 @@ class Template:
         socks.extend(self._pool.channels())
         if self._listener is not None:
             socks.append(self._listener)
+        if self._metrics is not None:
+            socks.extend(self._metrics.sockets())
         return socks
 
     def _reap(self) -> None:
@@ -366,9 +534,26 @@ class Template:
                 return
             self._pool.reaped(pid, status)  # a pre-forked child may die before it got a tenant
             conn = self._children.pop(pid, None)
+            code = os.waitstatus_to_exitcode(status)
             if conn is not None and not conn.closed:
-                conn.proto.send(control.Exited(pid, os.waitstatus_to_exitcode(status)))
+                conn.proto.send(control.Exited(pid, code))
                 conn.queue_output()
+            self._log_exit(pid, code)
+
+    def _log_exit(self, pid: int, code: int) -> None:
+        entry = self._tenants.pop(pid, None)
+        if entry is None:
+            return  # a pool child (the pool reports its own) or one whose spawn failed
+        tenant, started = entry
+        if code >= 0:
+            how = f"exited with status {code}"
+        else:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        log.log(logging.INFO if _exit_is_normal(code) else logging.WARNING, "tenant %s pid %d: %s after %.1f s",
+                tenant, pid, how, time.time() - started)
 
     # ------------------------------------------------------------------ output
 
@@ -388,8 +573,14 @@ class Template:
     # ------------------------------------------------------------------ shutdown
 
     def _shutdown(self) -> None:
+        if self._notify is not None:
+            self._notify("STOPPING=1")
+        log.info("stopping (%s): %d tenant children %s", self.state.value, len(self._tenants),
+                 "keep serving their parent" if self.state is TemplateState.STOPPING else "are stopped")
         for pid in self._pool.drain():
             self._children.pop(pid, None)
+        if self._metrics is not None:
+            self._metrics.close()
         if self._listener is not None:
             try:
                 self._sel.unregister(self._listener)
@@ -418,7 +609,7 @@ class Template:
                 os.rmdir(os.path.dirname(self.socket_path))
             except OSError:
                 pass
-        self._log(f"exiting ({self.state.value})")
+        log.info("exiting (%s)", self.state.value)
         self.state = TemplateState.STOPPED
 
     def _reap_orphans(self) -> None:
@@ -434,6 +625,8 @@ class Template:
                         pass
             self._reap()
         for pid in list(self._children):
+            tenant = self._tenants.get(pid, ("-", 0.0))[0]
+            log.warning("tenant %s pid %d: still running after the parent died; killing it", tenant, pid)
             try:
                 os.kill(pid, signal.SIGKILL)  # unreaped: the pid cannot have been recycled
             except ProcessLookupError:
@@ -444,9 +637,4 @@ class Template:
             except ChildProcessError:
                 pass
             self._children.pop(pid, None)
-
-    def _log(self, msg: str) -> None:
-        try:
-            print(f"walredo-template[{os.getpid()}]: {msg}", file=self._log_file, flush=True)
-        except (OSError, ValueError):
-            pass
+            self._tenants.pop(pid, None)

@@ -147,6 +147,29 @@ def test_oversized_frame_after_auth_is_fatal_and_closes_held_fds():
     assert t.state is State.CLOSED
 
 
+def test_parent_accepts_a_stats_reply_listing_every_child_beyond_a_request_frame():
+    t, p = handshake()
+    children = [[f"{i:032x}-{i % 65536:04x}", 100000 + i, 1.7e9 + i] for i in range(control.MAX_LISTED_CHILDREN)]
+    t.send(control.StatsReply(5, {"spawns": 1, "live": len(children), "children": children, "children_omitted": 3}))
+    (frame, _), = t.data_to_send()
+    assert control.MAX_FRAME < len(frame) <= control.MAX_REPLY_FRAME  # the bound is about the worst case
+    (reply,) = pump_frames(frame, p)
+    assert reply.request_id == 5 and reply.stats["children"] == children
+    # a reply past the parent's bound is still fatal, and the template's own bound stays MAX_FRAME
+    p.receive_data(struct.pack(">I", control.MAX_REPLY_FRAME + 1))
+    with pytest.raises(ControlProtocolError) as e:
+        p.next_event()
+    assert e.value.code == "frame-too-large"
+
+
+def pump_frames(frame: bytes, dst: ControlConnection) -> list:
+    dst.receive_data(frame)
+    events = []
+    while (ev := dst.next_event()) is not None:
+        events.append(ev)
+    return events
+
+
 @pytest.mark.parametrize("body,code", [
     (b"\xc1", "bad-request"),  # never-used msgpack byte
     (msgpack.packb([1, 2]), "bad-request"),

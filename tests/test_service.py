@@ -152,3 +152,11 @@ def test_systemd_unit_verifies(tmp_path):
     wrong = subprocess.run([analyze, "verify", str(bad)], capture_output=True, text=True)
     assert "kill mode" in wrong.stderr.lower()  # the check can fail: a misspelt value is reported
     assert ok.returncode == 0 and str(unit) not in ok.stderr, ok.stderr
+
+
+def test_systemd_unit_flags_are_the_launchers():
+    from forkserver import launcher
+
+    argv = shlex.split(_unit_values(UNIT.read_text())["ExecStart"])
+    args = launcher._parser().parse_args(argv[1:])  # argparse exits 2 on an unknown or malformed flag
+    assert args.key_file and args.socket and args.log_level in service.LOG_LEVELS

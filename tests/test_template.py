@@ -36,9 +36,11 @@ class Launched:
 def template(tmp_path, proc_guard):  # noqa: F811
     sockdir = proc_guard.watch_dir(str(tmp_path / "tpl"))
     path = os.path.join(sockdir, "ctl.sock")
+    env = dict(os.environ)
+    env.setdefault("WALREDO_TEMPLATE_POOL", "1")  # the pool tests here count one pre-forked child
     proc = subprocess.Popen(
         [os.path.join(REPO, "scripts", "walredo-template"), "--socket", path, "--worker", WORKER],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=REPO,
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=REPO, env=env,
     )
     try:
         line = proc.stdout.readline().decode()
@@ -447,4 +449,128 @@ def test_replies_queued_behind_a_full_socket_arrive_in_order_with_their_fds(temp
             p.close()
     exited = {c.next(control.Exited).pid for _ in pids}
     assert exited == set(pids)
+    c.close()
+
+
+def _pool_full(stats) -> bool:
+    return stats["idle"] == stats["pool_size"]
+
+
+def _spawn_with_fd(c, rid, fd):
+    c.send(control.Spawn(rid, TENANT, {}, fd))
+
+
+@pytest.mark.parametrize("kind", ["udp", "datagram-peer-closed", "seqpacket", "listening", "pipe"])
+def test_spawn_fd_that_is_not_a_connected_stream_socket_is_refused_before_any_fork(template, kind):
+    # A worker given one of these would block forever (no EOF ever comes) and survive SIGTERM.
+    c = RawClient(template.path, template.key)
+    _stats_when(c, _pool_full, 100)
+    children_before = {p.pid for p in psutil.Process(template.proc.pid).children()}
+    fds_before = template.num_fds()
+    keep = []
+    if kind == "udp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        fd = s.fileno()
+        keep.append(s)
+    elif kind == "datagram-peer-closed":
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        a.close()
+        fd = b.fileno()
+        keep.append(b)
+    elif kind == "seqpacket":
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fd = b.fileno()
+        keep += [a, b]
+    elif kind == "listening":
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(f"\0walredo-test-listening-{os.getpid()}")
+        s.listen()
+        fd = s.fileno()
+        keep.append(s)
+    else:
+        r, w = os.pipe()
+        fd = r
+    try:
+        _spawn_with_fd(c, 7, fd)
+        err = c.next(control.ErrorReply)
+        assert (err.request_id, err.code) == (7, "bad-fds"), err
+        assert "connected AF_UNIX SOCK_STREAM" in err.message
+        # no fork, no pool child used, nothing held; the connection still serves
+        stats = _stats_when(c, _pool_full, 101)
+        assert (stats["spawns"], stats["live"], stats["pool_hits"], stats["pool_misses"]) == (0, 0, 0, 0)
+        assert {p.pid for p in psutil.Process(template.proc.pid).children()} == children_before
+        assert template.num_fds() == fds_before
+        parent = c.spawn(8)
+        ev = c.next(control.Spawned)
+        assert ping(parent).startswith(b"pong %d" % ev.pid)
+        os.close(ev.pidfd)
+        parent.close()
+        assert c.next(control.Exited) == control.Exited(ev.pid, 0)
+    finally:
+        for s in keep:
+            s.close()
+        if kind == "pipe":
+            os.close(r)
+            os.close(w)
+        c.close()
+
+
+def test_listen_backlog_matches_the_connection_cap(template):
+    # With the template stopped, every connect lands in the listen queue: all 1024 must fit (a backlog of
+    # 128 refuses the 130th with EAGAIN). Then the template accepts and serves them.
+    import resource
+
+    from forkserver import template as template_module
+
+    cap = template_module._MAX_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < cap + 100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, cap + 200), hard))
+    socks = []
+    os.kill(template.proc.pid, signal.SIGSTOP)
+    try:
+        for _ in range(cap):
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            socks.append(s)
+            s.connect(template.path)  # BlockingIOError here: the queue is full
+    finally:
+        os.kill(template.proc.pid, signal.SIGCONT)
+        for s in socks:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(socks) == cap
+    c = RawClient(template.path, template.key)
+    stats = _stats_when(c, lambda s: s["connections"] == 1, 1)
+    assert stats["connections"] == 1
+    c.close()
+
+
+def test_stats_list_the_live_children_and_count_pool_hits_and_misses(template):
+    c = RawClient(template.path, template.key)
+    pool_size = _stats_when(c, _pool_full, 100)["pool_size"]
+    tenants = [f"{i:032x}" for i in range(1, 4)]
+    before = time.time()
+    parents = [c.spawn(i, t) for i, t in enumerate(tenants)]  # one batch: the first is a pool hit
+    evs = [c.next(control.Spawned) for _ in tenants]
+    try:
+        stats = _stats_when(c, _pool_full, 101)
+        assert stats["spawns"] == 3 and stats["live"] == 3
+        assert stats["pool_hits"] >= 1 and stats["pool_hits"] + stats["pool_misses"] == 3
+        assert stats["pool_refills"] >= pool_size + stats["pool_hits"] and stats["fork_failures"] == 0
+        assert stats["started"] <= before
+        listed = stats["children"]
+        assert [(t, pid) for t, pid, _ in listed] == [(t, ev.pid) for t, ev in zip(tenants, evs)]
+        assert all(before <= started <= time.time() for _, _, started in listed)
+        assert stats["children_omitted"] == 0
+    finally:
+        for p in parents:
+            p.close()
+    exited = {c.next(control.Exited).pid for _ in tenants}
+    assert exited == {ev.pid for ev in evs}
+    stats = _stats_when(c, lambda s: not s["children"], 102)
+    assert stats["children"] == [] and stats["live"] == 0
+    for ev in evs:
+        os.close(ev.pidfd)
     c.close()
