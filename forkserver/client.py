@@ -295,11 +295,12 @@ class TemplateClient:
         which = "spawn_timeout" if budget == self.spawn_timeout else "the caller's timeout"
         if budget <= 0:
             raise SpawnTimeout(f"spawn for tenant {tenant_id}: no time left ({which})")
-        waiting_for_reply = False
+        waiting_for_reply: Session | None = None
+        sent_at = 0.0
         try:
             async with asyncio.timeout(budget):
                 session = await self._wait_session()
-                waiting_for_reply = True
+                waiting_for_reply, sent_at = session, self._loop.time()
                 parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 rid = next(self._ids)
                 fut: asyncio.Future[ChildHandle] = self._loop.create_future()
@@ -324,7 +325,11 @@ class TemplateClient:
                         parent_end.close()  # a child forked anyway sees EOF and exits
                     raise
         except TimeoutError:
-            if waiting_for_reply:
+            if waiting_for_reply is not None:
+                if waiting_for_reply.last_heard < sent_at:
+                    # Nothing heard since we asked: probe it anyway, or a stuck template would never be noticed
+                    # by callers whose deadlines are all shorter than liveness_timeout.
+                    self._start_probe(waiting_for_reply)
                 raise SpawnTimeout(f"no spawn reply for tenant {tenant_id} within {budget:g} s ({which})") from None
             raise SpawnTimeout(f"spawn for tenant {tenant_id}: the template did not come back within {budget:g} s "
                                f"({which}): {self._last_error or 'restarting'}") from None
@@ -388,12 +393,17 @@ class TemplateClient:
             await self._check_alive(session)  # a stuck verdict fails the session, and with it fut
 
     async def _check_alive(self, session: Session) -> None:
+        probe = self._start_probe(session)
+        if probe is not None:
+            await asyncio.shield(probe)
+
+    def _start_probe(self, session: Session) -> asyncio.Task[bool] | None:
         # One probe per session at a time, shared by every spawn waiting on it.
-        if session.lost:
-            return
+        if session.lost or self.state is ClientState.CLOSED:
+            return None
         if session.probe is None:
             session.probe = self._loop.create_task(self._probe(session), name="walredo-template-liveness")
-        await asyncio.shield(session.probe)
+        return session.probe
 
     async def _probe(self, session: Session) -> bool:
         """A stats round trip with a deadline: True if the template is alive. A template that neither

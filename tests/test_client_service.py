@@ -445,3 +445,29 @@ async def test_failing_restart_says_why(tmp_path, proc_guard, monkeypatch):  # n
                     break
             assert "cannot load worker vanishing_worker2:main" in messages[-1], messages
             assert isinstance(e.value, SpawnTimeout)
+
+
+async def test_stuck_template_noticed_by_callers_with_short_deadlines(proc_guard):  # noqa: F811
+    """Every caller's deadline is shorter than liveness_timeout (a manager passing what is left of a short
+    request_timeout): a spawn that times out on a quiet template still starts the probe, so the stuck
+    template is replaced and a later spawn succeeds."""
+    async with asyncio.timeout(HANG):
+        c = await TemplateClient.launch(worker=WORKER, liveness_timeout=0.5)
+        mark = proc_guard.watch_dir(os.path.dirname(c.socket_path))
+        old = c.template_pid
+        try:
+            os.kill(old, signal.SIGSTOP)
+            child = None
+            for _ in range(100):  # bounded: about 0.2 s each
+                try:
+                    child = await c.spawn(tenant(1), timeout=0.2)
+                    break
+                except TemplateUnavailable:
+                    pass
+            assert child is not None, "the stuck template was never replaced"
+            assert c.restarts >= 1 and c.template_pid != old and not _ours_and_alive(old, mark)
+            child.close()
+            assert await child.wait() == 0
+        finally:
+            _release(old, mark)
+            await c.aclose()
