@@ -114,14 +114,14 @@ def _policy(args: argparse.Namespace, fail: Callable[[int, str], int]) -> sandbo
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="walredo-template", description=__doc__.split("\n\n")[0],
+        prog="walredo-template", description="Run the walredo template fork server in the foreground.",
         epilog="Also: walredo-template status --socket PATH [--key-file PATH] [--json] lists a running "
                "template's children with their memory (see walredo-template status --help). Exit codes: 0 "
                "clean stop, 2 bad arguments or worker import failure, 3 socket, key or metrics set-up failure.")
     parser.add_argument("--socket", required=True, help="control socket path (its directory becomes 0700)")
     parser.add_argument("--worker", default=DEFAULT_WORKER, help="MODULE:FUNCTION run as main(sock, tenant)")
     parser.add_argument(
-        "--pool", type=int, default=None,
+        "--pool", type=int, default=None, metavar="N",
         help=f"children kept pre-forked, waiting for a tenant, 0 to {MAX_POOL_SIZE} "
              f"(default: ${POOL_ENV} or {default_pool_size()}; 0 = fork on request)",
     )

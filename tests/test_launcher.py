@@ -438,3 +438,38 @@ def test_help_names_every_flag_and_the_status_command():
         assert flag in out.stdout, flag
     out = _run(["status", "--help"])
     assert out.returncode == 0 and "--json" in out.stdout and "--key-file" in out.stdout
+
+
+def test_status_says_when_only_rss_was_readable():
+    from forkserver import template_status
+
+    children = [{"memory_source": "smaps"}, {"memory_source": "statm"}]
+    note = template_status._memory_note(children)
+    assert "RSS only for 1 of 2 children" in note and "statm" in note and "CAP_SYS_PTRACE" in note
+    assert "smaps_rollup" in template_status._memory_note(children[:1])
+
+
+def test_a_library_launched_template_does_not_notify_the_service_manager(tmp_path, monkeypatch, proc_guard):  # noqa: F811
+    # A pageserver that is itself a Type=notify service has NOTIFY_SOCKET in its environment; the template it
+    # launches (TemplateClient.launch: --parent-fd) must not speak for it. The readiness line still works.
+    import asyncio
+
+    from forkserver.client import TemplateClient
+
+    notify_path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(notify_path)
+        monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
+
+        async def run() -> dict:
+            client = await TemplateClient.launch(WORKER, pool=0)
+            try:
+                return await client.stats()
+            finally:
+                await client.aclose()
+
+        stats = asyncio.run(run())
+        assert stats["pool_size"] == 0 and stats["children"] == []
+        manager.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            manager.recv(256)
