@@ -179,3 +179,29 @@ def test_frame_sender_queues_in_order_and_closes_owned_fds_once_sent(pair):
     with pytest.raises(OSError):
         os.fstat(r2)
     os.close(w2)
+
+
+def test_check_stream_socket_accepts_only_a_connected_unix_stream_socket():
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    d1.close()  # a datagram socket whose peer closed
+    seq1, seq2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    unconnected = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert fdpass.check_stream_socket(a.fileno()) is None
+        b.close()
+        assert fdpass.check_stream_socket(a.fileno()) is None  # peer gone: the worker reads EOF and exits
+        cases = {r: "not a socket", udp.fileno(): "not an AF_UNIX socket", d2.fileno(): "not a stream socket",
+                 seq2.fileno(): "not a stream socket", unconnected.fileno(): "not connected"}
+        for fd, why in cases.items():
+            problem = fdpass.check_stream_socket(fd)
+            assert problem is not None and problem.startswith(why), (fd, problem)
+            os.fstat(fd)  # still open: the fd stays the caller's
+        assert a.fileno() >= 0 and udp.fileno() >= 0
+    finally:
+        for s in (a, udp, d2, seq1, seq2, unconnected):
+            s.close()
+        os.close(r)
+        os.close(w)
