@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable
 
 from . import page as P
-from .bufmgr import RedoContext, block_data, init_for_redo, main_struct, page_for_redo
+from .bufmgr import RedoContext, block_data, main_struct, page_for_redo
 from .bufmgr import block_matches as _matches
 from .errors import BlockNotReferenced, InvalidRecord, UnsupportedRecord
 from .heapam2 import redo_freeze_page, redo_multi_insert, redo_prune, redo_vacuum, redo_visible_heap
@@ -74,6 +74,7 @@ from .heapam_xlog import (
     XLOG_HEAP_UPDATE,
     clear_all_visible,
     fix_infomask_from_infobits,
+    heap_page_for_redo,
     record_name,
     set_ctid,
 )
@@ -83,14 +84,9 @@ from .xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, BlockRef, DecodedRecord
 
 def redo_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -> None:
     offnum, flags = main_struct(rec, XL_INSERT, "INSERT")
-    page: bytearray | None
-    if rec.info & XLOG_HEAP_INIT_PAGE:
-        page = init_for_redo(ctx, blk, lsn)  # redone even over a restored image, as heap_xlog_insert does
-        P.page_init(page)
-    else:
-        page = page_for_redo(ctx, blk, lsn)
-        if page is None:
-            return
+    page = heap_page_for_redo(ctx, blk, lsn, bool(rec.info & XLOG_HEAP_INIT_PAGE))
+    if page is None:
+        return
     data = block_data(blk, "INSERT")
     if len(data) <= XL_HEAP_HEADER.size:
         raise InvalidRecord(f"INSERT: tuple data of {len(data)} bytes")
@@ -204,11 +200,8 @@ def redo_update(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: int) -
     if blk1 is None:
         # same page: pd_lsn is set once, after the new tuple (nothing reads it in between)
         page, old_off, old_len = _update_old(ctx, rec, lsn, hot, fields, newblk_no, blk0, False)
-    elif rec.info & XLOG_HEAP_INIT_PAGE:
-        page = init_for_redo(ctx, blk0, lsn)  # redone even over a restored image, as heap_xlog_update does
-        P.page_init(page)
     else:
-        page = page_for_redo(ctx, blk0, lsn)
+        page = heap_page_for_redo(ctx, blk0, lsn, bool(rec.info & XLOG_HEAP_INIT_PAGE))
     if page is None:
         return
     data = blk0.data

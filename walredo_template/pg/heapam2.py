@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 
 from . import page as P
-from .bufmgr import RedoContext, block_data, init_for_redo, main_struct, page_for_redo
+from .bufmgr import RedoContext, block_data, main_struct, page_for_redo
 from .errors import InvalidRecord
 from .heapam_xlog import (
     FROZEN_TRANSACTION_ID,
@@ -25,6 +25,7 @@ from .heapam_xlog import (
     XLH_INVALID_XVAC,
     XLOG_HEAP_INIT_PAGE,
     clear_all_visible,
+    heap_page_for_redo,
     set_all_visible,
 )
 from .xlogrecord import BlockRef, DecodedRecord
@@ -36,14 +37,9 @@ def redo_multi_insert(ctx: RedoContext, rec: DecodedRecord, blk: BlockRef, lsn: 
     md = rec.main_data
     if not isinit and len(md) < XL_MULTI_INSERT.size + 2 * ntuples:
         raise InvalidRecord(f"MULTI_INSERT: main data too short for {ntuples} offsets")
-    page: bytearray | None
-    if isinit:
-        page = init_for_redo(ctx, blk, lsn)  # redone even over a restored image, as in heapam.c
-        P.page_init(page)
-    else:
-        page = page_for_redo(ctx, blk, lsn)
-        if page is None:
-            return
+    page = heap_page_for_redo(ctx, blk, lsn, isinit)
+    if page is None:
+        return
     data = block_data(blk, "MULTI_INSERT")
     if isinit:
         _multi_insert_into_empty_page(page, data, ntuples, rec.xid, blk.blkno)

@@ -1,6 +1,7 @@
 """PostgreSQL 15 Heap and Heap2 WAL records (``access/heapam_xlog.h``, ``access/htup_details.h``): opcodes,
-flag bits, main-data layouts, and the tuple-header helpers every heap redo module shares
-(:mod:`.heapam` for Heap, :mod:`.heapam2` for Heap2, :mod:`.heapam_vm` for the visibility map).
+flag bits, main-data layouts, and the helpers every heap redo module shares (tuple-header bits, the
+INIT_PAGE-or-redo page read): :mod:`.heapam` for Heap, :mod:`.heapam2` for Heap2, :mod:`.heapam_vm` for
+the visibility map.
 
 Record layouts (``access/heapam_xlog.h`` of 15; main data unless said otherwise)::
 
@@ -26,7 +27,8 @@ from __future__ import annotations
 import struct
 
 from . import page as P
-from .xlogrecord import RM_HEAP2_ID, RM_HEAP_ID
+from .bufmgr import RedoContext, init_for_redo, page_for_redo
+from .xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, BlockRef
 
 MAIN_FORKNUM = 0
 VISIBILITYMAP_FORKNUM = 2
@@ -149,3 +151,14 @@ def set_all_visible(page: bytearray) -> None:
 
 def set_ctid(page: bytearray, off: int, blkno: int, offnum: int) -> None:
     P.CTID.pack_into(page, off + P.T_CTID, (blkno >> 16) & 0xFFFF, blkno & 0xFFFF, offnum)
+
+
+def heap_page_for_redo(ctx: RedoContext, blk: BlockRef, lsn: int, init: bool) -> bytearray | None:
+    """The heap page a record redoes: with ``init`` (XLOG_HEAP_INIT_PAGE) XLogInitBufferForRedo + PageInit,
+    redone even over a restored image as heap_xlog_insert, _multi_insert and _update do; otherwise
+    :func:`.bufmgr.page_for_redo` (None: restored, or already past the record)."""
+    if init:
+        page = init_for_redo(ctx, blk, lsn)
+        P.page_init(page)
+        return page
+    return page_for_redo(ctx, blk, lsn)
