@@ -409,6 +409,8 @@ class TemplateClient:
         """A stats round trip with a deadline: True if the template is alive. A template that neither
         answers nor sends anything else within ``liveness_timeout`` is declared stuck (:meth:`_stuck`)."""
         try:
+            if session.lost:  # lost between the task's creation and its first step
+                return False
             reads = session.reads
             rid = next(self._ids)
             fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
