@@ -48,13 +48,14 @@ class Launcher:
     """``scripts/walredo-template`` on one socket path, started and stopped by the test (run twice for a
     restart on the same path, as systemd's ``Restart=always`` would)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *extra: str):
         self.path = path
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> int:
         self.proc = subprocess.Popen([os.path.join(REPO, "scripts", "walredo-template"), "--socket", self.path,
-                                      "--worker", WORKER], stdout=subprocess.PIPE, cwd=REPO)
+                                      "--worker", WORKER, *self.extra], stdout=subprocess.PIPE, cwd=REPO)
         line = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, self.proc.stdout.readline),
                                       HANG)
         assert line.startswith(b"walredo-template ready"), line
@@ -230,6 +231,36 @@ async def test_connect_reconnects_after_template_restart(launcher):
             child.close()
             before.close()
             assert await child.wait() == 0
+
+
+@pytest.mark.parametrize("as_path", [True, False], ids=["key-file-path", "raw-key"])
+async def test_reconnect_with_a_stable_key_file(tmp_path, proc_guard, as_path):  # noqa: F811
+    """``--key-file`` (the service mode): a key file we wrote survives the restart, so the client
+    reconnects with the key it read once (raw bytes) as well as by re-reading the file."""
+    sockdir = proc_guard.watch_dir(str(tmp_path / "tpl"))
+    key = os.urandom(32)
+    key_file = tmp_path / "template.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, key.hex().encode() + b"\n")
+    os.close(fd)
+    lau = Launcher(os.path.join(sockdir, "ctl.sock"), "--key-file", str(key_file))
+    try:
+        async with asyncio.timeout(HANG):
+            await lau.start()
+            async with TemplateClient.connect(lau.path, key=str(key_file) if as_path else key) as c:
+                before = await c.spawn(tenant(1))
+                await lau.stop()
+                assert key_file.exists()  # a stable key file is never removed
+                second = await lau.start()
+                child = await _spawn_until_ok(c, tenant(2))
+                assert c.template_pid == second and c.restarts >= 1
+                assert (await ping(child)).startswith(b"pong")
+                assert (await ping(before)).startswith(b"pong")
+                for ch in (child, before):
+                    ch.close()
+                assert await child.wait() == 0
+    finally:
+        await lau.stop()
 
 
 async def test_reconnect_reports_a_missing_key_file(launcher):
