@@ -67,7 +67,7 @@ from .errors import (
 )
 from .metrics import Outcome, RedoMetrics, StopCause
 from .oncecell import OnceCell
-from .process import ProcessState, WalRedoProcess, check_record_lsns
+from .process import ProcessState, WalRedoProcess
 from .status import ManagerStatus, collect_status
 from .tenants import ProcessInfo, TenantTable, lru_idle_beyond, stop_cause
 
@@ -555,7 +555,6 @@ def _redo_request(tag: BufferTag, lsn: int, base_image: bytes | None, records: S
         request = RedoRequest(tag, lsn, base_image, records, pg_version, wal_log_hints=wal_log_hints)
     except TypeError as exc:
         raise ValueError(str(exc)) from exc
-    check_record_lsns(lsn, records)
     # The frame bound (FrameTooLarge) would otherwise only be hit when the process frames the request,
     # after a spawn. Framing costs a copy, so only a request that may be near the bound is framed here:
     # msgpack adds at most 15 bytes per record (array header, u64, bin header) and a few hundred for the rest.

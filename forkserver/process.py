@@ -73,22 +73,7 @@ def _recv_buffer() -> tuple[bytearray, memoryview]:
     return state
 
 
-def check_record_lsns(lsn: int, records: Sequence[tuple[int, bytes]]) -> None:
-    """Refuse records out of LSN order, or ending after the LSN the page is asked at.
-
-    ``records`` are ``(end_lsn, record)`` pairs already type-checked (``protocol.validate_redo``): their end
-    LSNs must be strictly ascending (WAL order; two records never end at the same LSN) and the last must be at
-    or before ``lsn``. Raises ``BadRedoRequest`` (a ``ValueError``). Without it, a request at LSN 1 or at
-    2^64-1 returned the same page as the right one, and records out of order went unnoticed.
-    """
-    prev = -1
-    for end_lsn, _rec in records:
-        if end_lsn <= prev:
-            raise protocol.BadRedoRequest(
-                f"records are not in ascending LSN order: end LSN {end_lsn:X} follows {prev:X}")
-        prev = end_lsn
-    if prev > lsn:
-        raise protocol.BadRedoRequest(f"the last record ends at LSN {prev:X}, after the request's LSN {lsn:X}")
+check_record_lsns = protocol.check_record_lsns  # part of protocol.validate_redo: both ends refuse
 
 
 class ChildHandleLike(Protocol):
@@ -239,12 +224,11 @@ class WalRedoProcess:
         timeout of its own: wrap it in ``asyncio.timeout`` and close the process if it fires.
         """
         request = protocol.RedoRequest(tag, lsn, base_image, records, pg_version, wal_log_hints=wal_log_hints)
-        check_record_lsns(lsn, records)
         return await self.send_redo(request)
 
     async def send_redo(self, request: protocol.RedoRequest) -> bytes:
         """:meth:`redo` for a request already built (and so already checked), e.g. by a caller that checks
-        its arguments before it has a process (and :func:`check_record_lsns`: not repeated here). Raises
+        its arguments before it has a process. Raises
         ``FrameTooLarge`` before any I/O, then as :meth:`redo`. Cancellation: as :meth:`redo`.
         """
         page = await self._request(_Kind.REDO, request.frame)

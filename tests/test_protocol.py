@@ -109,7 +109,8 @@ u32 = st.integers(0, 2**32 - 1)
     tag=st.tuples(u32, u32, u32, u32, u32),
     lsn=u64,
     base=st.one_of(st.none(), st.binary(min_size=8192, max_size=8192)),
-    records=st.lists(st.tuples(u64, st.binary(max_size=64)), max_size=5),
+    # valid requests only: records in strictly ascending end-LSN order (the request's LSN is moved to the last)
+    records=st.lists(st.tuples(u64, st.binary(max_size=64)), max_size=5, unique_by=lambda r: r[0]).map(sorted),
     ver=st.integers(-(2**63), 2**63 - 1),
     id=st.one_of(st.none(), u64),
     hints=st.booleans(),
@@ -117,6 +118,7 @@ u32 = st.integers(0, 2**32 - 1)
 def test_redo_round_trip_property(tag, lsn, base, records, ver, id, hints):
     if base is None and not records:
         records = [(lsn, b"x")]
+    lsn = max(lsn, records[-1][0]) if records else lsn
     msg = p.Redo(BufferTag(*tag), lsn, base, records, ver, id, hints)
     assert decode_all(p.RequestDecoder(), encode(msg)) == [msg]
 
@@ -334,8 +336,8 @@ def test_validate_redo_records_fast_check_and_detailed_loop_agree():
     """validate_redo accepts exact (int, bytes) tuples in one pass; anything else goes through the loop that
     names the problem (and still accepts lists, bytearray and memoryview records)."""
     tag = (1663, 5, 16384, 0, 1)
-    p.validate_redo(tag, 9, None, [(9, b"x"), (10, b"y")], 15)
-    p.validate_redo(tag, 9, None, [[9, bytearray(b"x")], (10, memoryview(b"y"))], 15)
+    p.validate_redo(tag, 10, None, [(9, b"x"), (10, b"y")], 15)
+    p.validate_redo(tag, 10, None, [[9, bytearray(b"x")], (10, memoryview(b"y"))], 15)
     with pytest.raises(TypeError):
         p.validate_redo(tag, 9, None, [(9, b"x"), (True, b"y")], 15)
     with pytest.raises(p.BadRedoRequest):
@@ -403,3 +405,12 @@ def test_frame_reader_splits_discards_and_counts_stream_offsets():
     with pytest.raises(framing.FrameTooLarge) as e:
         r.next_length()
     assert (e.value.length, e.value.bound) == (1001, 1000)
+
+
+@pytest.mark.parametrize("lsn, ends, why", [
+    (0x300, [0x200, 0x100], "ascending"), (0x300, [0x200, 0x200], "ascending"), (0x1FF, [0x100, 0x200], "after"),
+])
+def test_records_out_of_lsn_order_or_past_the_request_lsn_are_refused(lsn, ends, why):
+    records = [(e, b"r") for e in ends]
+    with pytest.raises(p.BadRedoRequest, match=why):
+        p.validate_redo((1, 2, 3, 0, 0), lsn, None, records, 15)

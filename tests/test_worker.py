@@ -266,3 +266,21 @@ def test_prepare_warms_the_paths_and_hands_its_buffer_to_main():
         assert len(worker._prepared_buffer) == worker.RECV_SIZE
     finally:
         worker._prepared_buffer = None
+
+
+def test_records_out_of_lsn_order_are_refused_by_the_child_too(child):
+    """A frame built without the parent's checks (another client, a fuzzer): the child answers bad-request
+    for records out of LSN order or ending after the request's LSN, and keeps serving."""
+    import msgpack
+
+    def raw(id, lsn, ends):
+        body = msgpack.packb({"type": "redo", "id": id, "tag": [1, 2, 3, 0, 4], "lsn": lsn, "base_image": PAGE,
+                              "records": [[e, b"r"] for e in ends], "pg_version": 15}, use_bin_type=True)
+        return struct.pack(">I", len(body)) + body
+
+    child.socket.sendall(raw(1, 0x300, [0x200, 0x100]) + raw(2, 0x300, [0x200, 0x200]) + raw(3, 0x1FF, [0x200])
+                         + p.encode_ping(4))
+    r = read_responses(child.socket, 4)
+    assert [(e.code, e.id) for e in r[:3]] == [("bad-request", 1), ("bad-request", 2), ("bad-request", 3)]
+    assert "ascending" in r[0].message and "after" in r[2].message
+    assert r[3] == p.Pong(4)

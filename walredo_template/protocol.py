@@ -321,7 +321,8 @@ def validate_redo(
 
     Raises ``TypeError`` for a wrong Python type and ``BadRedoRequest`` (a ``ValueError``) for a value out
     of range: a tag that is not 5 u32s, an LSN or end LSN outside u64, a base image that is not 8192 bytes,
-    an empty record list with no base image. ``pg_version`` is only type-checked: which versions are served
+    an empty record list with no base image, records out of LSN order or ending after ``lsn``
+    (:func:`check_record_lsns`). ``pg_version`` is only type-checked: which versions are served
     is the child's decision (``unsupported-pg-version``).
     """
     if not isinstance(tag, (tuple, list)) or len(tag) != 5:
@@ -363,6 +364,24 @@ def validate_redo(
         raise BadRedoRequest("a redo request needs a base image or at least one record")
     if not _is_int(pg_version):
         raise TypeError(f"pg_version must be int, got {type(pg_version).__name__}")
+    check_record_lsns(lsn, records)
+
+
+def check_record_lsns(lsn: int, records: Sequence[tuple[int, bytes]]) -> None:
+    """Refuse records out of LSN order, or ending after the LSN the page is asked at.
+
+    ``records`` are type-checked ``(end_lsn, record)`` pairs: their end LSNs must be strictly ascending (WAL
+    order; two records never end at the same LSN) and the last must be at or before ``lsn``. Raises
+    ``BadRedoRequest``. Part of :func:`validate_redo`, so the child refuses such a request too
+    (``bad-request``), whoever framed it.
+    """
+    prev = -1
+    for end_lsn, _rec in records:
+        if end_lsn <= prev:
+            raise BadRedoRequest(f"records are not in ascending LSN order: end LSN {end_lsn:X} follows {prev:X}")
+        prev = end_lsn
+    if prev > lsn:
+        raise BadRedoRequest(f"the last record ends at LSN {prev:X}, after the request's LSN {lsn:X}")
 
 
 # ------------------------------------------------------------------------------------------- decoding
@@ -565,5 +584,5 @@ __all__ = [
     "ERROR_CODES", "MAX_FRAME_SIZE", "PAGE_SIZE", "SUPPORTED_PG_VERSION", "BadRedoRequest", "Error", "FrameTooLarge",
     "InvalidMessage", "MalformedFrame", "Oversized", "Page", "Ping", "Pong", "ProtocolError", "Redo", "RedoRequest",
     "Request", "RequestDecoder", "Response", "ResponseDecoder", "encode_error", "encode_page", "encode_ping",
-    "encode_pong", "encode_redo", "validate_redo",
+    "encode_pong", "encode_redo", "validate_redo", "check_record_lsns",
 ]
