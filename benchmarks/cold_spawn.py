@@ -67,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the template's)")
     p.add_argument("--sporadic", type=int, default=None, help="sporadic cold tenants (default 200; quick 30)")
     p.add_argument("--bursts", type=int, default=None, help="burst rounds of --pool tenants (default 30; quick 5)")
+    p.add_argument("--burst-size", type=int, default=None,
+                   help="cold tenants per burst (default: the pool size; larger: the rest fork on request)")
     p.add_argument("--storm", type=int, default=None,
                    help=f"cold tenants in the storm (default 2000; quick 200; capped at {pool_spawn.STORM_MAX})")
     p.add_argument("--raw-samples", type=int, default=None, help="raw fork samples (default 300; quick 50)")
@@ -194,8 +196,8 @@ async def run_pool_modes(args: argparse.Namespace, modes: list[str]) -> tuple[di
             log(f"cold_spawn: {sporadic_n} back-to-back cold tenants")
             data["back_to_back"] = await pool_spawn.back_to_back(client, pool, sporadic_n)
         if "burst" in modes:
-            log(f"cold_spawn: {rounds} bursts of {max(1, pool)} cold tenants")
-            data["burst"] = await pool_spawn.burst(client, pool, rounds)
+            log(f"cold_spawn: {rounds} bursts of {max(1, args.burst_size or pool)} cold tenants")
+            data["burst"] = await pool_spawn.burst(client, pool, rounds, size=args.burst_size)
         if "storm" in modes:
             log(f"cold_spawn: storm of {storm_n} cold tenants")
             data["storm"] = await pool_spawn.storm(client, pool, storm_n, floor_seconds)

@@ -13,7 +13,8 @@ phase started killed and reaped (the manager is closed; the template's ``live`` 
   the pool child it forked since the last spawn);
   each is paired with a warm ping after the same pause, which shows what waking the idle processes (and
   vCPUs) costs any round trip;
-- ``burst``: ``pool`` cold tenants requested at once with the pool full; the time until the last answered;
+- ``burst``: ``pool`` cold tenants (or ``--burst-size``) requested at once with the pool full; the time until
+  the last answered;
 - ``storm``: ``N`` (≤ 2,000) cold tenants requested together: spawns/s, last ready, and the parent's loop
   stall (max gap of a 1 ms ticker) over its idle floor measured right before.
 
@@ -225,8 +226,9 @@ async def _ping_timed(mgr: Any, tenant: str, t0: float, out: list[float]) -> Non
     out.append(time.perf_counter() - t0)
 
 
-async def burst(client: Any, pool: int, rounds: int, warm_n: int = 200) -> dict[str, Any]:
-    size = max(1, pool)
+async def burst(client: Any, pool: int, rounds: int, warm_n: int = 200, size: int | None = None) -> dict[str, Any]:
+    """``rounds`` bursts of ``size`` cold tenants at once (default: ``pool``), each with the pool full."""
+    size = max(1, pool if size is None else size)
     last: list[float] = []
     each: list[float] = []
     async with manager(client, pool) as mgr:

@@ -42,7 +42,8 @@ from typing import NoReturn
 from forkserver import control, fdpass
 from forkserver.sender import FrameSender
 
-__all__ = ["Pool", "MAX_POOL_SIZE", "DEFAULT_POOL_SIZE", "REFILL_BACKOFF", "REFILL_WAIT", "TOPUP_AFTER"]
+__all__ = ["Pool", "MAX_POOL_SIZE", "DEFAULT_POOL_SIZE", "DIED_BACKOFF", "REFILL_BACKOFF", "REFILL_WAIT",
+           "TOPUP_AFTER"]
 
 MAX_POOL_SIZE = 256  # each waiting child holds ~1.5 MiB of its own: the bound keeps a typo from forking thousands
 # A burst of cold tenants (a restart, a batch job touching several) is served from the pool up to this many;
@@ -50,7 +51,8 @@ MAX_POOL_SIZE = 256  # each waiting child holds ~1.5 MiB of its own: the bound k
 DEFAULT_POOL_SIZE = 4
 REFILL_BACKOFF = 1.0  # seconds before retrying a pre-fork that failed (e.g. EAGAIN)
 REFILL_WAIT = 0.002  # seconds the loop must be quiet before a refill fork (the spawn's round trips go first)
-TOPUP_AFTER = 0.1  # seconds of quiet before a pool short by less than a batch is topped up
+TOPUP_AFTER = 0.1  # seconds after a pool became short by less than a batch before it is topped up
+DIED_BACKOFF = 0.1  # seconds before replacing a pool child that died while idle (at most ~10 forks/s)
 
 
 @dataclass
@@ -214,6 +216,9 @@ class Pool:
             self._log(f"pre-forked child {pid} exited while idle (status {os.waitstatus_to_exitcode(status)})")
             idle.chan.close()
             fdpass.close_fds([idle.pidfd])
+            # Replaced, but not at once: a child that cannot start (a sandbox it cannot enter, a broken
+            # prepare()) would otherwise be re-forked as fast as it dies.
+            self._refill_at = max(self._refill_at, time.monotonic() + DIED_BACKOFF)
 
     def drain(self) -> list[int]:
         """Stop and reap every pre-forked child (they have no tenant; nothing is lost); return their pids."""

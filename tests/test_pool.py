@@ -249,3 +249,23 @@ async def test_a_pool_child_that_dies_is_replaced(small_pool):
         assert await _ping(child) == f"pong {child.pid} {child.tenant}\n".encode()
     finally:
         child.close()
+
+
+def dying_worker(sock, tenant):  # run by the template below: its pool children die in prepare()
+    raise AssertionError("not reached")
+
+
+dying_worker.prepare = lambda: os._exit(3)  # type: ignore[attr-defined]
+
+
+async def test_pool_children_that_keep_dying_are_replaced_at_a_bounded_rate(proc_guard):  # noqa: F811
+    client = await TemplateClient.launch(worker="tests.test_pool:dying_worker", pool_size=2)
+    proc_guard.watch_dir(os.path.dirname(client.socket_path))
+    try:
+        first = (await client.stats())["pool_refills"]
+        await asyncio.sleep(1.0)
+        forked = (await client.stats())["pool_refills"] - first
+        # Replaced (the pool keeps trying) but about ten times a second per death, not as fast as they die.
+        assert 1 <= forked <= 40, forked
+    finally:
+        await client.aclose()
