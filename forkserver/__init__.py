@@ -27,15 +27,18 @@ if TYPE_CHECKING:
         ProtocolError,
         RedoFailed,
         RedoProcessFailed,
+        RedoTemplateUnavailable,
         RedoTimeout,
         SpawnRefused,
+        SpawnTimeout,
         TemplateError,
         TemplateUnavailable,
         UsageError,
     )
-    from .manager import ProcessInfo, WalRedoManager
+    from .manager import ManagerStatistics, ProcessInfo, WalRedoManager
     from .oncecell import OnceCell
     from .process import ProcessState, ProcessStats, WalRedoProcess
+    from .status import ManagerStatus, TemplateStatus, TenantStatus
 
 _EXPORTS = {
     # once-cell
@@ -52,8 +55,10 @@ _EXPORTS = {
     "ProtocolError": "errors",  # the old name of ControlProtocolError (public API, kept)
     "RedoFailed": "errors",
     "RedoProcessFailed": "errors",
+    "RedoTemplateUnavailable": "errors",
     "RedoTimeout": "errors",
     "SpawnRefused": "errors",
+    "SpawnTimeout": "errors",
     "TemplateError": "errors",
     "TemplateUnavailable": "errors",
     "UsageError": "errors",
@@ -65,8 +70,13 @@ _EXPORTS = {
     "ChildHandle": "client",
     "TemplateClient": "client",
     # manager
+    "ManagerStatistics": "manager",
     "ProcessInfo": "manager",
     "WalRedoManager": "manager",
+    # status
+    "ManagerStatus": "status",
+    "TemplateStatus": "status",
+    "TenantStatus": "status",
 }
 
 # A literal list, so that type checkers and linters read it (it is BufferTag plus every key of _EXPORTS).
@@ -79,6 +89,8 @@ __all__ = [
     "InitAborted",
     "InvalidTenantId",
     "ManagerClosed",
+    "ManagerStatistics",
+    "ManagerStatus",
     "OnceCell",
     "ProcessBroken",
     "ProcessClosed",
@@ -88,11 +100,15 @@ __all__ = [
     "ProtocolError",
     "RedoFailed",
     "RedoProcessFailed",
+    "RedoTemplateUnavailable",
     "RedoTimeout",
     "SpawnRefused",
+    "SpawnTimeout",
     "TemplateClient",
     "TemplateError",
+    "TemplateStatus",
     "TemplateUnavailable",
+    "TenantStatus",
     "UsageError",
     "WalRedoManager",
     "WalRedoProcess",

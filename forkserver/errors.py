@@ -96,6 +96,12 @@ class RedoProcessFailed(ForkServerError):
     """The tenant's walredo process broke on every try (``retries`` + 1), or none could be started."""
 
 
+class RedoTemplateUnavailable(RedoProcessFailed, TemplateUnavailable):
+    """No walredo process could be started because the template is unavailable (down, restarting,
+    reconnecting, stuck). Both a :class:`RedoProcessFailed` (what ``request_redo`` documents) and a
+    :class:`TemplateUnavailable` (what it really is); the template's own error is its ``__cause__``."""
+
+
 # --- One walredo child connection (child protocol): forkserver.process ---
 
 

@@ -60,6 +60,7 @@ from .errors import (
     ProcessClosed,
     RedoFailed,
     RedoProcessFailed,
+    RedoTemplateUnavailable,
     RedoTimeout,
     TemplateError,
     TemplateUnavailable,
@@ -332,9 +333,12 @@ class WalRedoManager:
             - ``RedoFailed`` when the engine refuses the input (unsupported or malformed record, ...): not
               retried, the process is kept; with ``dump_failed`` its inputs are dumped in the background
               (the error is raised at once, whatever happens to the dump);
-            - ``RedoTimeout`` after ``request_timeout``: the process is killed and replaced on the next request;
-            - ``RedoProcessFailed`` when the process broke on every try (``retries`` + 1), or the template
-              could not start one (or this process could not, e.g. out of file descriptors);
+            - ``RedoTimeout`` after ``request_timeout``, which counts the whole request: the wait for a spawn
+              (a cold tenant, a template restarting or reconnecting) and every retry included; a process the
+              request was sent to is killed and replaced on the next request;
+            - ``RedoProcessFailed`` when the process broke on every try (``retries`` + 1), or this process
+              could not start one (e.g. out of file descriptors); its subclass ``RedoTemplateUnavailable``
+              (also a ``TemplateUnavailable``) when the template could not: down, restarting, stuck;
             - ``ManagerClosed`` if the manager is (or gets) closed.
 
         Cancellation: cancel-safe. The request's response, if the process still sends it, is read and
@@ -408,6 +412,9 @@ class WalRedoManager:
         # a process found BROKEN when picked up (its child died between requests), or one this side closed
         # (ProcessClosed: the watchdog killed it for an older request that timed out).
         free_replacement = True
+        # The whole request, spawns and retries included, must end within request_timeout: a cold request
+        # waits for its spawn under this deadline; a warm one is expired by the watchdog (no timer per request).
+        deadline = asyncio.get_running_loop().time() + self.request_timeout
         try:
             tries = 0
             while tries <= self.retries:
@@ -418,8 +425,25 @@ class WalRedoManager:
                 # (and closed) since it became empty. Nothing awaits between this lookup and get_or_init
                 # starting its attempt, and a cell with an attempt in flight is never dropped.
                 cell = self._tenants.cell(tenant_id)
+                cold = cell.get() is None
                 try:
-                    process = await cell.get_or_init(functools.partial(self._launch, tenant_id, cell))
+                    if cold:
+                        async with asyncio.timeout_at(deadline):
+                            process = await cell.get_or_init(functools.partial(self._launch, tenant_id, cell))
+                    else:
+                        process = await cell.get_or_init(functools.partial(self._launch, tenant_id, cell))
+                except TimeoutError as exc:  # our deadline (get_or_init is cancel-safe: the spawn goes on)
+                    if isinstance(exc, TemplateError):
+                        self._tenants.forget(tenant_id, cell)
+                        last_error = exc
+                        continue
+                    if isinstance(last_error, TemplateUnavailable) or self.template.template_pid is None:
+                        raise RedoTemplateUnavailable(
+                            f"walredo for tenant {tenant_id}: no process within request_timeout "
+                            f"({self.request_timeout} s): the template is unavailable: {last_error or 'reconnecting'}"
+                        ) from (last_error or exc)
+                    raise RedoTimeout(f"walredo request for tenant {tenant_id}: no process within request_timeout "
+                                      f"({self.request_timeout} s): {last_error or 'spawning'}") from exc
                 except (CellClosed, InitAborted) as exc:
                     if self._state is not ManagerState.RUNNING:
                         raise ManagerClosed("WalRedoManager was closed while the request waited") from exc
@@ -437,10 +461,21 @@ class WalRedoManager:
                     self._tenants.retire(cell, process, StopCause.BROKEN)
                     continue
                 try:
-                    # No timer per request: the watchdog task expires requests older than request_timeout
-                    # (see _watchdog_loop); the one that timed out gets RedoTimeout, younger ones on the
-                    # same process get ProcessClosed and are retried below.
-                    result = await op(process)
+                    # No timer per request on a warm process: the watchdog task expires requests older than
+                    # request_timeout (see _watchdog_loop); the one that timed out gets RedoTimeout, younger
+                    # ones on the same process get ProcessClosed and are retried below. A request that waited
+                    # for a spawn (or a retry) has less left: it gets a timer for the rest of its deadline.
+                    if cold or tries > 1:
+                        try:
+                            async with asyncio.timeout_at(deadline):
+                                result = await op(process)
+                        except TimeoutError as exc:
+                            if isinstance(exc, RedoTimeout):
+                                raise
+                            self._tenants.retire(cell, process, StopCause.TIMEOUT)
+                            raise self._timeout_error(tenant_id, process.pid) from exc
+                    else:
+                        result = await op(process)
                 except ProcessBroken as exc:
                     self._tenants.retire(cell, process, StopCause.BROKEN)
                     if self._state is not ManagerState.RUNNING:
@@ -455,6 +490,10 @@ class WalRedoManager:
                     self._tenants.make_room(self.max_processes, 0)
                 self.metrics.count_request(Outcome.OK)
                 return result
+            if isinstance(last_error, TemplateUnavailable):
+                raise RedoTemplateUnavailable(
+                    f"walredo for tenant {tenant_id}: no process: the template is unavailable: {last_error}"
+                ) from last_error
             raise RedoProcessFailed(
                 f"walredo for tenant {tenant_id} failed after {self.retries + 1} tries: {last_error}"
             ) from last_error
@@ -483,7 +522,7 @@ class WalRedoManager:
             tenants.make_room(self.max_processes, 1)
         tenants.spawning += 1
         try:
-            handle = await self._template.spawn(tenant_id)
+            handle = await self._template.spawn(tenant_id, timeout=self.request_timeout)
         except BaseException as exc:
             # The cell is empty once this attempt ends. If every caller left meanwhile (cancelled), nobody
             # handles the failure: drop the cell here, after the attempt ended (_forget refuses while a woken
