@@ -14,8 +14,7 @@ child per loop iteration (:meth:`Pool.refill_one`), only after the loop was quie
   after it became short (so sporadic spawns do not pay a fork each, and a pool child that died is still
   replaced);
 - a fork starts only when the loop saw no event for :data:`REFILL_WAIT` (a spawn request, its reply, the
-  parent's first round trip with the new child all go first) — or, with the pool empty, as soon as nothing
-  is pending (the next spawn would fork on its path otherwise) — and the loop checks for ready connections
+  parent's first round trip with the new child all go first), and the loop checks for ready connections
   and signals between two forks, so neither a spawn request nor a SIGTERM waits behind a batch.
 
 Every refill fork shares the template's pages with the new child again, so whatever the next spawn
@@ -124,11 +123,10 @@ class Pool:
             self._batch = True
         # Not "after TOPUP_AFTER of quiet": a steady trickle of events (stats polls, exits) would starve it.
         start = now if self._batch else self._short_since + TOPUP_AFTER
-        # Empty, the next spawn forks on its path anyway (the fork, the child's hygiene and its faults: ~3 ms
-        # back to back on 2 vCPUs); a refill fork at the first moment nothing is pending delays it by one fork
-        # at most. With children waiting, the loop waits for quiet: the spawn's round trips go first.
-        quiet = REFILL_WAIT if n else 0.0
-        return max(0.0, start - now, self._busy_at + quiet - now, self._refill_at - now)
+        # Even when empty: a pool child forked in the middle of a burst is no faster to serve than one forked
+        # on request (it runs prepare() first), and its fork competes with the burst's first round trips
+        # (bench_cold_spawn, pool 2, bursts of 4: last ready p50 23 ms refilling at once, 10-11 ms waiting).
+        return max(0.0, start - now, self._busy_at + REFILL_WAIT - now, self._refill_at - now)
 
     def channels(self) -> list[socket.socket]:
         """Our ends of the assignment channels (Python socket objects a forked child must forget)."""
