@@ -68,6 +68,7 @@ from .errors import (
 )
 from .metrics import Outcome, RedoMetrics, StopCause
 from .oncecell import OnceCell
+from .pool import MAX_POOL_SIZE
 from .process import ProcessState, WalRedoProcess
 from .status import ManagerStatus, collect_status
 from .tenants import ProcessInfo, TenantTable, lru_idle_beyond, stop_cause
@@ -116,6 +117,9 @@ class WalRedoManager:
         child_user: children of the launched template drop to this user and its group (the parent must run
             as root).
         child_memory_limit: address-space limit of each child in bytes (default 256 MiB; 0: none).
+        pool_size: children the launched template keeps pre-forked for cold tenants (0 to
+            ``forkserver.pool.MAX_POOL_SIZE``; default: the template's, ``$WALREDO_TEMPLATE_POOL`` or its
+            built-in default); ``ValueError`` outside that range.
         max_processes: at most this many live processes (None: no limit; else an int >= 1). Before a new
             tenant's process is spawned, and after a request ends while there are more, the least recently
             used *idle* processes (no request in flight, at least one served) beyond N are retired; their
@@ -155,6 +159,7 @@ class WalRedoManager:
         child_memory_limit: int | None = None,
         max_processes: int | None = None,
         dump_failed: str | os.PathLike[str] | None = None,
+        pool_size: int | None = None,
     ) -> None:
         if not (request_timeout > 0 and idle_timeout > 0 and quiesce_period > 0):
             raise ValueError("request_timeout, idle_timeout and quiesce_period must be positive")
@@ -163,6 +168,10 @@ class WalRedoManager:
         if max_processes is not None and (isinstance(max_processes, bool) or not isinstance(max_processes, int)
                                           or max_processes < 1):
             raise ValueError(f"max_processes must be None or an int >= 1, not {max_processes!r}")
+        if pool_size is not None and (isinstance(pool_size, bool) or not isinstance(pool_size, int)
+                                      or not 0 <= pool_size <= MAX_POOL_SIZE):
+            raise ValueError(f"pool_size must be None or an int from 0 to {MAX_POOL_SIZE}, not {pool_size!r}")
+        self._pool_size = pool_size
         self.max_processes = max_processes
         self._template = template
         self._owns_template = template is None
@@ -238,7 +247,8 @@ class WalRedoManager:
                 try:
                     template = await TemplateClient.launch(worker=self._worker, sandbox=self._sandbox,
                                                            child_user=self._child_user,
-                                                           child_memory_limit=self._child_memory_limit)
+                                                           child_memory_limit=self._child_memory_limit,
+                                                           pool_size=self._pool_size)
                 except BaseException:
                     if self._state is ManagerState.STARTING:
                         self._state = ManagerState.NEW

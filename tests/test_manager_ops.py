@@ -276,3 +276,19 @@ async def test_template_killed_is_no_traceback_and_no_error(proc_guard, caplog):
     assert not ours, [r.getMessage() for r in ours]
     # the loss itself is reported by the client, as warnings
     assert any(r.levelno == logging.WARNING for r in records)
+
+
+@pytest.mark.parametrize("bad", [-1, 257, True, 2.0])
+def test_pool_size_is_validated_before_anything_starts(bad):
+    with pytest.raises(ValueError, match="pool_size"):
+        WalRedoManager(pool_size=bad)
+
+
+async def test_pool_size_reaches_the_launched_template(proc_guard):  # noqa: F811
+    async with WalRedoManager(pool_size=3) as mgr:
+        for _ in range(200):
+            stats = await mgr.template.stats()
+            if stats.get("idle") == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert stats.get("pool_size") == 3 and stats.get("idle") == 3
