@@ -129,8 +129,12 @@ class Pool:
         return max(0.0, start - now, self._busy_at + REFILL_WAIT - now, self._refill_at - now)
 
     def channels(self) -> list[socket.socket]:
-        """Our ends of the assignment channels (Python socket objects a forked child must forget)."""
-        return [idle.chan for idle in self._idle.values()]
+        """The Python socket objects a forked child must forget: our ends of the assignment channels and the
+        warm-up's stand-ins."""
+        socks = [idle.chan for idle in self._idle.values()]
+        if self._warmup is not None:
+            socks += self._warmup.sockets
+        return socks
 
     def assign(self, tenant: str, fd: int) -> tuple[int, int] | None:
         """Hand ``tenant`` and its child socket ``fd`` to the oldest pre-forked child and return its
@@ -283,6 +287,10 @@ class _Warmup:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._socks)
 
     def _pair(self, kind: int) -> tuple[socket.socket, socket.socket]:
         a, b = socket.socketpair(socket.AF_UNIX, kind)
