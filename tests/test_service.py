@@ -135,6 +135,8 @@ def test_systemd_unit_says_what_the_design_needs():
     assert values["Type"] == "notify"
     argv = shlex.split(values["ExecStart"])
     assert "--key-file" in argv and "--socket" in argv
+    readme = (REPO / "README.md").read_text()
+    assert UNIT.read_text().strip() in readme, "the README shows the unit file as shipped"
 
 
 def test_systemd_unit_verifies(tmp_path):
