@@ -74,7 +74,23 @@ def load_worker(spec: str) -> Callable[..., object]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"{spec} is not callable")
+    _check_arity(spec, obj)
     return obj
+
+
+def _check_arity(spec: str, func: object) -> None:
+    """Refuse a plain Python function that cannot be called as ``worker(sock, tenant)`` (found here, at
+    start, instead of in every child). From the code object, not ``inspect``: the template stays light."""
+    code = getattr(func, "__code__", None)
+    if code is None or getattr(func, "__self__", None) is not None:
+        return  # a builtin, a bound method or another callable: checked when a child calls it
+    positional = code.co_argcount  # positional-only ones included
+    defaults = len(getattr(func, "__defaults__", None) or ())
+    varargs = bool(code.co_flags & 0x04)  # CO_VARARGS
+    kwonly_required = code.co_kwonlyargcount - len(getattr(func, "__kwdefaults__", None) or {})
+    if kwonly_required > 0 or (positional < 2 and not varargs) or positional - defaults > 2:
+        raise TypeError(f"{spec} must take (sock, tenant): its signature does not accept two positional "
+                        "arguments")
 
 
 def _write_key_file(path: str, key: Key) -> None:

@@ -129,6 +129,18 @@ def test_bad_arguments_exit_2_before_touching_anything(sockdir, args, env, needl
     assert list(sockdir.iterdir()) == []  # no socket, no key file
 
 
+@pytest.mark.parametrize("worker, needle", [
+    ("json:dumps", "must take (sock, tenant)"),  # one positional argument and keyword-only options
+    ("no_such_module_xyz:main", "ModuleNotFoundError"),
+    ("walredo_template.worker", "MODULE:FUNCTION"),
+])
+def test_a_worker_that_cannot_serve_exits_2_at_start(sockdir, worker, needle):
+    out = _run(["--socket", str(sockdir / "ctl.sock"), "--worker", worker])
+    assert out.returncode == 2, out
+    assert "cannot load worker" in out.stderr and needle in out.stderr, out.stderr
+    assert list(sockdir.iterdir()) == []
+
+
 def test_explicit_pool_wins_over_a_bad_environment(sockdir):
     t = Started(["--socket", str(sockdir / "ctl.sock"), "--worker", WORKER, "--pool", "0"],
                 env={"WALREDO_TEMPLATE_POOL": "lots"})
