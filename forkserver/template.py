@@ -25,9 +25,12 @@ Logging is stdlib ``logging`` (logger per module; the launcher configures it): e
 names its tenant and pid, and a spawn's line is written after its reply went out.
 
 Spawns are served from a small pool of *pre-forked* children (:mod:`forkserver.pool`; ``pool_size``, default
-1; the environment variable ``WALREDO_TEMPLATE_POOL`` sets the default, 0 forks on request only). A pool child
-is forked on a wake-up that served no spawn — at most ~2 ms after the last one, so the fork does not compete
-with the parent's first round trip to the child it just got. A spawn request then costs one ``sendmsg`` to
+4, enough for a burst of cold tenants; the environment variable ``WALREDO_TEMPLATE_POOL`` sets the default, 0
+forks on request only). The pool decides when to refill (in batches, like Android's USAP pool) and the loop
+forks one pool child per iteration, only after ~2 ms without an event, checking for requests and signals
+between two forks: a fork never delays a spawn request, a SIGTERM or the parent's first round trip to the
+child it just got. After each refill fork the pool runs the spawn path on stand-ins, so that the
+copy-on-write faults the fork caused are taken off the request path. A spawn request then costs one ``sendmsg`` to
 the pool child's channel and the ``spawned`` reply: the fork, the interpreter's after-fork hooks and the
 hygiene — most of a spawn's CPU, largely copy-on-write faults — are off the request path. With the pool empty
 (a burst) the template forks on request. Pool children are not counted as ``live`` in stats (``idle`` counts
@@ -81,7 +84,7 @@ _ORPHAN_GRACE = 0.5  # seconds children get to exit on their own after the paren
 
 _MAX_CONNECTIONS = 1024  # beyond this new connections are closed at once (a same-uid peer flooding us)
 _IDLE_CHECK_EVERY = 1.0  # seconds between sweeps for unauthenticated connections past their deadline
-_DEFAULT_POOL = "1"  # pre-forked children kept ready (WALREDO_TEMPLATE_POOL overrides; 0 = fork on request)
+_DEFAULT_POOL = "4"  # pre-forked children kept ready (WALREDO_TEMPLATE_POOL overrides; 0 = fork on request)
 POOL_ENV = "WALREDO_TEMPLATE_POOL"
 
 # The wake-up fd carries signal numbers as bytes; plain ints keep the per-signal check off IntEnum code.
@@ -290,29 +293,23 @@ class Template:
         # Every page the loop writes after a fork is a copy-on-write fault (several µs each on a VM) while the
         # child shares it, so the per-request path stays lean: the deadline sweep runs about once a second,
         # not once per wake-up.
-        select, monotonic, pool, conns = self._sel.select, time.monotonic, self._pool, self._conns
+        select, monotonic, pool = self._sel.select, time.monotonic, self._pool
         self._idle_check_at = monotonic() + _IDLE_CHECK_EVERY
         try:
             while self.state is TemplateState.SERVING:
-                short = pool.short
-                timeout = pool.refill_wait(monotonic()) if short else _IDLE_CHECK_EVERY
-                self._served = False
-                ready = select(timeout=timeout)
-                # The pool is refilled on a wake-up that serves no spawn: right after a reply the parent and the
-                # new child need the CPUs for their first round trip, and a fork plus its copy-on-write faults
-                # would compete with it (2 vCPUs). When no control connection is ready (a timeout, SIGCHLD) it
-                # is refilled first, so that the `exited` events go out after it and a spawn that follows
-                # them does not queue behind the fork.
-                if short and not any(key.fd in conns for key, _ in ready):
+                # A refill fork happens only on a wake-up with nothing to do, after REFILL_WAIT of quiet (the
+                # pool decides: forkserver.pool), one child per iteration: a spawn request, a SIGTERM or the
+                # parent's first round trip with its new child (2 vCPUs) never waits behind a batch of forks.
+                refill_in = pool.refill_timeout(monotonic())
+                ready = select(timeout=_IDLE_CHECK_EVERY if refill_in is None else min(refill_in, _IDLE_CHECK_EVERY))
+                if ready:
+                    for key, events in ready:
+                        key.data(events)
+                        if self.state is not TemplateState.SERVING:
+                            break
+                    pool.busy(monotonic())
+                elif refill_in is not None and refill_in <= _IDLE_CHECK_EVERY:
                     self._refill()
-                    short = False
-                for key, events in ready:
-                    key.data(events)
-                    if self.state is not TemplateState.SERVING:
-                        break
-                else:
-                    if short and not self._served:
-                        self._refill()
                 if monotonic() >= self._idle_check_at:
                     self._drop_idle_unauthenticated()
                     if self._metrics is not None:
@@ -492,8 +489,12 @@ class Template:
         return True
 
     def _refill_pool(self) -> None:
-        for pid in self._pool.refill():
+        # One child per call (the loop checks for requests and signals between two), then the warm-up: the fork
+        # shared our pages with the child again, and the next spawn would copy every one it writes.
+        pid = self._pool.refill_one()
+        if pid is not None:
             self._children[pid] = None  # unreaped from its fork on; reaped silently if it dies unassigned
+            self._pool.warm()
 
     def _refill(self) -> None:
         # The loop's one way to refill: counts what the pool forked, and starts nothing once a stop was asked.
