@@ -95,16 +95,6 @@ class Pool:
     def __len__(self) -> int:
         return len(self._idle)
 
-    @property
-    def short(self) -> bool:
-        """Whether fewer children wait than ``size``."""
-        return len(self._idle) < self.size
-
-    def refill_wait(self, now: float) -> float:
-        """The earlier loop's question (how long it may sleep before refilling a short pool): kept until
-        every loop asks :meth:`refill_timeout` instead."""
-        return max(REFILL_WAIT, self._refill_at - now)
-
     def busy(self, now: float) -> None:
         """The loop handled an event at ``now`` (monotonic): the next refill fork waits for quiet."""
         self._busy_at = now
