@@ -1,5 +1,5 @@
-"""GiST redo (walredo_template/pg/gist.py) against a real PostgreSQL 15, by hand-made records, and under
-mutation.
+"""GiST redo (walredo_template/pg/gist.py) against a real PostgreSQL 15 and by hand-made records (the
+hand-made pages and records are tests/gistpages.py; mutations of the real records, tests/test_gist_mutations.py).
 
 The ``indexes*`` captures run tests/workloads/gist.sql (among the other access methods' scripts) with
 ``wal_consistency_checking = 'all'``: every GiST record is replayed through the engine and compared with
@@ -14,17 +14,28 @@ import struct
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from mutations import rebuild
+from gistpages import (
+    LSN,
+    TAG,
+    assert_sane,
+    block_tag,
+    gist_page,
+    itup,
+    opaque,
+    redo,
+    split_data,
+    split_main,
+    tuples_of,
+    update_main,
+)
 from pgcluster import INDEX_CONFIG_NAMES
-from recordbuilder import Block, build_record
+from recordbuilder import Block
 
 from walredo_template import BufferTag
 from walredo_template.pg import gist
 from walredo_template.pg import indexpage as IP
 from walredo_template.pg import page as P
-from walredo_template.pg.errors import BlockNotReferenced, InvalidPage, InvalidRecord, RedoError, UnsupportedRecord
+from walredo_template.pg.errors import BlockNotReferenced, InvalidPage, InvalidRecord, UnsupportedRecord
 from walredo_template.pg.xlogrecord import decode_record
 from walredo_template.redo import apply_records
 
@@ -41,72 +52,6 @@ REQUIRED_KINDS = [
     "Gist/PAGE_DELETE",
     "Gist/PAGE_DELETE [block 1]",
 ]
-LSN = 0x5000000
-TAG = BufferTag(1663, 5, 40000, 0, 7)
-
-
-def _tag(blkno: int) -> BufferTag:
-    return TAG._replace(blknum=blkno)
-
-
-def itup(n: int, payload_len: int = 16) -> bytes:
-    """A GiST IndexTuple: t_tid (block n, offset 1), t_info = size, then payload bytes."""
-    size = 8 + payload_len
-    return struct.pack("<HHHH", n >> 16, n & 0xFFFF, 1, size) + bytes((n + i) & 0xFF for i in range(payload_len))
-
-
-def gist_page(tuples: list[bytes], flags: int = gist.F_LEAF, lsn: int = 0x100, nsn: int = 0,
-              rightlink: int = gist.INVALID_BLOCK) -> bytes:
-    page = bytearray(P.BLCKSZ)
-    gist.init_page(page, flags)
-    for i, t in enumerate(tuples, 1):
-        IP.add_item(page, t, i)
-    struct.pack_into("<II", page, gist.MAX_SPECIAL, nsn >> 32, nsn & 0xFFFFFFFF)
-    struct.pack_into("<I", page, gist.MAX_SPECIAL + 8, rightlink)
-    P.set_lsn(page, lsn)
-    return bytes(page)
-
-
-def opaque(page: bytes) -> tuple[int, int, int, int]:
-    """(nsn, rightlink, flags, page id)."""
-    hi, lo, rl, flags, pid = struct.unpack_from("<IIIHH", page, min(P.get_special(page), gist.MAX_SPECIAL))
-    return hi << 32 | lo, rl, flags, pid
-
-
-def tuples_of(page: bytes) -> list[bytes]:
-    return [bytes(IP.item(page, i)) for i in range(1, IP.items(page) + 1)]
-
-
-def redo(tag: BufferTag, base: bytes | None, info: int, blocks: list[Block], main: bytes,
-         lsn: int = LSN) -> bytes:
-    return apply_records(tag, base, [(lsn, build_record(gist.RM_ID, info, blocks, main))])
-
-
-def update_main(ndel: int, nins: int) -> bytes:
-    return struct.pack("<HH", ndel, nins)
-
-
-def split_main(origrlink: int, orignsn: int, origleaf: bool, npage: int, markfollowright: bool) -> bytes:
-    return struct.pack("<I4xQBxHB3x", origrlink, orignsn, origleaf, npage, markfollowright)
-
-
-def split_data(tuples: list[bytes]) -> bytes:
-    return struct.pack("<i", len(tuples)) + b"".join(tuples)
-
-
-def assert_sane(page: bytes) -> None:
-    """check_page, and every line pointer with storage inside the tuple space (but on a deleted page,
-    whose "line pointers" are the deleteXid)."""
-    P.check_page(page)
-    if opaque(page)[2] & gist.F_DELETED:
-        assert P.get_lower(page) <= gist.DELETED_CONTENTS_END
-        return
-    upper = P.get_upper(page)
-    for i in range(1, IP.items(page) + 1):
-        w = struct.unpack_from("<I", page, 24 + 4 * (i - 1))[0]
-        off, length = w & 0x7FFF, w >> 17
-        if length:
-            assert upper <= off and off + length <= P.BLCKSZ, (i, off, length)
 
 
 # --- the oracle ----------------------------------------------------------------------------------
@@ -187,7 +132,7 @@ def test_update_already_applied_page_is_left_alone():
 
 
 def test_update_child_block_sets_nsn_and_clears_follow_right():
-    child_tag = _tag(9)
+    child_tag = block_tag(9)
     child = gist_page([itup(1)], flags=gist.F_LEAF | gist.F_FOLLOW_RIGHT, nsn=0x77, rightlink=12)
     blocks = [Block(0, TAG, data=itup(5)), Block(1, child_tag)]
     out = redo(child_tag, child, 0x00, blocks, update_main(0, 1))
@@ -200,7 +145,7 @@ def test_update_child_block_sets_nsn_and_clears_follow_right():
 
 def test_update_child_restored_from_image_still_gets_nsn_and_flag():
     # the primary changes the child after taking its image, so redo applies both on top of the image
-    child_tag = _tag(9)
+    child_tag = block_tag(9)
     image = gist_page([itup(1), itup(2)], flags=gist.F_LEAF | gist.F_FOLLOW_RIGHT, nsn=0x55)
     blocks = [Block(0, TAG, data=itup(5)), Block(1, child_tag, image=image)]
     out = redo(child_tag, None, 0x00, blocks, update_main(0, 1))
@@ -248,7 +193,7 @@ def test_page_without_gist_special_space_is_invalid_page():
     with pytest.raises(InvalidPage):
         redo(TAG, bytes(heap_like), 0x00, [Block(0, TAG, data=itup(1))], update_main(0, 1))
     with pytest.raises(InvalidPage):
-        redo(TAG, bytes(heap_like), 0x00, [Block(0, _tag(1), data=itup(1)), Block(1, TAG)], update_main(0, 1))
+        redo(TAG, bytes(heap_like), 0x00, [Block(0, block_tag(1), data=itup(1)), Block(1, TAG)], update_main(0, 1))
 
 
 # --- hand-made records: DELETE -------------------------------------------------------------------
@@ -273,11 +218,11 @@ def test_delete_removes_offsets_and_clears_garbage():
 def test_split_into_three_pages_chains_rightlinks_and_follow_right():
     blknos = [7, 20, 21]
     pages = [[itup(1), itup(2)], [itup(3)], [itup(4), itup(5, 30)]]
-    blocks = [Block(i + 1, _tag(b), data=split_data(t), will_init=True)
+    blocks = [Block(i + 1, block_tag(b), data=split_data(t), will_init=True)
               for i, (b, t) in enumerate(zip(blknos, pages))]
     main = split_main(origrlink=33, orignsn=0xABC, origleaf=True, npage=3, markfollowright=True)
     for i, b in enumerate(blknos):
-        out = redo(_tag(b), gist_page([itup(9)]), 0x30, blocks, main)
+        out = redo(block_tag(b), gist_page([itup(9)]), 0x30, blocks, main)
         nsn, rl, flags, pid = opaque(out)
         assert tuples_of(out) == pages[i]
         assert nsn == 0xABC and pid == gist.GIST_PAGE_ID and P.get_lsn(out) == LSN
@@ -287,28 +232,28 @@ def test_split_into_three_pages_chains_rightlinks_and_follow_right():
     # without markfollowright (buffering build) no page is marked
     main = split_main(origrlink=33, orignsn=0xABC, origleaf=False, npage=3, markfollowright=False)
     for b in blknos:
-        assert opaque(redo(_tag(b), None, 0x30, blocks, main))[2] == 0
+        assert opaque(redo(block_tag(b), None, 0x30, blocks, main))[2] == 0
 
 
 def test_root_split_of_an_inner_root():
-    blocks = [Block(0, _tag(40)), Block(1, _tag(0), data=split_data([itup(1), itup(2)]), will_init=True),
-              Block(2, _tag(41), data=split_data([itup(3)]), will_init=True),
-              Block(3, _tag(42), data=split_data([itup(4)]), will_init=True)]
+    blocks = [Block(0, block_tag(40)), Block(1, block_tag(0), data=split_data([itup(1), itup(2)]), will_init=True),
+              Block(2, block_tag(41), data=split_data([itup(3)]), will_init=True),
+              Block(3, block_tag(42), data=split_data([itup(4)]), will_init=True)]
     main = split_main(origrlink=gist.INVALID_BLOCK, orignsn=0x99, origleaf=False, npage=3, markfollowright=True)
-    root = redo(_tag(0), None, 0x30, blocks, main)
+    root = redo(block_tag(0), None, 0x30, blocks, main)
     assert opaque(root)[:3] == (0x99, gist.INVALID_BLOCK, 0)
-    left = redo(_tag(41), None, 0x30, blocks, main)
+    left = redo(block_tag(41), None, 0x30, blocks, main)
     assert opaque(left)[:3] == (0x99, 42, 0)  # no F_FOLLOW_RIGHT in a root split
-    right = redo(_tag(42), None, 0x30, blocks, main)
+    right = redo(block_tag(42), None, 0x30, blocks, main)
     assert opaque(right)[:3] == (0x99, gist.INVALID_BLOCK, 0)
     # block 0: the left child of the split inner page gets its downlink
     child = gist_page([itup(7)], flags=gist.F_LEAF | gist.F_FOLLOW_RIGHT)
-    out = redo(_tag(40), child, 0x30, blocks, main)
+    out = redo(block_tag(40), child, 0x30, blocks, main)
     assert opaque(out)[:3] == (LSN, gist.INVALID_BLOCK, gist.F_LEAF)
     # a leaf root split: the children are leaves, the root is not
     main = split_main(origrlink=gist.INVALID_BLOCK, orignsn=0, origleaf=True, npage=3, markfollowright=True)
-    assert opaque(redo(_tag(0), None, 0x30, blocks, main))[2] == 0
-    assert opaque(redo(_tag(41), None, 0x30, blocks, main))[2] == gist.F_LEAF
+    assert opaque(redo(block_tag(0), None, 0x30, blocks, main))[2] == 0
+    assert opaque(redo(block_tag(41), None, 0x30, blocks, main))[2] == gist.F_LEAF
 
 
 def test_split_page_with_image_is_still_rebuilt_from_the_record():
@@ -323,7 +268,7 @@ def test_split_page_with_image_is_still_rebuilt_from_the_record():
 def test_split_malformed():
     main = split_main(5, 0, True, 2, True)
     ok = [Block(1, TAG, data=split_data([itup(1)]), will_init=True),
-          Block(2, _tag(8), data=split_data([itup(2)]), will_init=True)]
+          Block(2, block_tag(8), data=split_data([itup(2)]), will_init=True)]
     redo(TAG, None, 0x30, ok, main)
     with pytest.raises(InvalidRecord):  # next page of the split has no block reference
         redo(TAG, None, 0x30, ok[:1], main)
@@ -337,8 +282,8 @@ def test_split_malformed():
         redo(TAG, None, 0x30, ok, main[:20])
     # a block listed beyond npage is never read
     base = gist_page([itup(3)])
-    extra = ok + [Block(3, _tag(77), data=b"junk", will_init=True)]
-    assert redo(_tag(77), base, 0x30, extra, main) == base
+    extra = ok + [Block(3, block_tag(77), data=b"junk", will_init=True)]
+    assert redo(block_tag(77), base, 0x30, extra, main) == base
     # tuples that do not fit on a page
     many = split_data([itup(i, 1000) for i in range(9)])
     with pytest.raises(InvalidRecord):
@@ -350,18 +295,18 @@ def test_split_malformed():
 def test_page_delete_leaf_and_parent():
     leaf = gist_page([])
     parent = gist_page([itup(1), itup(2), itup(3)], flags=0)
-    blocks = [Block(0, TAG), Block(1, _tag(3))]
+    blocks = [Block(0, TAG), Block(1, block_tag(3))]
     main = struct.pack("<QH", (5 << 32) | 777, 2)
     out = redo(TAG, leaf, 0x60, blocks, main)
     assert opaque(out)[2] == gist.F_LEAF | gist.F_DELETED
     assert P.get_lower(out) == 32 and struct.unpack_from("<Q", out, 24)[0] == (5 << 32) | 777
     assert_sane(out)
-    out = redo(_tag(3), parent, 0x60, blocks, main)
+    out = redo(block_tag(3), parent, 0x60, blocks, main)
     assert tuples_of(out) == [itup(1), itup(3)]
     with pytest.raises(InvalidRecord):  # the leaf is not empty
         redo(TAG, gist_page([itup(1)]), 0x60, blocks, main)
     with pytest.raises(InvalidRecord):  # downlink offset beyond the parent
-        redo(_tag(3), parent, 0x60, blocks, struct.pack("<QH", 1, 9))
+        redo(block_tag(3), parent, 0x60, blocks, struct.pack("<QH", 1, 9))
     with pytest.raises(InvalidRecord):
         redo(TAG, leaf, 0x60, blocks, struct.pack("<Q", 1))
 
@@ -431,7 +376,7 @@ def test_mask_hides_what_changes_without_wal_and_no_more():
 
 def test_mask_compares_the_delete_xid_of_deleted_pages():
     leaf = gist_page([])
-    blocks = [Block(0, TAG), Block(1, _tag(3))]
+    blocks = [Block(0, TAG), Block(1, block_tag(3))]
     a = redo(TAG, leaf, 0x60, blocks, struct.pack("<QH", 0x18000, 1))
     b = redo(TAG, leaf, 0x60, blocks, struct.pack("<QH", 0x08000, 1))
     assert _masked(a) != _masked(b)
@@ -449,84 +394,6 @@ def test_mask_of_zero_and_foreign_pages():
         gist.mask(bytearray(100), 0)
 
 
-# --- mutations of real records and pages ---------------------------------------------------------
-
-class Samples(list):  # type: ignore[type-arg]
-    """The real GiST redo cases, with a short repr for hypothesis's failure reports."""
-
-    def __repr__(self) -> str:
-        return f"<{len(self)} GiST samples>"
-
-
-@pytest.fixture(scope="module")
-def samples(oracle_results):
-    got = Samples(s for s in oracle_results.get(INDEX_CONFIG_NAMES[0]).samples if s[4][0] == gist.RM_ID)
-    kinds = {(k[1], k[3]) for *_x, k in got}
-    assert {(0x00, 0), (0x00, 1), (0x10, 0), (0x30, 0), (0x30, 1), (0x30, 2), (0x60, 0), (0x60, 1)} <= kinds
-    return got
-
-
-def _rebuild(raw: bytes, target: object, mutate) -> bytes:
-    """``raw`` rebuilt with the main data (target "main") or block ``target``'s data passed through
-    ``mutate``; images stay as they are (uncompressed), so the record still decodes."""
-    rec = decode_record(raw)
-    if target == "main":
-        return rebuild(rec, main=mutate(rec.main_data))
-    blk = rec.blocks.get(target) if isinstance(target, int) else None
-    return rebuild(rec, data={} if blk is None else {blk.block_id: mutate(blk.data or b"")})
-
-
-def _check_outcome(tag: BufferTag, base: bytes | None, end: int, raw: bytes) -> None:
-    try:
-        out = apply_records(tag, base, [(end, raw)])
-    except RedoError:
-        return
-    assert_sane(out)
-
-
-def _mutator(kind: str, pos: int, val: int):
-    def mutate(data: bytes) -> bytes:
-        if not data:
-            return bytes([val & 0xFF]) if kind == "extend" else data
-        i = pos % len(data)
-        if kind == "flip":
-            return data[:i] + bytes([data[i] ^ (val & 0xFF or 1)]) + data[i + 1:]
-        if kind == "u16":
-            return data[:i] + struct.pack("<H", val & 0xFFFF) + data[i + 2:]
-        if kind == "truncate":
-            return data[:i]
-        return data + bytes([val & 0xFF]) * (1 + val % 9)
-    return mutate
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pick=st.integers(0, 10_000), target=st.sampled_from(["main", 0, 1, 2, 3]),
-       kind=st.sampled_from(["flip", "u16", "truncate", "extend"]), pos=st.integers(0, 9000),
-       val=st.integers(0, 0xFFFF))
-def test_mutated_real_records_give_a_sane_page_or_a_redo_error(samples, pick, target, kind, pos, val):
-    tag, base, end, raw, _key = samples[pick % len(samples)]
-    _check_outcome(tag, base, end, _rebuild(raw, target, _mutator(kind, pos, val)))
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pick=st.integers(0, 10_000), region=st.sampled_from(["header", "linp", "special", "any"]),
-       pos=st.integers(0, 9000), val=st.integers(0, 0xFFFF))
-def test_mutated_real_base_pages_give_a_sane_page_or_a_redo_error(samples, pick, region, pos, val):
-    with_base = [s for s in samples if s[1] is not None]
-    tag, base, end, raw, _key = with_base[pick % len(with_base)]
-    page = bytearray(base)
-    if region == "header":
-        i = 8 + pos % 16
-    elif region == "linp":
-        i = 24 + pos % max(1, P.get_lower(page) - 24)
-    elif region == "special":
-        i = gist.MAX_SPECIAL + pos % 16
-    else:
-        i = pos % (P.BLCKSZ - 1)
-    struct.pack_into("<H", page, min(i, P.BLCKSZ - 2), val)
-    _check_outcome(tag, bytes(page), end, raw)
-
-
 def test_base_page_with_pointer_outside_the_tuple_space_is_refused():
     base = bytearray(gist_page([itup(1), itup(2)]))
     w = struct.unpack_from("<I", base, 24)[0]
@@ -534,20 +401,20 @@ def test_base_page_with_pointer_outside_the_tuple_space_is_refused():
     with pytest.raises(InvalidPage, match="outside the tuple space"):
         redo(TAG, bytes(base), 0x00, [Block(0, TAG, data=itup(3))], update_main(0, 1))
     with pytest.raises(InvalidPage, match="outside the tuple space"):
-        redo(TAG, bytes(base), 0x00, [Block(0, _tag(1), data=itup(3)), Block(1, TAG)], update_main(0, 1))
+        redo(TAG, bytes(base), 0x00, [Block(0, block_tag(1), data=itup(3)), Block(1, TAG)], update_main(0, 1))
 
 
 def test_item_changes_on_a_deleted_page_are_refused():
-    deleted = redo(TAG, gist_page([]), 0x60, [Block(0, TAG), Block(1, _tag(3))], struct.pack("<QH", 1 << 40, 1),
+    deleted = redo(TAG, gist_page([]), 0x60, [Block(0, TAG), Block(1, block_tag(3))], struct.pack("<QH", 1 << 40, 1),
                    lsn=LSN - 100)
     with pytest.raises(InvalidPage, match="deleted"):
         redo(TAG, deleted, 0x00, [Block(0, TAG, data=itup(3))], update_main(0, 1))
     with pytest.raises(InvalidPage, match="deleted"):
         redo(TAG, deleted, 0x10, [Block(0, TAG)], struct.pack("<IH", 1, 0))
     with pytest.raises(InvalidPage, match="deleted"):
-        redo(TAG, deleted, 0x60, [Block(0, TAG), Block(1, _tag(3))], struct.pack("<QH", 1, 1))
+        redo(TAG, deleted, 0x60, [Block(0, TAG), Block(1, block_tag(3))], struct.pack("<QH", 1, 1))
     # a deleted page can still be the left child whose flag is cleared, and be reused by a split
-    out = redo(TAG, deleted, 0x00, [Block(0, _tag(1), data=itup(3)), Block(1, TAG)], update_main(0, 1))
+    out = redo(TAG, deleted, 0x00, [Block(0, block_tag(1), data=itup(3)), Block(1, TAG)], update_main(0, 1))
     assert out[24:32] == deleted[24:32] and opaque(out)[0] == LSN
     out = redo(TAG, deleted, 0x30, [Block(1, TAG, data=split_data([itup(1)]), will_init=True)],
                split_main(5, 0, True, 1, True))
