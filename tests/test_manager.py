@@ -1,4 +1,7 @@
-"""WalRedoManager with real processes: a launched template, forked tenant children, the real worker."""
+"""WalRedoManager with real processes: a launched template, forked tenant children, the real worker.
+
+Retirement and stop causes are tests/test_manager_retire.py, start and shutdown tests/test_manager_shutdown.py;
+both use the helpers defined here."""
 
 import asyncio
 import gc
@@ -12,10 +15,7 @@ import psutil
 import pytest
 
 from forkserver import BufferTag, WalRedoManager
-from forkserver.errors import CellClosed, ManagerClosed, RedoFailed, RedoProcessFailed, RedoTimeout, UsageError
-from forkserver.manager import ManagerState, ManagerStatistics
-from forkserver.oncecell import CellState
-from forkserver.process import ProcessState
+from forkserver.errors import RedoFailed, RedoProcessFailed, RedoTimeout
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,7 +41,7 @@ def tenant_children(tenant_ids):
     return found
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     # The pid can vanish between any two psutil calls (reaped by the template meanwhile): that is "gone".
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -52,7 +52,7 @@ def _alive(pid: int) -> bool:
 async def assert_gone(pids, timeout=5.0):
     deadline = time.monotonic() + timeout
     while True:
-        alive = [p for p in pids if _alive(p)]
+        alive = [p for p in pids if pid_alive(p)]
         if not alive or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.02)
@@ -237,21 +237,6 @@ async def test_deterministic_redo_error_is_not_retried_and_keeps_the_process(mgr
     await mgr.ping(t)
 
 
-async def test_idle_quiesce_stops_and_next_request_respawns():
-    t = tenant()
-    async with WalRedoManager(idle_timeout=0.2, quiesce_period=0.05) as mgr:
-        await mgr.ping(t)
-        pid = mgr.processes()[t].pid
-        deadline = time.monotonic() + 10
-        while t in mgr.processes() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert t not in mgr.processes()
-        await assert_gone([pid])
-        await mgr.ping(t)
-        assert mgr.processes()[t].pid != pid
-        assert await stopped_count(mgr, "idle", 1) == 1
-
-
 # ------------------------------------------------------------------ pipelining
 
 
@@ -305,29 +290,6 @@ async def test_bad_input_is_value_error_before_any_spawn(mgr, args):
     with pytest.raises(ValueError):
         await mgr.request_redo(t, *args[1:])
     assert await spawns(mgr) == before and not mgr.processes()
-
-
-async def test_shutdown_fails_waiters_and_leaves_no_process():
-    ts = [tenant() for _ in range(4)]
-    mgr = WalRedoManager()
-    with pytest.raises(UsageError):
-        await mgr.ping(ts[0])
-    await mgr.start()
-    await asyncio.gather(*(mgr.ping(t) for t in ts))
-    pids = [info.pid for info in mgr.processes().values()]
-    template_pid = mgr.template.template_pid
-    os.kill(pids[0], signal.SIGSTOP)
-    stuck = [asyncio.create_task(mgr.ping(ts[0])) for _ in range(5)]
-    await asyncio.sleep(0.05)
-    await mgr.aclose()
-    results = await asyncio.gather(*stuck, return_exceptions=True)
-    assert all(isinstance(r, ManagerClosed) for r in results), results
-    assert mgr.state is ManagerState.CLOSED
-    await assert_gone(pids + [template_pid])
-    assert not tenant_children(ts)
-    with pytest.raises(ManagerClosed):
-        await mgr.ping(ts[1])
-    await mgr.aclose()  # idempotent
 
 
 async def test_event_loop_never_forks_spawns_or_blocks_during_200_cold_spawns(mgr):
@@ -423,101 +385,6 @@ async def test_50_tenants_mixed_requests_against_the_wal_capture(mgr):
     assert set(mgr.processes()) == set(ts)
 
 
-async def _force_cleanup(mgr, pids):
-    """Last-resort cleanup for a manager whose shutdown was interrupted: kill what it left behind."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if mgr._template is not None:
-        await mgr._template.aclose()
-
-
-async def test_aclose_cancelled_twice_still_completes_the_shutdown():
-    """aclose promises the shutdown is shielded. A second cancellation (asyncio.timeout plus a TaskGroup, or
-    asyncio.run's final cancel) used to land while aclose awaited the shutdown task directly, which cancelled
-    that task: children and the template were left running and the manager stuck in CLOSING."""
-    t = tenant()
-    mgr = WalRedoManager()
-    await mgr.start()
-    await mgr.ping(t)
-    pids = [info.pid for info in mgr.processes().values()]
-    template_pid = mgr.template.template_pid
-    closer = asyncio.create_task(mgr.aclose())
-    try:
-        await asyncio.sleep(0)  # closer is awaiting the shielded shutdown
-        closer.cancel()
-        await asyncio.sleep(0)  # closer has seen the first cancellation and waits for the shutdown to end
-        closer.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await closer
-        assert mgr.state is ManagerState.CLOSED
-        await assert_gone(pids + [template_pid])
-        assert not tenant_children([t])
-    finally:
-        await _force_cleanup(mgr, pids)
-
-
-async def test_concurrent_aclose_returns_only_after_the_shutdown_is_done():
-    """aclose's docstring says every child is killed and reaped when it returns; a second concurrent call
-    (e.g. a service's own stop path racing ``async with`` exit) used to return at once, mid-shutdown."""
-    t = tenant()
-    mgr = WalRedoManager()
-    await mgr.start()
-    await mgr.ping(t)
-    process = mgr._tenants.cells[t].get()
-    pids = [process.pid]
-    first = asyncio.create_task(mgr.aclose())
-    try:
-        await asyncio.sleep(0)
-        assert mgr.state is ManagerState.CLOSING
-        await mgr.aclose()
-        assert mgr.state is ManagerState.CLOSED
-        assert process.exit_status is not None, "second aclose returned before the child was reaped"
-        await first
-    finally:
-        await first
-        await _force_cleanup(mgr, pids)
-    await assert_gone(pids)
-
-
-async def test_aclose_while_start_launches_leaves_no_template():
-    """aclose() during start()'s template launch used to mark the manager CLOSED, after which start() set it
-    back to RUNNING with a live template and background tasks: a closed manager came back to life."""
-    mgr = WalRedoManager()
-    starter = asyncio.create_task(mgr.start())
-    try:
-        await asyncio.sleep(0)  # start is launching the template (off the loop)
-        while not starter.done() and not psutil.Process().children():
-            await asyncio.sleep(0.001)  # until the template process exists
-        await mgr.aclose()
-        # aclose returns only once the template that start() was launching is stopped again
-        assert not psutil.Process().children(recursive=True), "aclose returned with the template running"
-        with pytest.raises(ManagerClosed):
-            await starter
-        assert mgr.state is ManagerState.CLOSED
-        assert not psutil.Process().children(recursive=True), "template left behind"
-    finally:
-        if not starter.done():
-            starter.cancel()
-        await asyncio.gather(starter, return_exceptions=True)
-        if mgr._template is not None:
-            await mgr._template.aclose()
-
-
-async def test_concurrent_start_raises_usage_error_and_launches_no_second_template():
-    mgr = WalRedoManager()
-    starts = [asyncio.create_task(mgr.start()) for _ in range(2)]
-    try:
-        results = await asyncio.gather(*starts, return_exceptions=True)
-        assert sum(r is None for r in results) == 1, results
-        assert sum(isinstance(r, UsageError) for r in results) == 1, results
-    finally:
-        await mgr.aclose()
-    assert not psutil.Process().children(recursive=True), "template left behind"
-
-
 async def test_process_that_died_while_idle_is_replaced_without_spending_a_retry():
     """A child that died between requests sits BROKEN in its cell until the next request finds it. That
     request never reached any child, so replacing the dead process must not cost a retry: with retries=0 it
@@ -596,118 +463,3 @@ async def test_real_records_at_a_wrong_lsn_or_out_of_order_are_value_error_befor
     assert await spawns(mgr) == before and not mgr.processes()
     page = await mgr.request_redo(t, req.tag, req.lsn, req.base_image, req.records, wal_log_hints=doc["checksums"])
     assert pages_match(req.tag, page, req.expected, req.rmgr)
-
-
-# ------------------------------------------------------------------ forgetting tenants
-
-
-def cells(mgr) -> int:
-    return mgr.statistics().tenants
-
-
-async def test_retired_tenants_leave_no_cell_and_the_ticks_walk_only_live_processes():
-    """After 3,000 tenants were quiesced, 3,001 cells remained and every tick walked them all."""
-    ts = [tenant() for _ in range(40)]
-    async with WalRedoManager(idle_timeout=60.0, quiesce_period=60.0) as mgr:
-        for chunk in range(0, len(ts), 10):
-            await asyncio.gather(*(mgr.ping(t) for t in ts[chunk : chunk + 10]))
-        pids = [info.pid for info in mgr.processes().values()]
-        assert cells(mgr) == len(ts)
-        assert sorted(mgr.quiesce_idle(now=time.time() + 120)) == sorted(ts)
-        await reaped(mgr)
-        assert cells(mgr) == 0
-        assert mgr.statistics() == ManagerStatistics(tenants=0, live_processes=0, reaping=0)
-        assert stopped(mgr, "idle") == len(ts)
-        assert mgr.quiesce_idle(now=time.time() + 120) == [] and mgr.expire_requests(time.monotonic() + 120) == 0
-        await assert_gone(pids)
-        await mgr.ping(ts[0])  # a retired tenant comes back: a new process, one cell
-        assert cells(mgr) == 1 and mgr.processes()[ts[0]].pid not in pids
-
-
-async def test_cell_removal_raced_against_new_requests_loses_none_and_leaves_one_process():
-    """Idle retirement drops the tenant's cell while requests for the tenant arrive around it: none is lost,
-    the tenant never has two processes, and a dropped cell never starts a spawn."""
-    t = tenant()
-
-    async def must_not_spawn():
-        raise AssertionError("a dropped cell started a spawn")
-
-    async with WalRedoManager(idle_timeout=60.0, quiesce_period=60.0) as mgr:
-        retired_rounds = 0
-        for round_ in range(12):  # bounded: at most one spawn per round
-            await mgr.ping(t)
-            old_cell, old_process = mgr._tenants.cells[t], mgr._tenants.cells[t].get()
-            early = [asyncio.create_task(mgr.ping(t)) for _ in range(round_ % 3)]  # queued before the removal
-            for _ in range(round_ // 6):  # ... and, in later rounds, already sent (then nothing is retired)
-                await asyncio.sleep(0)
-            retired = mgr.quiesce_idle(now=time.time() + 120)
-            late = [asyncio.create_task(mgr.ping(t)) for _ in range(3)]
-            await asyncio.sleep(0)  # the late requests start: a new cell with its spawn in flight
-            if retired:
-                retired_rounds += 1
-                assert old_cell.state is CellState.CLOSED and mgr._tenants.cells[t] is not old_cell
-                with pytest.raises(CellClosed):
-                    await old_cell.get_or_init(must_not_spawn)
-                mgr._tenants.forget(t, mgr._tenants.cells[t])  # a cell with a spawn in flight is never dropped
-                assert mgr._tenants.cells[t].state is CellState.INITIALIZING
-            results = await asyncio.gather(*early, *late, return_exceptions=True)
-            assert all(r is None for r in results), results  # no request lost
-            assert list(mgr._tenants.cells) == [t] and mgr.statistics().live_processes == 1
-            current = mgr._tenants.cells[t].get()
-            assert current is not None and (current is old_process) == (not retired)
-            await reaped(mgr)
-            live = [p.pid for p in tenant_children([t]) if _alive(p.pid)]
-            assert live == [current.pid], f"round {round_}: tenant processes {live}"
-        assert retired_rounds >= 4
-
-
-# ------------------------------------------------------------------ stop causes
-
-
-async def _kill_idle_child(mgr, t: str, *, let_the_loop_see_it: bool):
-    await mgr.ping(t)
-    process = mgr._tenants.cells[t].get()
-    os.kill(process.pid, signal.SIGKILL)
-    if let_the_loop_see_it:
-        async with asyncio.timeout(30):
-            while process.state is ProcessState.RUNNING:  # the reader sees the EOF
-                await asyncio.sleep(0.01)
-    else:
-        # Block, so that the loop does not read the EOF: the retirement below comes before it.
-        deadline = time.monotonic() + 10
-        while _alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        assert not _alive(process.pid) and process.state is ProcessState.RUNNING
-    return process
-
-
-@pytest.mark.parametrize("let_the_loop_see_it", [True, False])
-async def test_child_killed_while_idle_is_counted_broken_not_idle(let_the_loop_see_it):
-    """A soak counted 62 broken stops for 88 broken children: a child killed while idle was counted as an
-    idle stop when the quiesce tick retired it."""
-    t = tenant()
-    async with WalRedoManager(idle_timeout=60.0, quiesce_period=60.0) as mgr:
-        process = await _kill_idle_child(mgr, t, let_the_loop_see_it=let_the_loop_see_it)
-        mgr.quiesce_idle(now=time.time() + 120)
-        await reaped(mgr)
-        assert (stopped(mgr, "broken"), stopped(mgr, "idle")) == (1, 0)
-        assert process.exit_status == -signal.SIGKILL and cells(mgr) == 0
-        # an idle child we stop ourselves is still an idle stop
-        await mgr.ping(t)
-        mgr.quiesce_idle(now=time.time() + 120)
-        await reaped(mgr)
-        assert (stopped(mgr, "broken"), stopped(mgr, "idle")) == (1, 1)
-    await assert_gone([process.pid])
-
-
-async def test_child_killed_while_idle_is_counted_broken_at_shutdown_too():
-    t, other = tenant(), tenant()
-    mgr = WalRedoManager(idle_timeout=60.0, quiesce_period=60.0)
-    await mgr.start()
-    try:
-        await mgr.ping(other)
-        process = await _kill_idle_child(mgr, t, let_the_loop_see_it=False)
-    finally:
-        await mgr.aclose()
-    assert (stopped(mgr, "broken"), stopped(mgr, "shutdown")) == (1, 1)
-    await assert_gone([process.pid])
