@@ -30,9 +30,12 @@ import struct
 from collections.abc import Iterable, Iterator
 
 from walredo_template import BufferTag
+from walredo_template.pg import visibilitymap as VM
 from walredo_template.pg.crc32c import crc32c
 from walredo_template.pg.errors import InvalidRecord, InvalidWal
-from walredo_template.pg.xlogrecord import RM_HEAP2_ID, RM_HEAP_ID, RM_XLOG_ID, decode_record
+from walredo_template.pg.heapam_vm import vm_clears
+from walredo_template.pg.heapam_xlog import VISIBILITYMAP_FORKNUM
+from walredo_template.pg.xlogrecord import RM_XLOG_ID, decode_record
 
 XLOG_PAGE_MAGIC_15 = 0xD110
 _KNOWN_MAGICS = {0xD101: 11, 0xD104: 12, 0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17}
@@ -270,42 +273,27 @@ def read_wal(wal_dir: str | os.PathLike[str], *, start_lsn: int | None = None, v
     return iter(WalReader(wal_dir, start_lsn=start_lsn, verify_crc=verify_crc, strict=strict))
 
 
-# Heap records whose flags clear visibility-map bits of the heap block's VM page without referencing it
-# (heap_xlog_insert & co. call visibilitymap_clear on their own): (rmid, info & 0x70) -> offset of the
-# flags byte in main data and, per bit, which block ref's heap block loses its VM bits.
-_HEAP_VM_CLEARS = {
-    (RM_HEAP_ID, 0x00): (2, ((0x01, 0),)),  # INSERT: xl_heap_insert.flags, ALL_VISIBLE_CLEARED
-    (RM_HEAP_ID, 0x10): (7, ((0x01, 0),)),  # DELETE: xl_heap_delete.flags
-    (RM_HEAP_ID, 0x20): (7, ((0x01, 1), (0x02, 0))),  # UPDATE: OLD (block 1, or 0) / NEW (block 0)
-    (RM_HEAP_ID, 0x40): (7, ((0x01, 1), (0x02, 0))),  # HOT_UPDATE
-    (RM_HEAP_ID, 0x60): (7, ((0x01, 0),)),  # LOCK: ALL_FROZEN_CLEARED
-    (RM_HEAP2_ID, 0x50): (0, ((0x01, 0),)),  # MULTI_INSERT: xl_heap_multi_insert.flags
-    (RM_HEAP2_ID, 0x60): (7, ((0x01, 0),)),  # LOCK_UPDATED
-}
-VM_FORKNUM = 2
-HEAPBLOCKS_PER_VM_PAGE = (8192 - 24) * 4  # MAPSIZE * (8 bits / 2 bits per heap block)
+# Heap blocks per VM page (the engine's visibilitymap.HEAPBLOCKS_PER_PAGE), exported for the harness:
+# tests/oracle.py sizes VM pages with it.
+HEAPBLOCKS_PER_VM_PAGE = VM.HEAPBLOCKS_PER_PAGE
 
 
 def pages_touched(raw: bytes, *, include_vm_clears: bool = True) -> list[BufferTag]:
     """The pages a record must be applied to: each block reference's page, plus (``include_vm_clears``)
-    the visibility-map page of a heap block whose VM bits the record clears implicitly.
+    the visibility-map page of a heap block whose VM bits the record clears implicitly (heap_xlog_insert &
+    co. call visibilitymap_clear on their own): the clears are the engine's own ``heapam_vm.vm_clears``, so
+    a VM page gets exactly the records its redo acts on.
 
-    Raises :class:`InvalidRecord` if the record does not decode.
+    Raises :class:`InvalidRecord` if the record does not decode (a heap record too short to hold its flags
+    included, as the engine's redo of it does).
     """
     rec = decode_record(raw, verify_crc=False)
     tags = [b.tag for b in rec.blocks.values()]
     if include_vm_clears:
-        spec = _HEAP_VM_CLEARS.get((rec.rmid, rec.info & 0x70))
-        if spec is not None and len(rec.main_data) > spec[0]:
-            flags = rec.main_data[spec[0]]
-            for bit, block_id in spec[1]:
-                if flags & bit:
-                    b = rec.blocks.get(block_id) or rec.blocks.get(0)
-                    if b is None:
-                        continue
-                    vm = BufferTag(b.spcnode, b.dbnode, b.relnode, VM_FORKNUM, b.blkno // HEAPBLOCKS_PER_VM_PAGE)
-                    if vm not in tags:
-                        tags.append(vm)
+        for b, heap_blkno, _flags in vm_clears(rec):
+            vm = BufferTag(b.spcnode, b.dbnode, b.relnode, VISIBILITYMAP_FORKNUM, VM.vm_block_of(heap_blkno))
+            if vm not in tags:
+                tags.append(vm)
     return tags
 
 
