@@ -39,6 +39,18 @@ class Gate:
         return Value(n)
 
 
+class SlowDispose:
+    """A dispose that records each value it disposed, once the test sets ``release``."""
+
+    def __init__(self):
+        self.disposed = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, v):
+        await self.release.wait()
+        self.disposed.append(v)
+
+
 async def settle(rounds=5):
     for _ in range(rounds):
         await asyncio.sleep(0)
@@ -299,14 +311,9 @@ async def test_7_close_can_cancel_the_attempt():
 async def test_7_cancelled_close_still_disposes_the_stored_value():
     """close() takes the value out of the cell before disposing it; cancelling close() used to cancel the
     dispose itself, so the value was neither in the cell nor disposed (a walredo child never reaped)."""
-    disposed = []
-    release = asyncio.Event()
-
-    async def slow_dispose(v):
-        await release.wait()
-        disposed.append(v)
-
-    cell = OnceCell(dispose=slow_dispose)
+    dispose = SlowDispose()
+    disposed, release = dispose.disposed, dispose.release
+    cell = OnceCell(dispose=dispose)
     gate = Gate()
     gate.release.set()
     value = await cell.get_or_init(gate)
@@ -343,14 +350,9 @@ async def test_7_close_raises_what_dispose_raised_for_a_late_value():
 async def test_7_second_close_waits_for_the_late_value_dispose():
     """The attempt dropped its handle before disposing a value that arrived after close(), so a second
     close() (e.g. a concurrent shutdown path) returned while that dispose was still running."""
-    disposed = []
-    release = asyncio.Event()
-
-    async def slow_dispose(v):
-        await release.wait()
-        disposed.append(v)
-
-    cell = OnceCell(dispose=slow_dispose)
+    dispose = SlowDispose()
+    disposed, release = dispose.disposed, dispose.release
+    cell = OnceCell(dispose=dispose)
     gate = Gate()
     waiter = asyncio.create_task(cell.get_or_init(gate))
     await settle()
