@@ -1,7 +1,6 @@
 """Short, bounded versions of every ``scripts/chaos`` scenario (benchmarks/chaos.py): seconds each, a few dozen
 kills. No timing is asserted; every row must have 0 wrong pages, 0 hung requests, nothing left behind and its
-scenario's expectations met. Scenarios that fail today because of a hole issue 12 lists are strict xfails, so
-they flip to failures (to be un-marked) when the hole is fixed.
+scenario's expectations met.
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import chaos  # noqa: E402
-
-STUCK_TEMPLATE = ("issue 12: a SIGSTOPped template is never noticed; a cold request waits spawn_timeout per try "
-                  "(30 s by default), ignoring request_timeout")
 
 
 def _run(name: str) -> chaos.Figures:
@@ -47,10 +43,8 @@ def test_template_kill() -> None:
     assert fig.recovery
 
 
-# Not strict: in the short version a round may end before any cold spawn reaches the stopped template (a CI
-# run on a fresh clone passed it once), so an unexpected pass is not a failure; scripts/chaos measures it.
-@pytest.mark.xfail(strict=False, reason=STUCK_TEMPLATE)
 def test_template_stop() -> None:
+    """A cold request with the template SIGSTOPped fails within request_timeout; warm tenants answer."""
     _run("template-stop")
 
 
