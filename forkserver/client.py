@@ -38,12 +38,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import itertools
 import logging
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,7 +53,7 @@ from forkserver.child import DEFAULT_WORKER
 from forkserver.errors import SpawnTimeout, TemplateUnavailable
 from forkserver.handle import ChildHandle, ChildState
 from forkserver.launch import LaunchSpec, launcher_args, read_key_file, remove_dir_later, start_template, stop_template
-from forkserver.session import PendingSpawn, Session, open_session
+from forkserver.session import SPAWNS_PER_ITERATION, PendingSpawn, Session, open_session
 
 __all__ = ["TemplateClient", "ClientOpening", "ChildHandle", "ClientState", "ChildState", "validate_tenant_id",
            "DEFAULT_WORKER"]
@@ -78,6 +76,26 @@ def _seconds(name: str, value: object, *, positive: bool = True) -> float:
     if math.isnan(value) or (positive and value <= 0):
         raise ValueError(f"{name} must be {'> 0' if positive else 'a number'}, got {value}")
     return float(value)
+
+
+async def _wait_done(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], when: float) -> None:
+    """Wait until ``fut`` is done or the loop's clock reaches ``when``, whichever is first; never cancels
+    ``fut``. Cancel-safe (a cancelled wait leaves ``fut`` as it was)."""
+    if fut.done():
+        return
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fut.add_done_callback(wake)
+    timer = loop.call_at(when, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        fut.remove_done_callback(wake)
 
 
 def _describe(exc: BaseException) -> str:
@@ -116,7 +134,9 @@ class TemplateClient:
 
     Attributes: ``socket_path``; ``spawn_timeout`` (a spawn's deadline at most); ``liveness_timeout`` (how
     long a spawn waits on a quiet template before probing it, and how long the probe waits); ``state``;
-    ``restarts``: the templates restarted (launched) or the reconnections made (connected)."""
+    ``restarts``: the templates restarted (launched) or the reconnections made (connected);
+    ``spawns_per_iteration``: spawn requests sent per event-loop iteration at most (the rest wait their turn,
+    in order: a storm of cold tenants never runs hundreds of spawns' socket work in one callback)."""
 
     def __init__(self, *, _loop: asyncio.AbstractEventLoop, _key: bytes, _socket_path: str, spawn_timeout: float,
                  liveness_timeout: float | None = None, launched: LaunchSpec | None = None,
@@ -129,7 +149,6 @@ class TemplateClient:
         self.state = ClientState.OPEN
         self._session: Session | None = None
         self._session_up = asyncio.Event()
-        self._ids = itertools.count(1)
         # connected mode: the key file, re-read on every reconnect (a restarted template may have a new key)
         self._key_file = key_file
         self._connect_timeout = connect_timeout
@@ -145,6 +164,7 @@ class TemplateClient:
         self._starting: asyncio.Future[tuple[subprocess.Popen[bytes], int]] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self.restarts = 0
+        self._spawns_per_iteration = SPAWNS_PER_ITERATION
 
     # -- construction
 
@@ -267,6 +287,18 @@ class TemplateClient:
         s = self._session
         return s.template_pid if s is not None and not s.lost else None
 
+    @property
+    def spawns_per_iteration(self) -> int:
+        return self._spawns_per_iteration
+
+    @spawns_per_iteration.setter
+    def spawns_per_iteration(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"spawns_per_iteration must be an int >= 1, not {value!r}")
+        self._spawns_per_iteration = value
+        if self._session is not None:
+            self._session.spawns_per_iteration = value
+
     async def spawn(self, tenant_id: str, options: control.Options | None = None, *,
                     timeout: float | None = None) -> ChildHandle:
         """Ask the template to fork a child for ``tenant_id``; return its :class:`ChildHandle`.
@@ -284,55 +316,44 @@ class TemplateClient:
         was found stuck); ``OSError`` (``EMFILE`` / ``ENFILE``) when this process is out of descriptors (the
         socketpair, or the pidfd of the reply: that child is ended, the connection stays).
         Cancel-safe: a cancelled spawn forgets its request and closes its end of the socketpair, so a child
-        the template forks anyway sees EOF and exits; nothing leaks.
+        the template forks anyway sees EOF and exits; one still waiting its turn to be sent (at most
+        ``Session.spawns_per_iteration`` go out per loop iteration, see :mod:`forkserver.session`) is dropped
+        from the queue unsent; nothing leaks.
         """
         validate_tenant_id(tenant_id)
         # validated on a copy: the caller may not mutate what we send while it is queued
-        options = dict(control.validate_options({} if options is None else options))
+        options = {} if options is None else dict(control.validate_options(options))
         budget = self.spawn_timeout
         if timeout is not None:
             budget = min(budget, max(0.0, _seconds("timeout", timeout, positive=False)))
         which = "spawn_timeout" if budget == self.spawn_timeout else "the caller's timeout"
         if budget <= 0:
             raise SpawnTimeout(f"spawn for tenant {tenant_id}: no time left ({which})")
-        waiting_for_reply: Session | None = None
-        sent_at = 0.0
+        loop = self._loop
+        deadline = loop.time() + budget
+        session = self._session
+        if session is None or session.lost or self.state is ClientState.CLOSED:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    session = await self._wait_session()
+            except TimeoutError:
+                raise SpawnTimeout(f"spawn for tenant {tenant_id}: the template did not come back within "
+                                   f"{budget:g} s ({which}): {self._last_error or 'restarting'}") from None
+        # Queued on the session, sent in its turn (at once when nothing waits ahead: see forkserver.session).
+        entry = session.request_spawn(tenant_id, options)
         try:
-            async with asyncio.timeout(budget):
-                session = await self._wait_session()
-                waiting_for_reply, sent_at = session, self._loop.time()
-                parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                rid = next(self._ids)
-                fut: asyncio.Future[ChildHandle] = self._loop.create_future()
-                session.pending[rid] = PendingSpawn(fut, parent_end, tenant_id)
-                try:
-                    # From here the session owns child_end: it closes it once the frame went out (closing it
-                    # earlier could let its fd number be reused and sent in its place).
-                    session.send(control.Spawn(rid, tenant_id, options, child_end.fileno()), owned=[child_end])
-                except BaseException:
-                    session.pending.pop(rid, None)
-                    child_end.close()
-                    parent_end.close()
-                    raise
-                try:
-                    return await self._await_reply(session, fut)
-                except BaseException:
-                    session.pending.pop(rid, None)
-                    if fut.done() and not fut.cancelled() and fut.exception() is None:
-                        fut.result().close()  # too late to forget it: end it (its exit event still comes)
-                    else:
-                        fut.cancel()
-                        parent_end.close()  # a child forked anyway sees EOF and exits
-                    raise
-        except TimeoutError:
-            if waiting_for_reply is not None:
-                if waiting_for_reply.last_heard < sent_at:
-                    # Nothing heard since we asked: probe it anyway, or a stuck template would never be noticed
-                    # by callers whose deadlines are all shorter than liveness_timeout.
-                    self._start_probe(waiting_for_reply)
-                raise SpawnTimeout(f"no spawn reply for tenant {tenant_id} within {budget:g} s ({which})") from None
-            raise SpawnTimeout(f"spawn for tenant {tenant_id}: the template did not come back within {budget:g} s "
-                               f"({which}): {self._last_error or 'restarting'}") from None
+            handle = await self._await_reply(session, entry, deadline)
+        except BaseException:
+            session.forget_spawn(entry)
+            raise
+        if handle is None:
+            session.forget_spawn(entry)
+            if entry.sent and session.last_heard < entry.sent_at:
+                # Nothing heard since we asked: probe it anyway, or a stuck template would never be noticed
+                # by callers whose deadlines are all shorter than liveness_timeout.
+                self._start_probe(session)
+            raise SpawnTimeout(f"no spawn reply for tenant {tenant_id} within {budget:g} s ({which})")
+        return handle
 
     async def stats(self) -> dict[str, Any]:
         """The template's counters: at least ``spawns`` (children forked) and ``live`` (not yet reaped).
@@ -341,7 +362,7 @@ class TemplateClient:
         try:
             async with asyncio.timeout(self.spawn_timeout):
                 session = await self._wait_session()
-                rid = next(self._ids)
+                rid = session.next_id()
                 fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
                 session.pending[rid] = fut
                 try:
@@ -382,20 +403,28 @@ class TemplateClient:
             self._session_up.clear()
             await self._session_up.wait()
 
-    async def _await_reply(self, session: Session, fut: asyncio.Future[ChildHandle]) -> ChildHandle:
-        # Waits without cancelling fut (asyncio.wait never does): the caller forgets the request on its way out.
+    async def _await_reply(self, session: Session, entry: PendingSpawn, deadline: float) -> ChildHandle | None:
+        """The reply to ``entry``, or None at ``deadline``. Never cancels ``entry.future`` (the caller forgets
+        the request on its way out). Waits with timer handles, not ``asyncio.timeout`` / ``asyncio.wait``:
+        each of those asks for the running loop, and on 3.11 that is a ``getpid`` syscall."""
+        loop = self._loop
+        fut = entry.future
         while True:
-            await asyncio.wait([fut], timeout=self.liveness_timeout)
             if fut.done():
                 return fut.result()
-            if self._loop.time() - session.last_heard < self.liveness_timeout:
-                continue  # busy (it answers others), not stuck
-            await self._check_alive(session)  # a stuck verdict fails the session, and with it fut
-
-    async def _check_alive(self, session: Session) -> None:
-        probe = self._start_probe(session)
-        if probe is not None:
-            await asyncio.shield(probe)
+            now = loop.time()
+            if now >= deadline:
+                return None
+            await _wait_done(loop, fut, min(deadline, now + self.liveness_timeout))
+            if fut.done():
+                continue
+            if not entry.sent or loop.time() - session.last_heard < self.liveness_timeout:
+                continue  # still waiting its turn, or the template is busy (it answers others), not stuck
+            probe = self._start_probe(session)  # a stuck verdict fails the session, and with it fut
+            if probe is not None:
+                await _wait_done(loop, probe, deadline)
+                if probe.done():
+                    probe.result()
 
     def _start_probe(self, session: Session) -> asyncio.Task[bool] | None:
         # One probe per session at a time, shared by every spawn waiting on it.
@@ -412,7 +441,7 @@ class TemplateClient:
             if session.lost:  # lost between the task's creation and its first step
                 return False
             reads = session.reads
-            rid = next(self._ids)
+            rid = session.next_id()
             fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
             session.pending[rid] = fut
             try:
@@ -454,6 +483,7 @@ class TemplateClient:
         session.fail(TemplateUnavailable(why))
 
     def _install(self, session: Session) -> None:
+        session.spawns_per_iteration = self._spawns_per_iteration
         self._session = session
         if not session.lost:  # it may have died between the handshake and now; _recover checks
             self._session_up.set()

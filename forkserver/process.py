@@ -146,7 +146,8 @@ class WalRedoProcess:
         self._loop = asyncio.get_running_loop()
         self._handle = handle
         self._sock = handle.socket
-        self._sock.setblocking(False)
+        if self._sock.gettimeout() != 0.0:  # a ChildHandle's already is: skip the ioctl
+            self._sock.setblocking(False)
         self.pid: int = handle.pid
         # Named in every log line: the handle's own tenant when none is given (a ChildHandle has one).
         self.tenant: str | None = tenant if tenant is not None else getattr(handle, "tenant", None)
