@@ -21,7 +21,7 @@ from benchmarks.goals import evaluate, goals_table
 from benchmarks.report import machine
 from benchmarks.runner import DEFAULT_OUT, REPO_ROOT, log
 
-BENCHMARKS = ["cold_spawn", "coalescing", "walredo", "memory", "scale"]
+BENCHMARKS = ["cold_spawn", "coalescing", "walredo", "memory", "scale", "pyversions"]
 PROFILED = {"cold_spawn", "walredo"}
 
 
