@@ -4,13 +4,16 @@
 continues it, so ``crc32c(b, crc32c(a)) == crc32c(a + b)`` — that is how a WAL record's CRC (payload first,
 then the first 20 header bytes) is computed without concatenating.
 
-The optional ``crc32c`` package (hardware-accelerated, a C extension) is used when installed; otherwise a
-pure-Python table-driven implementation runs. Both give identical results; the pure one is roughly a
+The optional ``crc32c`` package (hardware-accelerated, a C extension) is used when installed — its extension
+module alone, loaded without the package's ``__init__`` (see :func:`_load_native`); otherwise a pure-Python
+table-driven implementation runs. Both give identical results; the pure one is roughly a
 hundred times slower, which matters only for bulk WAL decoding with CRC verification.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import os
 from typing import Protocol
 
 _POLY = 0x82F63B78  # reflected Castagnoli polynomial
@@ -44,9 +47,32 @@ class _Crc32c(Protocol):
     def __call__(self, data: bytes | bytearray | memoryview, crc: int = 0, /) -> int: ...
 
 
+def _load_native() -> _Crc32c:
+    """The ``crc32c`` package's C function, loaded from its extension module alone.
+
+    Not ``import crc32c``: the package's ``__init__`` imports importlib.metadata, argparse, email, zipfile
+    and more (~60 modules, ~2 MiB, for its version string and command line), all of which the template would
+    then carry and every child would share and partly copy. Errors: ``ImportError`` when the package or a
+    loadable extension is missing."""
+    spec = importlib.machinery.PathFinder.find_spec("crc32c")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("no crc32c package")
+    for directory in spec.submodule_search_locations:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(directory, "_crc32c" + suffix)
+            if not os.path.exists(path):
+                continue
+            loader = importlib.machinery.ExtensionFileLoader("crc32c._crc32c", path)
+            module = loader.create_module(importlib.machinery.ModuleSpec("crc32c._crc32c", loader, origin=path))
+            loader.exec_module(module)
+            native: _Crc32c = module.crc32c
+            return native
+    raise ImportError("the crc32c package has no _crc32c extension")
+
+
 crc32c: _Crc32c
 try:  # optional speed-up: same function, in C with SSE4.2/ARMv8 CRC instructions where available
-    from crc32c import crc32c as _crc32c_native
+    _crc32c_native = _load_native()
 except ImportError:  # pragma: no cover - depends on the environment
     crc32c = crc32c_pure
     NATIVE = False
