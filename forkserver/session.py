@@ -87,7 +87,6 @@ class Session:
         # Whether a _drain is scheduled (call_soon). While one is, nothing else sends a spawn: that is what
         # bounds the spawns sent per loop iteration (see _drain).
         self._drain_scheduled = False
-        self.largest_batch = 0  # the most spawns one _drain sent: a structural check for tests
         self.children: dict[int, ChildHandle] = {}
         self.ready: asyncio.Future[None] = loop.create_future()
         self.lost = False
@@ -165,11 +164,9 @@ class Session:
                 continue  # its caller gave up while it waited
             self._send_spawn(entry)
             sent += 1
-        if sent:
-            self.largest_batch = max(self.largest_batch, sent)
-            if not self.lost:
-                self._drain_scheduled = True
-                self.loop.call_soon(self._drain)
+        if sent and not self.lost:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._drain)
 
     def _send_spawn(self, entry: PendingSpawn) -> None:
         fut = entry.future
@@ -179,12 +176,13 @@ class Session:
         except OSError as e:
             fut.set_exception(e)  # out of descriptors: this spawn fails alone
             return
-        child_fd = b.detach()
+        parent_fd, child_fd = a.detach(), b.detach()
         try:
-            parent_end = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, a.detach())
-        except BaseException:
-            fdpass.close_fds([child_fd])
-            raise
+            parent_end = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, parent_fd)
+        except Exception as e:
+            fdpass.close_fds([parent_fd, child_fd])
+            fut.set_exception(e)
+            return
         rid = next(self._ids)
         entry.parent_end, entry.request_id, entry.sent_at = parent_end, rid, self.loop.time()
         self.pending[rid] = entry
