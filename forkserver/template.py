@@ -180,7 +180,6 @@ class Template:
             pool_size = pool_size_from_env()
         # Its children are also in _children (owner None) until a spawn takes them.
         self._pool = Pool(pool_size, self._run_idle, self._pool_problem)
-        self._served = False  # this wake-up handed out a child (the pool is refilled on a later one)
         self._children: dict[int, Connection | None] = {}  # live (unreaped) child pid -> connection that asked
         # Tenant children only (no pool child): pid -> (tenant, Unix time its spawn was answered), oldest first.
         self._tenants: dict[int, tuple[str, float]] = {}
@@ -420,7 +419,6 @@ class Template:
                                                "SOCK_STREAM socket"))
             log.warning("tenant %s: refused a spawn from pid %d: its fd is %s", req.tenant, conn.peer_pid, problem)
             return
-        self._served = True
         if self._pool and self._assign_idle(conn, req):
             self._log_pool_spawns()
             return
