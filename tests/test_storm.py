@@ -149,3 +149,22 @@ def test_queued_spawns_fail_with_their_session(proc_guard):  # noqa: F811
                 child.close()
 
     run(main)
+
+
+def test_a_spawn_on_an_idle_session_goes_out_in_the_same_iteration(proc_guard, monkeypatch):  # noqa: F811
+    counters = Counters(monkeypatch)
+
+    async def main() -> None:
+        async with asyncio.timeout(HANG):
+            async with TemplateClient.launch(worker="tests.echo_worker:main", pool_size=0) as client:
+                proc_guard.watch_dir(os.path.dirname(client.socket_path))
+                await client.stats()
+                await asyncio.sleep(0)
+                loop = asyncio.get_running_loop()
+                asked = loop.iteration
+                child = await client.spawn(f"{1:032x}")
+                assert list(counters.sends) == [asked]  # no turn to wait for: sent by the call itself
+                child.close()
+                await child.wait()
+
+    run(main)
