@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from walredo_template import BufferTag
 from walredo_template.protocol import MAX_FRAME_SIZE, SUPPORTED_PG_VERSION, RedoRequest
@@ -199,6 +199,13 @@ class WalRedoManager:
         self._dumper = (None if dump_failed is None
                         else DumpWriter(dump_failed, lambda result: self.dumps.labels(result).inc()))
         self._tenants = TenantTable(self.metrics, self.evicted, self._dispose_on_shutdown)
+        # Read at scrape time: no bookkeeping on the request path.
+        self.live_gauge = Gauge("pageserver_wal_redo_processes_live", "Walredo processes serving (RUNNING)",
+                                registry=self.metrics.registry)
+        self.live_gauge.set_function(lambda: len(self._tenants.live))
+        self.spawning_gauge = Gauge("pageserver_wal_redo_processes_spawning", "Spawns in flight",
+                                    registry=self.metrics.registry)
+        self.spawning_gauge.set_function(lambda: self._tenants.spawning)
         self._state = ManagerState.NEW
         self._quiesce_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None

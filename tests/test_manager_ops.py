@@ -292,3 +292,13 @@ async def test_pool_size_reaches_the_launched_template(proc_guard):  # noqa: F81
                 break
             await asyncio.sleep(0.02)
         assert stats.get("pool_size") == 3 and stats.get("idle") == 3
+
+
+async def test_live_processes_gauge(proc_guard):  # noqa: F811
+    async with WalRedoManager() as mgr:
+        ts = [tenant() for _ in range(3)]
+        await asyncio.gather(*(mgr.ping(t) for t in ts))
+        assert mgr.metrics.registry.get_sample_value("pageserver_wal_redo_processes_live") == 3
+        assert mgr.metrics.registry.get_sample_value("pageserver_wal_redo_processes_spawning") == 0
+        mgr.quiesce_idle(now=time.time() + 10 * mgr.idle_timeout)
+        assert mgr.metrics.registry.get_sample_value("pageserver_wal_redo_processes_live") == 0
