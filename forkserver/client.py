@@ -136,7 +136,12 @@ class TemplateClient:
     long a spawn waits on a quiet template before probing it, and how long the probe waits); ``state``;
     ``restarts``: the templates restarted (launched) or the reconnections made (connected);
     ``spawns_per_iteration``: spawn requests sent per event-loop iteration at most (the rest wait their turn,
-    in order: a storm of cold tenants never runs hundreds of spawns' socket work in one callback)."""
+    in order: a storm of cold tenants never runs hundreds of spawns' socket work in one callback).
+
+    Size: ~460 lines, nearly half docstrings. The public calls and the supervisor that restarts (launched)
+    or reconnects (connected) the template share one piece of state — the current session, why the
+    template is gone, the liveness verdict — and a spawn's deadline spans both (it waits for the restart);
+    the connection itself is :mod:`forkserver.session`, starting a template :mod:`forkserver.launch`."""
 
     def __init__(self, *, _loop: asyncio.AbstractEventLoop, _key: bytes, _socket_path: str, spawn_timeout: float,
                  liveness_timeout: float | None = None, launched: LaunchSpec | None = None,

@@ -135,7 +135,7 @@ class WalRedoManager:
 
     Size: the class is the request path (``_call``: tries, free replacements, retirement on each outcome)
     and the lifecycle it depends on (start/aclose racing a launch); they share one state machine, so they
-    stay together (~450 lines, a third of them docstrings). The table of tenants and how processes leave it
+    stay together (~500 lines, more than a third of them docstrings). The table of tenants and how processes leave it
     is :mod:`forkserver.tenants`; status gathering is :mod:`forkserver.status`.
 
     A child killed by its sandbox (SIGSYS) or stopped by its memory limit is a broken process like any

@@ -134,6 +134,9 @@ class WalRedoProcess:
     ``tenant`` defaults to the handle's own ``tenant`` (a ``ChildHandle`` has one): every log line names the
     tenant and the pid (``tenant <id> pid <pid>: ...``).
 
+    Size: ~365 lines, half docstrings: the send path, the read path and the shutdown each touch the same
+    slot queue, whose order is the protocol's correctness (responses are matched by position and id).
+
     Attributes (read-only): ``pid``, ``tenant``, ``state``, ``started_at`` and ``last_request_at``
     (``time.time()``; the latter ``None`` until the first request), ``requests_served`` (responses read,
     including dropped ones), ``in_flight`` (requests sent and not yet answered), ``exit_status``

@@ -147,8 +147,10 @@ class Template:
 
     Its parts live in their own modules (the listening socket in :mod:`forkserver.listener`, each control
     connection in :mod:`forkserver.connection`, the pre-forked pool in :mod:`forkserver.pool`); what stays
-    here (~360 lines) is the loop's own state and the decisions that order its work — when the pool is
-    refilled relative to a spawn, who hears of an exit, what a shutdown reaps — which read best together.
+    here (~510 lines, a third of them docstrings and comments) is the loop's own state and the decisions
+    that order its work — when the pool is refilled relative to a spawn, who hears of an exit, what a
+    shutdown reaps, which counters move — which read best together (each would need the loop's state
+    passed back in).
     """
 
     def __init__(self, socket_path: str, worker: child.Worker, key: bytes | Key, *, key_file: str | None = None,
