@@ -15,6 +15,7 @@ import time
 import psutil
 import pytest
 from proc_guard import proc_guard  # noqa: F401  (fixture)
+from test_client import ping
 
 from forkserver import TemplateClient, pool
 from forkserver.pool import MAX_POOL_SIZE, REFILL_WAIT, TOPUP_AFTER, Pool
@@ -184,17 +185,6 @@ async def small_pool(proc_guard):  # noqa: F811
         await c.aclose()
 
 
-async def _ping(child) -> bytes:
-    loop = asyncio.get_running_loop()
-    await loop.sock_sendall(child.socket, b"ping\n")
-    buf = b""
-    while not buf.endswith(b"\n"):
-        data = await loop.sock_recv(child.socket, 100)
-        assert data, "child closed its socket"
-        buf += data
-    return buf
-
-
 async def _stats_when(client, pred, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -211,7 +201,7 @@ async def test_a_burst_larger_than_the_pool_is_served(small_pool):
     n = 9  # more than four times the pool: most are forked on request
     children = await asyncio.gather(*(client.spawn(tenant(i)) for i in range(n)))
     try:
-        answers = await asyncio.gather(*(_ping(c) for c in children))
+        answers = await asyncio.gather(*(ping(c) for c in children))
         assert answers == [f"pong {c.pid} {c.tenant}\n".encode() for c in children]
         stats = await client.stats()
         assert stats["spawns"] == n and stats["live"] == n
@@ -246,7 +236,7 @@ async def test_a_pool_child_that_dies_is_replaced(small_pool):
     child = await client.spawn(tenant(1))
     try:
         assert child.pid in now_idle
-        assert await _ping(child) == f"pong {child.pid} {child.tenant}\n".encode()
+        assert await ping(child) == f"pong {child.pid} {child.tenant}\n".encode()
     finally:
         child.close()
 
