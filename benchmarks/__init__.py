@@ -1,4 +1,4 @@
-"""Benchmarks for the walredo fork server (issue 6), with the baselines measured in the same run.
+"""Benchmarks for the walredo fork server , with the baselines measured in the same run.
 
 Each benchmark is a module with a ``main(argv)`` (``python -m benchmarks.<name>``; ``scripts/bench_<name>``
 are thin entry points; ``scripts/bench_loop_stall`` runs cold_spawn, which measures both) that writes

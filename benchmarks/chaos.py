@@ -1,4 +1,4 @@
-"""The fault campaign of issue 12 as bounded, repeatable scenarios (behind ``scripts/chaos``).
+"""The fault campaign as bounded, repeatable scenarios (behind ``scripts/chaos``).
 
 Each scenario runs real processes (a ``WalRedoManager`` with its template and children, or a parent in a
 subprocess), injects one kind of fault, checks every page it gets back against PostgreSQL's own (the

@@ -10,7 +10,7 @@ The template and the multiprocessing forkserver are started before the heap is a
 would start them at boot), so neither inherits it; fresh interpreters are exec'd, and ``os.fork`` forks
 the whole heap — that is what is compared.
 
-The pool modes (issue 15, :mod:`benchmarks.pool_spawn`) measure cold tenants through ``WalRedoManager``:
+The pool modes (:mod:`benchmarks.pool_spawn`) measure cold tenants through ``WalRedoManager``:
 *sporadic* (10 ms apart: pool hits), *bursts* of ``--pool`` tenants at once, and a *storm* of ``--storm``
 (≤ 2,000) tenants requested together, each next to a warm ping and a raw fork of a process the template's
 size (:mod:`benchmarks.rawfork`), all measured in this run.
@@ -165,7 +165,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Table]]:
 
 
 async def run_pool_modes(args: argparse.Namespace, modes: list[str]) -> tuple[dict[str, Any], list[Table]]:
-    """The issue-15 modes through ``WalRedoManager``, each next to a warm ping and a raw fork of this run."""
+    """The pool modes through ``WalRedoManager``, each next to a warm ping and a raw fork of this run."""
     import sys
 
     q = args.quick

@@ -1,4 +1,4 @@
-"""The goals of issue 6, checked against the results files of one ``scripts/bench`` run.
+"""The performance goals, checked against the results files of one ``scripts/bench`` run.
 
 Each goal reads the JSON a benchmark wrote; a goal whose benchmark did not run (or lacks a row) is
 reported as "not measured", never as met.

@@ -1,4 +1,4 @@
-"""Cold spawns through ``WalRedoManager`` as a service sees them: sporadic, in bursts, in a storm (issue 15).
+"""Cold spawns through ``WalRedoManager`` as a service sees them: sporadic, in bursts, in a storm.
 
 Every phase runs on a fresh ``WalRedoManager`` over one template this module launches (``--pool N`` reaches
 the template through ``WALREDO_TEMPLATE_POOL``), is reported next to a warm ping (through the same manager,

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of the wire decoders and the redo engine (``scripts/fuzz``; issue 12).
+"""Coverage-guided fuzzing of the wire decoders and the redo engine (``scripts/fuzz``).
 
 Every target checks one invariant: **the only outcomes are a typed error or a valid result**. Anything
 else (another exception, a result that breaks the target's checks, e.g. a page PostgreSQL could not read)

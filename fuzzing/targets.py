@@ -403,7 +403,7 @@ def _valid_sources(inp: inputs.ApplyInput) -> bool:
 def run_apply_valid(data: bytes) -> None:
     """``apply`` restricted to requests whose base page and full-page images are valid (others are
     uninteresting inputs): what is left to make a page invalid are the redo routines, i.e. the faults that
-    stay once the engine validates what comes in (issue 12's fix)."""
+    stay once the engine validates what comes in (apply_records' page validation)."""
     inp = inputs.decode_apply(data)
     if inp is None or not _valid_sources(inp):
         return

@@ -27,7 +27,7 @@ from benchmarks.goals import evaluate, goals_table  # noqa: E402
 PR_SET_CHILD_SUBREAPER = 36
 
 TINY = {
-    # The issue-15 pool modes ride along with the method matrix: sporadic, burst and storm through WalRedoManager.
+    # The pool modes ride along with the method matrix: sporadic, burst and storm through WalRedoManager.
     "cold_spawn": ["--spawns", "3", "--heaps", "0,0.01", "--floor-seconds", "0.05", "--pool", "2",
                    "--sporadic", "3", "--bursts", "2", "--storm", "6", "--raw-samples", "5"],
     # Only this interpreter (no venv is created): the per-version subprocess and the table.
