@@ -176,8 +176,12 @@ async def run_pool_modes(args: argparse.Namespace, modes: list[str]) -> tuple[di
     floor_seconds = args.floor_seconds or (0.3 if q else 1.0)
     data: dict[str, Any] = {"notes": [cut] if cut else []}
     async with pool_spawn.launched_template(args.pool) as client:
-        st = await pool_spawn.wait_settled(client, args.pool or 1)
-        pool = int(st.get("idle", args.pool or 1))
+        # Without --pool the template's own default applies: read its size from the template itself.
+        size = args.pool
+        if size is None:
+            size = int((await pool_spawn.template_stats(client)).get("pool_size", 1))
+        st = await pool_spawn.wait_settled(client, size)
+        pool = int(st.get("idle", size))
         data["pool"] = pool
         tmpl_mem = pool_spawn.memory_mib(client.template_pid)
         data["template_mem"] = tmpl_mem
