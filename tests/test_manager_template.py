@@ -55,7 +55,8 @@ async def test_a_stuck_template_fails_a_cold_request_within_request_timeout(proc
 async def launcher(tmp_path, proc_guard):  # noqa: F811
     """``scripts/walredo-template`` serving the real walredo worker (argparse: the last --worker wins)."""
     lau = Launcher(os.path.join(proc_guard.watch_dir(str(tmp_path / "tpl")), "ctl.sock"),
-                   "--worker", "walredo_template.worker:main")
+                   "--worker", "walredo_template.worker:main", "--key-file", str(tmp_path / "template.key"))
+    lau.key_file = str(tmp_path / "template.key")
     try:
         yield lau
     finally:
@@ -63,12 +64,13 @@ async def launcher(tmp_path, proc_guard):  # noqa: F811
 
 
 async def test_a_lost_template_in_connect_mode_is_template_unavailable(launcher, proc_guard):  # noqa: F811
-    """Before: 'failed after 3 tries: the template connection was lost'. Now a RedoTemplateUnavailable (a
-    RedoProcessFailed and a TemplateUnavailable) within request_timeout; warm tenants keep serving; after the
-    template is back, new tenants work on the same manager."""
+    """A service template (``--key-file``) restarted under a connected manager. Before: 'failed after 3 tries:
+    the template connection was lost'. Now a RedoTemplateUnavailable (a RedoProcessFailed and a
+    TemplateUnavailable) within request_timeout; warm tenants keep serving throughout; after the template is
+    back (same key file), new tenants work on the same client and manager."""
     async with asyncio.timeout(HANG):
         await launcher.start()
-        client = await TemplateClient.connect(launcher.path, key=launcher.path + ".key")
+        client = await TemplateClient.connect(launcher.path, key=launcher.key_file)
         async with client, WalRedoManager(client, request_timeout=1.5) as mgr:
             warm = tenant()
             await mgr.ping(warm)
@@ -81,5 +83,7 @@ async def test_a_lost_template_in_connect_mode_is_template_unavailable(launcher,
             assert "tries" not in str(info.value) and "unavailable" in str(info.value)
             await mgr.ping(warm)
             await launcher.start()
+            await mgr.ping(warm)
             await _ping_until_ok(mgr, tenant())
+            await mgr.ping(warm)
             assert os.path.exists(launcher.path)
