@@ -162,7 +162,12 @@ def new_template(mgr: WalRedoManager, old: int) -> Callable[[], bool]:
 
 
 def exited(pid: int) -> Callable[[], bool]:
-    return lambda: not psutil.pid_exists(pid) or not alive(psutil.Process(pid))
+    def gone() -> bool:
+        try:
+            return not alive(psutil.Process(pid))
+        except psutil.NoSuchProcess:  # reaped between two looks: gone
+            return True
+    return gone
 
 
 def all_exited(procs: dict[int, psutil.Process]) -> Callable[[], bool]:

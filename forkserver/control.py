@@ -44,6 +44,7 @@ Requests (parent -> template) and replies (template -> parent), after the handsh
     {"t": "spawned", "id": int, "pid": int}                     fds: [pidfd]          (exactly one)
     {"t": "error", "id": int | nil, "code": str, "message": str}                      fds: none
     {"t": "exited", "pid": int, "status": int}                                        fds: none
+    {"t": "stderr", "pid": int, "tenant": str, "line": str}                           fds: none
     {"t": "stats", "id": int}                                                         fds: none
     {"t": "stats-reply", "id": int, "stats": map}                                     fds: none
 
@@ -53,6 +54,8 @@ Requests (parent -> template) and replies (template -> parent), after the handsh
 - ``spawned``: ``pid`` of the child and a pidfd for it, opened by the template before it can reap it.
 - ``exited``: sent (unsolicited) to the connection whose spawn made the child, once the template reaped it;
   ``status`` is in ``os.waitstatus_to_exitcode`` convention (exit code, or ``-signal``).
+- ``stderr``: (unsolicited) one line the child wrote to its stderr, to the same connection
+  (:mod:`forkserver.childlog`: cut at 1,024 bytes, rate-bounded per child).
 - ``error``: typed refusal of request ``id`` (nil when the id could not be read). Codes:
   ``invalid-tenant``, ``invalid-options``, ``bad-request`` (wrong type/field), ``missing-fd``,
   ``extra-fds``, ``bad-fds`` with an ``id`` (the spawn's fd is not a connected ``AF_UNIX`` stream socket:
@@ -98,7 +101,7 @@ from walredo_template import framing
 __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_FRAME_UNAUTHENTICATED", "MAX_REPLY_FRAME", "MAX_LISTED_CHILDREN",
     "KEY_SIZE", "TENANT_RE",
-    "Role", "State", "Challenge", "Auth", "Welcome", "Spawn", "Spawned", "ErrorReply", "Error", "Exited",
+    "Role", "State", "Challenge", "Auth", "Welcome", "Spawn", "Spawned", "ErrorReply", "Error", "Exited", "Stderr",
     "StatsRequest", "StatsReply", "BadRequest", "ControlConnection", "FrameDecoder",
     "encode", "decode", "validate_tenant", "validate_options", "OptionValue", "Options",
 ]
@@ -177,6 +180,15 @@ class Exited:
 
 
 @dataclass(frozen=True)
+class Stderr:
+    """One line a child wrote to its stderr (template → the parent that spawned it)."""
+
+    pid: int
+    tenant: str
+    line: str
+
+
+@dataclass(frozen=True)
 class StatsRequest:
     request_id: int
 
@@ -197,7 +209,7 @@ class BadRequest:
     message: str
 
 
-Message = Challenge | Auth | Welcome | Spawn | Spawned | ErrorReply | Exited | StatsRequest | StatsReply
+Message = Challenge | Auth | Welcome | Spawn | Spawned | ErrorReply | Exited | Stderr | StatsRequest | StatsReply
 
 
 @dataclass(frozen=True)
@@ -223,6 +235,7 @@ _KINDS = [
     _Kind("error", ErrorReply, {"id": ("request_id", (int, type(None))), "code": ("code", (str,)),
                                 "message": ("message", (str,))}),
     _Kind("exited", Exited, {"pid": ("pid", _INT), "status": ("status", _INT)}),
+    _Kind("stderr", Stderr, {"pid": ("pid", _INT), "tenant": ("tenant", (str,)), "line": ("line", (str,))}),
     _Kind("stats", StatsRequest, {"id": ("request_id", _INT)}),
     _Kind("stats-reply", StatsReply, {"id": ("request_id", _INT), "stats": ("stats", (dict,))}),
 ]
@@ -437,12 +450,12 @@ class State(enum.Enum):
 
 
 _SENDS = {
-    Role.TEMPLATE: (Spawned, ErrorReply, Exited, StatsReply),
+    Role.TEMPLATE: (Spawned, ErrorReply, Exited, Stderr, StatsReply),
     Role.PARENT: (Spawn, StatsRequest),
 }
 _RECEIVES = {
     Role.TEMPLATE: (Spawn, StatsRequest),
-    Role.PARENT: (Spawned, ErrorReply, Exited, StatsReply),
+    Role.PARENT: (Spawned, ErrorReply, Exited, Stderr, StatsReply),
 }
 
 

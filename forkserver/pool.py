@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from forkserver import control, fdpass
+from forkserver.childlog import ChildStderr
 from forkserver.sender import FrameSender
 
 __all__ = ["Pool", "MAX_POOL_SIZE", "DEFAULT_POOL_SIZE", "DIED_BACKOFF", "REFILL_BACKOFF", "REFILL_WAIT",
@@ -91,6 +92,7 @@ class Pool:
         self._batch = size > 0  # refilling to `size` (set below `low`, cleared when full); the first fill is one
         self._short_since: float | None = None  # when the pool was first seen short (monotonic; None: full)
         self._warmup: _Warmup | None = None  # built at the first warm(), so that a pool of 0 makes no sockets
+        self.stderr: ChildStderr | None = None  # the template's capture of each child's stderr, if any
 
     def __len__(self) -> int:
         return len(self._idle)
@@ -157,16 +159,22 @@ class Pool:
         except OSError as e:
             self._failed(str(e))
             return None
+        err = self.stderr.before_fork() if self.stderr is not None else None
         try:
             pid = os.fork()
         except OSError as e:
+            if self.stderr is not None:
+                self.stderr.after_fork(None)
             ours.close()
             theirs.close()
             self._failed(str(e))
             return None
         if pid == 0:
+            ChildStderr.in_child(err)
             ours.detach()  # closed by the child's fd hygiene; the object must not close a reused number
             self._run_idle(theirs.detach())
+        if self.stderr is not None:
+            self.stderr.after_fork(pid)
         theirs.close()
         try:
             pidfd = os.pidfd_open(pid)  # before the loop can reap: names this child, never a recycled pid

@@ -45,6 +45,7 @@ from forkserver.sender import FrameSender
 __all__ = ["PendingSpawn", "Session", "open_session"]
 
 log = logging.getLogger("forkserver.client")  # the client's logger, where its warnings have always gone
+_child_log = logging.getLogger("forkserver.child")  # what children wrote to their stderr
 
 _RECV_SIZE = 256 * 1024
 # Spawns sent, and control chunks read, per loop iteration at most (module docstring): each costs the loop
@@ -306,6 +307,9 @@ class Session:
                 log.warning("template error without a waiting request: %s %s", event.code, event.message)
             elif not fut.done():
                 fut.set_exception(SpawnRefused(event.code, event.message))
+        elif isinstance(event, control.Stderr):
+            # The child's own words, captured by the template (forkserver.childlog): logged with its tenant.
+            _child_log.warning("tenant %s pid %d: stderr: %s", event.tenant, event.pid, event.line)
         elif isinstance(event, control.Exited):
             exited = self.children.pop(event.pid, None)
             if exited is not None:

@@ -65,6 +65,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from forkserver import child, control, fdpass, sandbox
+from forkserver.childlog import ChildStderr
 from forkserver.connection import Connection
 from forkserver.control import BadRequest, Message, Spawn, StatsRequest
 from forkserver.errors import InvalidTenantId
@@ -190,6 +191,8 @@ class Template:
         self._metrics: MetricsEndpoint | None = None
         self._conns: dict[int, Connection] = {}
         self._sel = selectors.DefaultSelector()
+        self._stderr = ChildStderr(self._sel, self._send_stderr)
+        self._pool.stderr = self._stderr
         self._listener: socket.socket | None = None
         self._socket_ino: tuple[int, int] | None = None
         self._wake_r = self._wake_w = -1
@@ -424,16 +427,20 @@ class Template:
         if self._pool and self._assign_idle(conn, req):
             self._log_pool_spawns()
             return
+        err = self._stderr.before_fork()
         try:
             pid = os.fork()
         except OSError as e:
+            self._stderr.after_fork(None)
             self.fork_failures += 1
             fdpass.close_fds([req.fd])
             conn.proto.send(control.ErrorReply(req.request_id, "fork-failed", str(e)))
             log.error("tenant %s: fork failed: %s", req.tenant, e)
             return
         if pid == 0:
+            ChildStderr.in_child(err)
             child.run_child(req.fd, req.tenant, self.worker, forget=self._python_sockets(), policy=self.policy)
+        self._stderr.after_fork(pid)
         self.spawns += 1
         if self._pool.size:
             self.pool_misses += 1
@@ -450,6 +457,7 @@ class Template:
                 log.error("tenant %s pid %d: pidfd_open failed, killed it: %s", req.tenant, pid, e)
                 return
             self._tenants[pid] = (req.tenant, time.time())
+            self._stderr.bind(pid, req.tenant, conn)
             conn.owned_fds.add(pidfd)
             conn.proto.send(control.Spawned(req.request_id, pid, pidfd))
             if not conn.sender:
@@ -481,6 +489,7 @@ class Template:
             return False
         pid, pidfd = got
         self._spawned_from_pool(pid, req.tenant)
+        self._stderr.bind(pid, req.tenant, conn)
         self._children[pid] = conn
         conn.owned_fds.add(pidfd)
         conn.proto.send(control.Spawned(req.request_id, pid, pidfd))
@@ -535,6 +544,7 @@ class Template:
                 return
             self._pool.reaped(pid, status)  # a pre-forked child may die before it got a tenant
             conn = self._children.pop(pid, None)
+            self._stderr.reaped(pid)  # its last lines go out before its `exited`
             code = os.waitstatus_to_exitcode(status)
             if conn is not None and not conn.closed:
                 conn.proto.send(control.Exited(pid, code))
@@ -558,7 +568,16 @@ class Template:
 
     # ------------------------------------------------------------------ output
 
+    def _send_stderr(self, owner: object, pid: int, tenant: str, line: str) -> bool:
+        # ChildStderr's way out: one line to the connection that spawned the child, if it is still there.
+        if not isinstance(owner, Connection) or owner.closed:
+            return False
+        owner.proto.send(control.Stderr(pid, tenant, line))
+        owner.queue_output()
+        return True
+
     def _forget_conn(self, conn: Connection) -> None:
+        self._stderr.unbind(conn)
         self._conns.pop(conn.sock.fileno(), None)
         # Its children live on (they talk to their parent directly); we still reap them, silently.
         for pid, owner in self._children.items():
@@ -610,6 +629,7 @@ class Template:
                 os.rmdir(os.path.dirname(self.socket_path))
             except OSError:
                 pass
+        self._stderr.close()
         log.info("exiting (%s)", self.state.value)
         self.state = TemplateState.STOPPED
 
