@@ -112,10 +112,6 @@ class ChildStderr:
         for pid in list(self._pipes):
             self._close(pid)
 
-    def fds(self) -> list[int]:
-        """The read ends held (not to be inherited usefully: a forked child's fd hygiene closes them)."""
-        return [p.fd for p in self._pipes.values()]
-
     def _on_readable(self, pid: int, events: int) -> None:
         pipe = self._pipes.get(pid)
         if pipe is not None and not self._read(pid, pipe, drain=False):

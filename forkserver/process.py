@@ -30,8 +30,8 @@ counts stops by cause (the manager) reads it with the exit status, so a child ki
 child, not an idle stop. ``on_stop`` (optional) is called once, synchronously, when the process leaves
 RUNNING, so an owner can drop it at once instead of finding it dead on its next request.
 
-Arguments are checked before any I/O, including :func:`check_record_lsns` (records in ascending LSN order,
-the last one ending at or before the request's LSN).
+Arguments are checked before any I/O, including ``protocol.check_record_lsns`` (records in ascending LSN
+order, the last one ending at or before the request's LSN).
 """
 
 from __future__ import annotations
@@ -71,9 +71,6 @@ def _recv_buffer() -> tuple[bytearray, memoryview]:
         buf = bytearray(RECV_SIZE)
         state = _thread_state.recv_buffer = (buf, memoryview(buf))
     return state
-
-
-check_record_lsns = protocol.check_record_lsns  # part of protocol.validate_redo: both ends refuse
 
 
 class ChildHandleLike(Protocol):
@@ -221,8 +218,8 @@ class WalRedoProcess:
 
         Raises, before any I/O, ``TypeError`` or ``ValueError`` (``BadRedoRequest``, ``FrameTooLarge``) for
         invalid arguments, among them records not in ascending end-LSN order or ending after ``lsn``
-        (:func:`check_record_lsns`); ``RedoFailed(code, message)`` when the child refuses the request (a redo-engine
-        error, unsupported pg_version, ...; deterministic, the process stays usable); ``ProcessBroken``
+        (``protocol.check_record_lsns``); ``RedoFailed(code, message)`` when the child refuses the request (a
+        redo-engine error, unsupported pg_version, ...; deterministic, the process stays usable); ``ProcessBroken``
         (``ProcessClosed`` after ``close()``) when the stream is or becomes unusable (retry on a new process).
         Cancellation: cancel-safe; the request stays queued and its response is read and dropped. No
         timeout of its own: wrap it in ``asyncio.timeout`` and close the process if it fires.
@@ -496,4 +493,4 @@ class WalRedoProcess:
             log.exception("tenant %s pid %d: could not reap", self.tenant, self.pid)
 
 
-__all__ = ["ProcessState", "ProcessStats", "WalRedoProcess", "check_record_lsns"]
+__all__ = ["ProcessState", "ProcessStats", "WalRedoProcess"]

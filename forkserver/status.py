@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("forkserver.manager")
 
-__all__ = ["Memory", "memory_of", "memories", "format_table", "age", "MIB", "TenantStatus", "TemplateStatus",
+__all__ = ["Memory", "memory_of", "memories", "format_table", "MIB", "TenantStatus", "TemplateStatus",
            "ManagerStatus", "memory_fields", "collect_status"]
 
 MIB = 1 << 20
@@ -172,13 +172,6 @@ def format_table(rows: Iterable[Mapping[str, object]], columns: Sequence[str]) -
         table.append(cells)
     widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table)
-
-
-def age(since: float | None, now: float | None = None) -> float | None:
-    """Seconds since the ``time.monotonic()`` reading ``since`` (None stays None)."""
-    if since is None:
-        return None
-    return (time.monotonic() if now is None else now) - since
 
 
 def _int(value: object) -> int:
