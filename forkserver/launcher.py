@@ -98,11 +98,7 @@ def _write_key_file(path: str, key: Key) -> None:
         os.unlink(path)  # a stale key from a template that died; bind() already proved none is live
     except FileNotFoundError:
         pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        key.write_hex(fd)  # from the key's own page: no hex copy in ordinary memory
-    finally:
-        os.close(fd)
+    service.write_key_file(path, key)
 
 
 def _policy(args: argparse.Namespace, fail: Callable[[int, str], int]) -> sandbox.Policy | None | int:

@@ -26,7 +26,8 @@ from typing import TextIO
 
 from forkserver.secret import KEY_SIZE, Key
 
-__all__ = ["KeyFileError", "JournalFormatter", "setup_logging", "notify", "open_key_file", "LOG_LEVELS"]
+__all__ = ["KeyFileError", "JournalFormatter", "setup_logging", "notify", "open_key_file", "write_key_file",
+           "LOG_LEVELS"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -128,9 +129,16 @@ def open_key_file(path: str) -> tuple[Key, bool]:
 def _create_key_file(path: str) -> Key:
     key = Key.generate()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        write_key_file(path, key)
     except OSError as e:
         raise KeyFileError(e.errno, f"cannot create key file: {e.strerror}", path) from None
+    return key
+
+
+def write_key_file(path: str, key: Key) -> None:
+    """Create ``path`` (0600, refusing one that exists or a symlink) holding ``key`` as hex, written from the
+    key's own page (no hex copy in ordinary memory); a partly written file is removed. Errors: ``OSError``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         key.write_hex(fd)
     except BaseException:
@@ -138,4 +146,3 @@ def _create_key_file(path: str) -> Key:
         os.unlink(path)
         raise
     os.close(fd)
-    return key
