@@ -59,6 +59,17 @@ SPGIST_META = 1
 BRIN_PAGETYPE_REGULAR = 0xF093
 
 
+# Index kinds told apart by a flag word in their special space: rmgr -> (special size, offset of the flags in
+# it, the flag bits that make a page without a line-pointer array (first match wins), the ordinary kind).
+_FLAGGED: dict[int, tuple[int, int, tuple[tuple[int, str], ...], str]] = {
+    RM_BTREE: (16, 12, ((BTP_META, "btree-meta"), (BTP_DELETED, "btree-deleted")), "btree"),
+    RM_HASH: (16, 12, ((LH_META_PAGE, "hash-meta"), (LH_BITMAP_PAGE, "hash-bitmap")), "hash"),
+    RM_GIN: (8, 6, ((GIN_META, "gin-meta"), (GIN_DATA, "gin-data")), "gin-entry"),
+    RM_GIST: (16, 12, ((F_DELETED, "gist-deleted"),), "gist"),
+    RM_SPGIST: (8, 0, ((SPGIST_META, "spgist-meta"),), "spgist"),
+}
+
+
 def _flags_at(page: bytes, special: int, offset: int) -> int:
     value: int = U16.unpack_from(page, special + offset)[0]
     return value
@@ -103,33 +114,16 @@ def page_kind(page: bytes, forknum: int, rmgr: int) -> tuple[str, bool]:
         rmgr = infer_rmgr(page)
     if rmgr in (RM_HEAP, RM_HEAP2) and size == 0:
         return "heap", True
-    if rmgr == RM_BTREE and size == 16:
-        flags = _flags_at(page, special, 12)
-        if flags & BTP_META:
-            return "btree-meta", False
-        if flags & BTP_DELETED:
-            return "btree-deleted", False
-        return "btree", True
-    if rmgr == RM_HASH and size == 16:
-        flag = _flags_at(page, special, 12)
-        if flag & LH_META_PAGE:
-            return "hash-meta", False
-        if flag & LH_BITMAP_PAGE:
-            return "hash-bitmap", False
-        return "hash", True
-    if rmgr == RM_GIN and size == 8:
-        flags = _flags_at(page, special, 6)
-        if flags & GIN_META:
-            return "gin-meta", False
-        if flags & GIN_DATA:
-            return "gin-data", False
-        return "gin-entry", True
-    if rmgr == RM_GIST and size == 16:
-        return ("gist-deleted", False) if _flags_at(page, special, 12) & F_DELETED else ("gist", True)
+    flagged = _FLAGGED.get(rmgr)
+    if flagged is not None and size == flagged[0]:
+        _size, offset, special_kinds, ordinary = flagged
+        flags = _flags_at(page, special, offset)
+        for bit, special_kind in special_kinds:
+            if flags & bit:
+                return special_kind, False
+        return ordinary, True
     if rmgr == RM_SEQ and size == 8:
         return "sequence", True
-    if rmgr == RM_SPGIST and size == 8:
-        return ("spgist-meta", False) if _flags_at(page, special, 0) & SPGIST_META else ("spgist", True)
     if rmgr == RM_BRIN and size == 8:
         kind = _flags_at(page, special, 6)
         return ("brin", True) if kind == BRIN_PAGETYPE_REGULAR else (f"brin-{kind:#06x}", False)
